@@ -1,0 +1,268 @@
+//! Streaming GGUF v3 writer.
+//!
+//! The header is written first (tensor offsets are known from the tensor
+//! specs), then tensor data is streamed in info order, each tensor padded to
+//! the alignment, as llama.cpp and gguf-py do. When sealing, the integrity
+//! manifest is written with placeholder digests that are patched in place
+//! once the data has been hashed, so the header never changes size.
+
+use super::read::MAGIC;
+use super::validate;
+use super::value::{Array, Metadata, Value};
+use crate::error::{GgufError, GgufResult};
+use crate::integrity::{self, Sha256};
+use std::io::{Seek, SeekFrom, Write};
+
+/// Version written by [`GgufWriter`].
+pub const WRITE_VERSION: u32 = 3;
+
+/// What the writer needs to know about one tensor up front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Name.
+    pub name: String,
+    /// ggml type id.
+    pub ggml_type: u32,
+    /// Dimensions, row length first.
+    pub dims: Vec<u64>,
+    /// Exact data size in bytes.
+    pub n_bytes: u64,
+}
+
+/// Appends the GGUF encoding of a string.
+pub fn encode_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn encode_array(out: &mut Vec<u8>, a: &Array) {
+    out.extend_from_slice(&(a.elem_type() as u32).to_le_bytes());
+    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    macro_rules! le {
+        ($v:expr) => {
+            for x in $v {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        };
+    }
+    match a {
+        Array::U8(v) => out.extend_from_slice(v),
+        Array::I8(v) => le!(v),
+        Array::U16(v) => le!(v),
+        Array::I16(v) => le!(v),
+        Array::U32(v) => le!(v),
+        Array::I32(v) => le!(v),
+        Array::F32(v) => le!(v),
+        Array::U64(v) => le!(v),
+        Array::I64(v) => le!(v),
+        Array::F64(v) => le!(v),
+        Array::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
+        Array::String(v) => v.iter().for_each(|s| encode_string(out, s)),
+        Array::Array(v) => v.iter().for_each(|a| encode_array(out, a)),
+    }
+}
+
+/// Appends the GGUF encoding of a value (without its type id).
+pub fn encode_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::Bool(x) => out.push(*x as u8),
+        Value::String(s) => encode_string(out, s),
+        Value::Array(a) => encode_array(out, a),
+        Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+/// Appends one key/value pair as stored in a file.
+pub fn encode_kv(out: &mut Vec<u8>, key: &str, v: &Value) {
+    encode_string(out, key);
+    out.extend_from_slice(&(v.value_type() as u32).to_le_bytes());
+    encode_value(out, v);
+}
+
+/// Appends a tensor info record (name, dims, type, offset).
+pub fn encode_tensor_info(out: &mut Vec<u8>, name: &str, ggml_type: u32, dims: &[u64], offset: u64) {
+    encode_string(out, name);
+    out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+    for d in dims {
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+    out.extend_from_slice(&ggml_type.to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+}
+
+fn pad_len(pos: u64, alignment: u64) -> u64 {
+    pos.div_ceil(alignment) * alignment - pos
+}
+
+/// Options for [`GgufWriter::begin`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Embed an integrity manifest (replacing any existing one).
+    pub seal: bool,
+}
+
+/// Streams a GGUF file: header first, then each tensor's data in order.
+pub struct GgufWriter<W: Write + Seek> {
+    w: W,
+    alignment: u64,
+    specs: Vec<TensorSpec>,
+    current: usize,
+    written: u64,
+    seal: Option<SealState>,
+}
+
+struct SealState {
+    /// Absolute file offset of the hex text of each tensor's digest.
+    digest_pos: Vec<u64>,
+    hasher: Sha256,
+    digests: Vec<[u8; 32]>,
+}
+
+impl<W: Write + Seek> GgufWriter<W> {
+    /// Writes the header for `metadata` and `tensors` and returns a writer
+    /// ready for the first tensor's data.
+    pub fn begin(
+        mut w: W,
+        metadata: &Metadata,
+        tensors: Vec<TensorSpec>,
+        opts: WriteOptions,
+    ) -> GgufResult<Self> {
+        let alignment = validate::alignment(metadata)?;
+        let mut md = metadata.clone();
+        md.remove_where(integrity::is_integrity_key);
+        let mut digest_rel = Vec::new();
+        if opts.seal {
+            let placeholders = integrity::seal_entries(&md, &tensors);
+            for (k, v) in placeholders {
+                md.set(&k, v);
+            }
+        }
+        let mut buf = Vec::with_capacity(1 << 16);
+        buf.extend_from_slice(&MAGIC);
+        buf.extend_from_slice(&WRITE_VERSION.to_le_bytes());
+        buf.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        buf.extend_from_slice(&(md.len() as u64).to_le_bytes());
+        for (k, v) in md.entries() {
+            if opts.seal && k == integrity::KEY_TENSOR_SHA256 {
+                // Record where each placeholder's hex text lands.
+                let start = buf.len() as u64;
+                encode_kv(&mut buf, k, v);
+                // key string + type id + elem type + count, then per element: len + 64 bytes.
+                let base = start + 8 + k.len() as u64 + 4 + 4 + 8;
+                for i in 0..tensors.len() as u64 {
+                    digest_rel.push(base + i * 72 + 8);
+                }
+            } else {
+                encode_kv(&mut buf, k, v);
+            }
+        }
+        let mut offset = 0u64;
+        for t in &tensors {
+            encode_tensor_info(&mut buf, &t.name, t.ggml_type, &t.dims, offset);
+            offset = offset
+                .checked_add(t.n_bytes)
+                .map(|e| e + pad_len(e, alignment))
+                .ok_or_else(|| GgufError::Write(format!("tensor {:?}: size overflow", t.name)))?;
+        }
+        let pad = pad_len(buf.len() as u64, alignment);
+        buf.resize(buf.len() + pad as usize, 0);
+        w.write_all(&buf).map_err(io_err)?;
+        let seal = opts.seal.then(|| SealState {
+            digest_pos: digest_rel,
+            hasher: Sha256::default(),
+            digests: Vec::with_capacity(tensors.len()),
+        });
+        let mut me = Self {
+            w,
+            alignment,
+            specs: tensors,
+            current: 0,
+            written: 0,
+            seal,
+        };
+        me.skip_empty_tensors()?;
+        Ok(me)
+    }
+
+    /// Index of the tensor whose data is expected next.
+    pub fn current_tensor(&self) -> usize {
+        self.current
+    }
+
+    /// Appends bytes of the current tensor; moves on automatically when the
+    /// tensor is complete.
+    pub fn write_tensor_data(&mut self, mut data: &[u8]) -> GgufResult<()> {
+        while !data.is_empty() {
+            let Some(spec) = self.specs.get(self.current) else {
+                return Err(GgufError::Write("more tensor data than declared".into()));
+            };
+            let want = (spec.n_bytes - self.written) as usize;
+            let take = want.min(data.len());
+            self.w.write_all(&data[..take]).map_err(io_err)?;
+            if let Some(s) = &mut self.seal {
+                sha2::Digest::update(&mut s.hasher, &data[..take]);
+            }
+            self.written += take as u64;
+            data = &data[take..];
+            if self.written == spec.n_bytes {
+                self.end_tensor()?;
+                self.skip_empty_tensors()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn end_tensor(&mut self) -> GgufResult<()> {
+        let n = self.specs[self.current].n_bytes;
+        let pad = pad_len(n, self.alignment) as usize;
+        self.w.write_all(&vec![0u8; pad]).map_err(io_err)?;
+        if let Some(s) = &mut self.seal {
+            let h = std::mem::take(&mut s.hasher);
+            s.digests.push(sha2::Digest::finalize(h).into());
+        }
+        self.current += 1;
+        self.written = 0;
+        Ok(())
+    }
+
+    fn skip_empty_tensors(&mut self) -> GgufResult<()> {
+        while self.specs.get(self.current).is_some_and(|s| s.n_bytes == 0) {
+            self.end_tensor()?;
+        }
+        Ok(())
+    }
+
+    /// Checks every tensor was written, patches the manifest, flushes, and
+    /// returns the inner writer.
+    pub fn finish(mut self) -> GgufResult<W> {
+        if self.current != self.specs.len() {
+            return Err(GgufError::Write(format!(
+                "tensor {:?} incomplete: {} of {} bytes written",
+                self.specs[self.current].name, self.written, self.specs[self.current].n_bytes
+            )));
+        }
+        if let Some(s) = &self.seal {
+            let end = self.w.stream_position().map_err(io_err)?;
+            for (pos, d) in s.digest_pos.iter().zip(&s.digests) {
+                self.w.seek(SeekFrom::Start(*pos)).map_err(io_err)?;
+                self.w.write_all(integrity::hex(d).as_bytes()).map_err(io_err)?;
+            }
+            self.w.seek(SeekFrom::Start(end)).map_err(io_err)?;
+        }
+        self.w.flush().map_err(io_err)?;
+        Ok(self.w)
+    }
+}
+
+fn io_err(e: std::io::Error) -> GgufError {
+    GgufError::Write(e.to_string())
+}

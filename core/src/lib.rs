@@ -1,0 +1,17 @@
+//! gguftool core: GGUF reading, validation and writing, the ggml type table,
+//! per-tensor integrity, the format registry and the conversion pipeline.
+//! The core names no concrete format; plugins register themselves.
+#![warn(missing_docs)]
+
+pub mod convert;
+pub mod error;
+pub mod format;
+pub mod ggml_type;
+pub mod gguf;
+pub mod integrity;
+pub mod output;
+pub mod registry;
+
+pub use error::{Error, GgufError, Result};
+#[doc(hidden)]
+pub use linkme;
