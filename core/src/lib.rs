@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod integrity;
 pub mod output;
 pub mod registry;
+pub mod template_scan;
 
 pub use error::{Error, GgufError, Result};
 #[doc(hidden)]

@@ -1,1 +1,130 @@
-fn main() {}
+//! `gguftool`: inspect, verify, seal and convert GGUF model files.
+
+mod cmd_dequantize;
+mod cmd_formats;
+mod cmd_inspect;
+mod cmd_seal;
+mod cmd_verify;
+mod json;
+mod progress;
+
+// Link every format plugin so its registration is kept by the linker.
+use gguftool_ggml as _;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Inspect, verify, seal and convert GGUF model files.
+#[derive(Parser)]
+#[command(name = "gguftool", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the header, metadata and tensor table.
+    Inspect {
+        /// GGUF file.
+        file: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Print long arrays and strings in full.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Validate structure and check the integrity manifest.
+    Verify {
+        /// GGUF file.
+        file: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Print per-tensor digests in `sha256sum` format.
+        #[arg(long)]
+        sha256sum: bool,
+        /// Treat warnings (e.g. suspicious chat template) as failures.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Add an integrity manifest without changing any tensor byte.
+    Seal {
+        /// Input GGUF file.
+        input: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Overwrite an existing output.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Decode every quantized tensor to a float type.
+    Dequantize {
+        /// Input GGUF file.
+        input: PathBuf,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Target type for 2-D and larger tensors (1-D tensors become f32).
+        #[arg(long, value_enum, default_value = "f32")]
+        to: cmd_dequantize::FloatTarget,
+        /// Overwrite an existing output.
+        #[arg(long)]
+        force: bool,
+        /// Do not embed an integrity manifest.
+        #[arg(long)]
+        no_seal: bool,
+    },
+    /// List registered formats.
+    Formats {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn run(cli: Cli) -> Result<ExitCode, gguftool_core::Error> {
+    gguftool_core::registry::check().map_err(gguftool_core::Error::Other)?;
+    match cli.command {
+        Command::Inspect { file, json, full } => cmd_inspect::run(&file, json, full),
+        Command::Verify {
+            file,
+            json,
+            sha256sum,
+            strict,
+        } => cmd_verify::run(&file, json, sha256sum, strict),
+        Command::Seal {
+            input,
+            output,
+            force,
+        } => cmd_seal::run(&input, &output, force),
+        Command::Dequantize {
+            input,
+            output,
+            to,
+            force,
+            no_seal,
+        } => cmd_dequantize::run(&input, &output, to, force, !no_seal),
+        Command::Formats { json } => cmd_formats::run(json),
+    }
+}
+
+fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`gguftool inspect x | head`), like other Unix tools.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

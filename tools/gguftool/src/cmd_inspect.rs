@@ -1,0 +1,115 @@
+//! `gguftool inspect`: header, metadata and tensor table.
+
+use crate::json::{value_json, value_text};
+use gguftool_core::gguf::{GgufFile, TensorInfo};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn shape(t: &TensorInfo) -> String {
+    let dims: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// Per-type totals: (tensors, elements, bytes).
+fn type_summary(tensors: &[TensorInfo]) -> BTreeMap<&'static str, (usize, u64, u64)> {
+    let mut m: BTreeMap<&'static str, (usize, u64, u64)> = BTreeMap::new();
+    for t in tensors {
+        let e = m.entry(t.type_name).or_default();
+        e.0 += 1;
+        e.1 += t.n_elements;
+        e.2 += t.n_bytes;
+    }
+    m
+}
+
+pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_core::Error> {
+    let file = GgufFile::open(path)?;
+    let h = file.header();
+    let n_params: u64 = h.tensors.iter().map(|t| t.n_elements).sum();
+    let n_bytes: u64 = h.tensors.iter().map(|t| t.n_bytes).sum();
+    let bpw = if n_params > 0 {
+        n_bytes as f64 * 8.0 / n_params as f64
+    } else {
+        0.0
+    };
+    if as_json {
+        let metadata: serde_json::Map<String, serde_json::Value> = h
+            .metadata
+            .entries()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    json!({"type": v.value_type().name(), "value": value_json(v, full)}),
+                )
+            })
+            .collect();
+        let tensors: Vec<_> = h
+            .tensors
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name, "type": t.type_name, "type_id": t.ggml_type,
+                    "shape": t.dims, "elements": t.n_elements, "bytes": t.n_bytes,
+                    "bits_per_weight": t.bits_per_weight(),
+                    "offset": h.data_offset + t.offset,
+                })
+            })
+            .collect();
+        let out = json!({
+            "file": path.display().to_string(),
+            "file_size": file.bytes().len(),
+            "version": h.version,
+            "alignment": h.alignment,
+            "data_offset": h.data_offset,
+            "metadata_count": h.metadata.len(),
+            "tensor_count": h.tensors.len(),
+            "parameters": n_params,
+            "tensor_bytes": n_bytes,
+            "bits_per_weight": bpw,
+            "metadata": metadata,
+            "tensors": tensors,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("file:        {}", path.display());
+    println!("size:        {} bytes", file.bytes().len());
+    println!("version:     GGUF v{}", h.version);
+    println!("alignment:   {}", h.alignment);
+    println!("data offset: {}", h.data_offset);
+    println!(
+        "tensors:     {} ({} parameters, {} bytes, {:.4} bits/weight)",
+        h.tensors.len(),
+        n_params,
+        n_bytes,
+        bpw
+    );
+    println!("\nmetadata ({} keys):", h.metadata.len());
+    for (k, v) in h.metadata.entries() {
+        println!("  {k:<40} {:<7} {}", v.value_type().name(), value_text(v, full));
+    }
+    println!("\ntensor types:");
+    for (ty, (n, e, b)) in type_summary(&h.tensors) {
+        let bpw = if e > 0 { b as f64 * 8.0 / e as f64 } else { 0.0 };
+        println!("  {ty:<8} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
+    }
+    println!("\ntensors:");
+    println!(
+        "  {:<40} {:<8} {:<24} {:>12} {:>8}",
+        "name", "type", "shape", "bytes", "bpw"
+    );
+    for t in &h.tensors {
+        println!(
+            "  {:<40} {:<8} {:<24} {:>12} {:>8.4}",
+            t.name,
+            t.type_name,
+            shape(t),
+            t.n_bytes,
+            t.bits_per_weight()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,91 @@
+//! `gguftool verify`: structural validation, integrity manifest check,
+//! chat-template scan.
+
+use gguftool_core::gguf::GgufFile;
+use gguftool_core::integrity::{self, IntegrityReport};
+use gguftool_core::template_scan;
+use serde_json::json;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Warnings that do not make a file invalid.
+fn warnings(file: &GgufFile) -> Vec<String> {
+    let h = file.header();
+    let mut w = Vec::new();
+    if !h.is_canonical_layout() {
+        w.push("tensor data is not laid out in info order at aligned offsets; llama.cpp's loader will refuse this file".to_string());
+    }
+    for (k, v) in h.metadata.entries() {
+        if let (true, Some(t)) = (template_scan::is_template_key(k), v.as_str()) {
+            let hits = template_scan::scan(t);
+            if !hits.is_empty() {
+                w.push(format!(
+                    "{k}: suspicious patterns {hits:?}; review before rendering"
+                ));
+            }
+        }
+    }
+    w
+}
+
+/// Failures found by the integrity check, one line each.
+fn failures(r: &IntegrityReport) -> Vec<String> {
+    let mut f = Vec::new();
+    if let Some(e) = &r.manifest_error {
+        f.push(format!("integrity manifest malformed: {e}"));
+    }
+    if r.metadata_ok == Some(false) {
+        f.push("metadata changed since sealing (metadata digest mismatch)".into());
+    }
+    if r.tensor_info_ok == Some(false) {
+        f.push("tensor table (names, types or shapes) changed since sealing".into());
+    }
+    for t in &r.changed_tensors {
+        f.push(format!("tensor {t:?}: data changed since sealing (sha256 mismatch)"));
+    }
+    f
+}
+
+pub fn run(path: &Path, as_json: bool, sha256sum: bool, strict: bool) -> Result<ExitCode, gguftool_core::Error> {
+    let file = GgufFile::open(path)?;
+    let report = integrity::check(&file);
+    let warns = warnings(&file);
+    let fails = failures(&report);
+    let ok = fails.is_empty() && (!strict || warns.is_empty());
+    if as_json {
+        let out = json!({
+            "file": path.display().to_string(),
+            "valid": true,
+            "ok": ok,
+            "sealed": report.sealed,
+            "metadata_ok": report.metadata_ok,
+            "tensor_info_ok": report.tensor_info_ok,
+            "changed_tensors": report.changed_tensors,
+            "failures": fails,
+            "warnings": warns,
+            "tensors": report.digests.iter().map(|(n, d)| json!({"name": n, "sha256": d})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else if sha256sum {
+        for (name, d) in &report.digests {
+            println!("{d}  {name}");
+        }
+    } else {
+        for w in &warns {
+            eprintln!("warning: {w}");
+        }
+        for f in &fails {
+            eprintln!("error: {f}");
+        }
+        let n = file.header().tensors.len();
+        if ok {
+            let seal = if report.sealed {
+                format!("sealed; metadata and all {n} tensor digests match")
+            } else {
+                "not sealed (no integrity manifest; run `gguftool seal`)".to_string()
+            };
+            println!("ok: {}: valid GGUF v{}, {n} tensors, {seal}", path.display(), file.header().version);
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,17 @@
+//! Progress bars on stderr (hidden automatically when stderr is not a terminal).
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A byte-counting progress bar with a message.
+pub fn bytes_bar(total: u64, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
