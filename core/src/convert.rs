@@ -68,7 +68,11 @@ impl Plan {
 }
 
 /// Plans transcoding of `t` to `target`, checking both sides are possible.
-pub fn transcode(t: &TensorInfo, index: usize, target: &'static dyn Format) -> Result<PlannedTensor> {
+pub fn transcode(
+    t: &TensorInfo,
+    index: usize,
+    target: &'static dyn Format,
+) -> Result<PlannedTensor> {
     let unsupported = |reason: String| Error::Unsupported {
         tensor: t.name.clone(),
         reason,
@@ -79,7 +83,7 @@ pub fn transcode(t: &TensorInfo, index: usize, target: &'static dyn Format) -> R
         return Err(unsupported(format!("{} cannot be encoded", target.name())));
     }
     let bs = target.block_size() as u64;
-    if t.row_len() % bs != 0 {
+    if !t.row_len().is_multiple_of(bs) {
         return Err(unsupported(format!(
             "row length {} is not a multiple of the {} block size {bs}",
             t.row_len(),
@@ -169,7 +173,9 @@ pub fn transcode_tensor(
     let src_row = (row_len / source.block_size() as u64 * source.type_size() as u64) as usize;
     let dst_row = (row_len / target.block_size() as u64 * target.type_size() as u64) as usize;
     let rows_per_chunk = (CHUNK_ELEMENTS / row_len).clamp(1, n_rows) as usize;
-    let rows_per_task = rows_per_chunk.div_ceil(rayon::current_num_threads() * 4).max(1);
+    let rows_per_task = rows_per_chunk
+        .div_ceil(rayon::current_num_threads() * 4)
+        .max(1);
     let kernel_err = |source| Error::Kernel {
         tensor: info.name.clone(),
         source,

@@ -191,7 +191,9 @@ pub enum GgufError {
         block: u64,
     },
     /// A tensor's data offset is not aligned.
-    #[error("tensor {tensor:?}: data offset {offset} is not a multiple of the alignment {alignment}")]
+    #[error(
+        "tensor {tensor:?}: data offset {offset} is not a multiple of the alignment {alignment}"
+    )]
     MisalignedTensor {
         /// The tensor.
         tensor: String,

@@ -93,7 +93,7 @@ pub trait Quantizer: Sync + Send {
 
 fn check_lengths<F: Format + ?Sized>(f: &F, bytes: usize, elems: usize) -> Result<(), KernelError> {
     let (bs, ts) = (f.block_size(), f.type_size());
-    if bytes % ts != 0 {
+    if !bytes.is_multiple_of(ts) {
         return Err(KernelError::BadLength {
             what: "encoded buffer",
             len: bytes,

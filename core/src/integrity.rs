@@ -55,7 +55,9 @@ pub fn metadata_digest(md: &Metadata) -> [u8; 32] {
 }
 
 /// SHA-256 over the tensor table: name, dims and type of each tensor in order.
-pub fn tensor_info_digest<'a>(tensors: impl Iterator<Item = (&'a str, u32, &'a [u64])>) -> [u8; 32] {
+pub fn tensor_info_digest<'a>(
+    tensors: impl Iterator<Item = (&'a str, u32, &'a [u64])>,
+) -> [u8; 32] {
     let mut h = Sha256::new();
     let mut buf = Vec::new();
     for (name, ty, dims) in tensors {
@@ -130,7 +132,11 @@ impl Manifest {
         }
         match md.get(KEY_VERSION) {
             Some(Value::U32(MANIFEST_VERSION)) => {}
-            Some(v) => return Err(format!("{KEY_VERSION} is {v:?}, expected u32 {MANIFEST_VERSION}")),
+            Some(v) => {
+                return Err(format!(
+                    "{KEY_VERSION} is {v:?}, expected u32 {MANIFEST_VERSION}"
+                ))
+            }
             None => return Err(format!("{KEY_VERSION} is missing")),
         }
         let hex_str = |key: &str| -> Result<String, String> {
@@ -142,7 +148,11 @@ impl Manifest {
         };
         let tensor_sha256 = match md.get(KEY_TENSOR_SHA256) {
             Some(Value::Array(Array::String(v))) if v.iter().all(|s| is_hex64(s)) => v.clone(),
-            Some(_) => return Err(format!("{KEY_TENSOR_SHA256} is not an array of 64-digit hex strings")),
+            Some(_) => {
+                return Err(format!(
+                    "{KEY_TENSOR_SHA256} is not an array of 64-digit hex strings"
+                ))
+            }
             None => return Err(format!("{KEY_TENSOR_SHA256} is missing")),
         };
         Ok(Some(Self {
@@ -154,7 +164,9 @@ impl Manifest {
 }
 
 fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Outcome of checking a file against its manifest.
@@ -195,7 +207,12 @@ pub fn check(file: &GgufFile) -> IntegrityReport {
         metadata_ok: None,
         tensor_info_ok: None,
         changed_tensors: Vec::new(),
-        digests: h.tensors.iter().map(|t| t.name.clone()).zip(hexes.iter().cloned()).collect(),
+        digests: h
+            .tensors
+            .iter()
+            .map(|t| t.name.clone())
+            .zip(hexes.iter().cloned())
+            .collect(),
     };
     let manifest = match Manifest::from_metadata(&h.metadata) {
         Ok(Some(m)) => m,

@@ -28,7 +28,10 @@ pub fn all() -> &'static [&'static dyn Format] {
 
 /// The format called `name` (case-insensitive).
 pub fn by_name(name: &str) -> Option<&'static dyn Format> {
-    FORMATS.iter().copied().find(|f| f.name().eq_ignore_ascii_case(name))
+    FORMATS
+        .iter()
+        .copied()
+        .find(|f| f.name().eq_ignore_ascii_case(name))
 }
 
 /// The format stored under ggml type id `id`.
@@ -54,7 +57,11 @@ pub fn check_formats(formats: &[&dyn Format]) -> Result<(), String> {
             return Err(format!("format name {:?} registered twice", f.name()));
         }
         if !ids.insert(f.type_id()) {
-            return Err(format!("type id {} registered twice ({})", f.type_id(), f.name()));
+            return Err(format!(
+                "type id {} registered twice ({})",
+                f.type_id(),
+                f.name()
+            ));
         }
         if f.block_size() == 0 || f.type_size() == 0 {
             return Err(format!("format {} has an empty block", f.name()));

@@ -56,6 +56,9 @@ mod tests {
         assert!(scan(benign).is_empty());
         let evil = "{{ cycler.__init__.__globals__.os.popen('id').read() }}";
         let hits = scan(evil);
-        assert!(hits.contains(&"__globals__") && hits.contains(&"os.popen"), "{hits:?}");
+        assert!(
+            hits.contains(&"__globals__") && hits.contains(&"os.popen"),
+            "{hits:?}"
+        );
     }
 }

@@ -254,7 +254,9 @@ fn read_array(c: &mut Cursor<'_>, what: &dyn Fn() -> String, depth: u32) -> Gguf
         offset: start,
         raw,
     })?;
-    let n = c.count(et.min_encoded_size(), &|| format!("{} array length", what()))?;
+    let n = c.count(et.min_encoded_size(), &|| {
+        format!("{} array length", what())
+    })?;
     let elem = |i: u64| format!("{}[{i}]", what());
     Ok(match et {
         ValueType::U8 => Array::U8(read_fixed(c, n, what, u8::from_le_bytes)?),

@@ -91,7 +91,7 @@ pub fn tensor_size(
         return Err(overflow());
     }
     let ne0 = dims.first().copied().unwrap_or(1);
-    if ne0 % geometry.block_size != 0 {
+    if !ne0.is_multiple_of(geometry.block_size) {
         return Err(GgufError::RowNotBlockMultiple {
             tensor: tensor.to_string(),
             ne0,
@@ -111,7 +111,7 @@ pub fn tensor_size(
 pub fn tensor_layout(h: &GgufHeader, file_len: u64) -> GgufResult<()> {
     let mut ranges: Vec<(u64, u64, usize)> = Vec::with_capacity(h.tensors.len());
     for (i, t) in h.tensors.iter().enumerate() {
-        if t.offset % h.alignment != 0 {
+        if !t.offset.is_multiple_of(h.alignment) {
             return Err(GgufError::MisalignedTensor {
                 tensor: t.name.clone(),
                 offset: t.offset,

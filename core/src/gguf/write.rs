@@ -89,7 +89,13 @@ pub fn encode_kv(out: &mut Vec<u8>, key: &str, v: &Value) {
 }
 
 /// Appends a tensor info record (name, dims, type, offset).
-pub fn encode_tensor_info(out: &mut Vec<u8>, name: &str, ggml_type: u32, dims: &[u64], offset: u64) {
+pub fn encode_tensor_info(
+    out: &mut Vec<u8>,
+    name: &str,
+    ggml_type: u32,
+    dims: &[u64],
+    offset: u64,
+) {
     encode_string(out, name);
     out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
     for d in dims {
@@ -254,7 +260,9 @@ impl<W: Write + Seek> GgufWriter<W> {
             let end = self.w.stream_position().map_err(io_err)?;
             for (pos, d) in s.digest_pos.iter().zip(&s.digests) {
                 self.w.seek(SeekFrom::Start(*pos)).map_err(io_err)?;
-                self.w.write_all(integrity::hex(d).as_bytes()).map_err(io_err)?;
+                self.w
+                    .write_all(integrity::hex(d).as_bytes())
+                    .map_err(io_err)?;
             }
             self.w.seek(SeekFrom::Start(end)).map_err(io_err)?;
         }

@@ -112,23 +112,190 @@ macro_rules! std_type {
     };
 }
 
-std_type!(F32, "f32", 0, 1, 4, "IEEE single precision", float::dequant_f32, float::quant_f32);
-std_type!(F16, "f16", 1, 1, 2, "IEEE half precision", float::dequant_f16, float::quant_f16);
-std_type!(BF16, "bf16", 30, 1, 2, "bfloat16", float::dequant_bf16, float::quant_bf16);
-std_type!(F64, "f64", 28, 1, 8, "IEEE double precision (decoded to f32)", float::dequant_f64);
-std_type!(Q4_0, "q4_0", 2, 32, 18, "4-bit, f16 scale per 32", legacy::dequant_q4_0, legacy::quant_q4_0);
-std_type!(Q4_1, "q4_1", 3, 32, 20, "4-bit, f16 scale and min per 32", legacy::dequant_q4_1);
-std_type!(Q5_0, "q5_0", 6, 32, 22, "5-bit, f16 scale per 32", legacy::dequant_q5_0);
-std_type!(Q5_1, "q5_1", 7, 32, 24, "5-bit, f16 scale and min per 32", legacy::dequant_q5_1);
-std_type!(Q8_0, "q8_0", 8, 32, 34, "8-bit, f16 scale per 32", legacy::dequant_q8_0, legacy::quant_q8_0);
-std_type!(Q2_K, "q2_k", 10, 256, 84, "2-bit K-quant", kquants::dequant_q2_k);
-std_type!(Q3_K, "q3_k", 11, 256, 110, "3-bit K-quant", kquants::dequant_q3_k);
-std_type!(Q4_K, "q4_k", 12, 256, 144, "4-bit K-quant", kquants::dequant_q4_k);
-std_type!(Q5_K, "q5_k", 13, 256, 176, "5-bit K-quant", kquants::dequant_q5_k);
-std_type!(Q6_K, "q6_k", 14, 256, 210, "6-bit K-quant", kquants::dequant_q6_k);
-std_type!(IQ4_NL, "iq4_nl", 20, 32, 18, "4-bit non-linear levels per 32", legacy::dequant_iq4_nl);
-std_type!(IQ4_XS, "iq4_xs", 23, 256, 136, "4-bit non-linear, 6-bit sub-scales", kquants::dequant_iq4_xs);
-std_type!(TQ1_0, "tq1_0", 34, 256, 54, "ternary, base-3 packed", ternary::dequant_tq1_0, ternary::quant_tq1_0);
-std_type!(TQ2_0, "tq2_0", 35, 256, 66, "ternary, 2-bit packed", ternary::dequant_tq2_0, ternary::quant_tq2_0);
-std_type!(MXFP4, "mxfp4", 39, 32, 17, "E2M1 with E8M0 scale per 32", legacy::dequant_mxfp4);
-std_type!(NVFP4, "nvfp4", 40, 64, 36, "E2M1 with UE4M3 scale per 16", nvfp4::dequant_nvfp4);
+std_type!(
+    F32,
+    "f32",
+    0,
+    1,
+    4,
+    "IEEE single precision",
+    float::dequant_f32,
+    float::quant_f32
+);
+std_type!(
+    F16,
+    "f16",
+    1,
+    1,
+    2,
+    "IEEE half precision",
+    float::dequant_f16,
+    float::quant_f16
+);
+std_type!(
+    BF16,
+    "bf16",
+    30,
+    1,
+    2,
+    "bfloat16",
+    float::dequant_bf16,
+    float::quant_bf16
+);
+std_type!(
+    F64,
+    "f64",
+    28,
+    1,
+    8,
+    "IEEE double precision (decoded to f32)",
+    float::dequant_f64
+);
+std_type!(
+    Q4_0,
+    "q4_0",
+    2,
+    32,
+    18,
+    "4-bit, f16 scale per 32",
+    legacy::dequant_q4_0,
+    legacy::quant_q4_0
+);
+std_type!(
+    Q4_1,
+    "q4_1",
+    3,
+    32,
+    20,
+    "4-bit, f16 scale and min per 32",
+    legacy::dequant_q4_1
+);
+std_type!(
+    Q5_0,
+    "q5_0",
+    6,
+    32,
+    22,
+    "5-bit, f16 scale per 32",
+    legacy::dequant_q5_0
+);
+std_type!(
+    Q5_1,
+    "q5_1",
+    7,
+    32,
+    24,
+    "5-bit, f16 scale and min per 32",
+    legacy::dequant_q5_1
+);
+std_type!(
+    Q8_0,
+    "q8_0",
+    8,
+    32,
+    34,
+    "8-bit, f16 scale per 32",
+    legacy::dequant_q8_0,
+    legacy::quant_q8_0
+);
+std_type!(
+    Q2_K,
+    "q2_k",
+    10,
+    256,
+    84,
+    "2-bit K-quant",
+    kquants::dequant_q2_k
+);
+std_type!(
+    Q3_K,
+    "q3_k",
+    11,
+    256,
+    110,
+    "3-bit K-quant",
+    kquants::dequant_q3_k
+);
+std_type!(
+    Q4_K,
+    "q4_k",
+    12,
+    256,
+    144,
+    "4-bit K-quant",
+    kquants::dequant_q4_k
+);
+std_type!(
+    Q5_K,
+    "q5_k",
+    13,
+    256,
+    176,
+    "5-bit K-quant",
+    kquants::dequant_q5_k
+);
+std_type!(
+    Q6_K,
+    "q6_k",
+    14,
+    256,
+    210,
+    "6-bit K-quant",
+    kquants::dequant_q6_k
+);
+std_type!(
+    IQ4_NL,
+    "iq4_nl",
+    20,
+    32,
+    18,
+    "4-bit non-linear levels per 32",
+    legacy::dequant_iq4_nl
+);
+std_type!(
+    IQ4_XS,
+    "iq4_xs",
+    23,
+    256,
+    136,
+    "4-bit non-linear, 6-bit sub-scales",
+    kquants::dequant_iq4_xs
+);
+std_type!(
+    TQ1_0,
+    "tq1_0",
+    34,
+    256,
+    54,
+    "ternary, base-3 packed",
+    ternary::dequant_tq1_0,
+    ternary::quant_tq1_0
+);
+std_type!(
+    TQ2_0,
+    "tq2_0",
+    35,
+    256,
+    66,
+    "ternary, 2-bit packed",
+    ternary::dequant_tq2_0,
+    ternary::quant_tq2_0
+);
+std_type!(
+    MXFP4,
+    "mxfp4",
+    39,
+    32,
+    17,
+    "E2M1 with E8M0 scale per 32",
+    legacy::dequant_mxfp4
+);
+std_type!(
+    NVFP4,
+    "nvfp4",
+    40,
+    64,
+    36,
+    "E2M1 with UE4M3 scale per 16",
+    nvfp4::dequant_nvfp4
+);

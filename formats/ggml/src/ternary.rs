@@ -16,14 +16,15 @@ fn ternarize(x: &[f32]) -> (f32, [u8; 256]) {
     (d, q)
 }
 
-/// Packs `n` groups of `digits` trits spaced `stride` apart into bytes.
+/// Packs groups of `digits` trits spaced `stride` apart into bytes, most
+/// significant first, scaled to a byte as ggml does.
 fn pack_trits(q: &[u8], stride: usize, digits: usize, out: &mut [u8]) {
     for (j, o) in out.iter_mut().enumerate() {
         let mut v: u16 = 0;
         for k in 0..digits {
             v += q[k * stride + j] as u16 * POW3[4 - k] as u16;
         }
-        *o = ((v * 256 + 242) / 243) as u8;
+        *o = (v * 256).div_ceil(243) as u8;
     }
 }
 
@@ -33,13 +34,7 @@ pub fn quant_tq1_0(x: &[f32], b: &mut [u8]) {
     pack_trits(&q[..160], 32, 5, &mut b[..32]);
     pack_trits(&q[160..240], 16, 5, &mut b[32..48]);
     // The last 16 trits: 4 per byte, weights 81, 27, 9, 3.
-    for j in 0..4 {
-        let mut v: u16 = 0;
-        for k in 0..4 {
-            v += q[240 + k * 4 + j] as u16 * POW3[4 - k] as u16;
-        }
-        b[48 + j] = ((v * 256 + 242) / 243) as u8;
-    }
+    pack_trits(&q[240..], 4, 4, &mut b[48..52]);
     b[52..54].copy_from_slice(&f32_to_f16(d).to_le_bytes());
 }
 

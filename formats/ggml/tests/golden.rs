@@ -8,17 +8,24 @@ use gguftool_ggml as _;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> GgufFile {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/types").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/types")
+        .join(name);
     GgufFile::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn tensor<'a>(f: &'a GgufFile, name: &str) -> (usize, &'a [u8]) {
-    let i = f.header().tensor_index(name).unwrap_or_else(|| panic!("no tensor {name}"));
+    let i = f
+        .header()
+        .tensor_index(name)
+        .unwrap_or_else(|| panic!("no tensor {name}"));
     (i, f.tensor_data(i))
 }
 
 fn f32s(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn format_of(f: &GgufFile, i: usize) -> &'static dyn Format {
@@ -34,7 +41,9 @@ fn check_decode(file: &str) {
     let want = f32s(expected);
     let mut got = vec![0f32; want.len()];
     fmt.dequantize(blocks, &mut got).unwrap();
-    let mismatches: Vec<usize> = (0..want.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).collect();
+    let mismatches: Vec<usize> = (0..want.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
     assert!(
         mismatches.is_empty(),
         "{file}: {} of {} values differ; first at {}: got {:?} want {:?}",

@@ -52,24 +52,29 @@ pub fn run(
     let src = GgufFile::open(input)?;
     let h = src.header();
     let lookup = |id| {
-        registry::by_type_id(id).ok_or_else(|| Error::Other(format!("type id {id} is not registered")))
+        registry::by_type_id(id)
+            .ok_or_else(|| Error::Other(format!("type id {id} is not registered")))
     };
     let (target, f32_fmt) = (lookup(to.type_id())?, lookup(ids::F32)?);
     let mut tensors = Vec::with_capacity(h.tensors.len());
     for (i, t) in h.tensors.iter().enumerate() {
         let want = if t.dims.len() <= 1 { f32_fmt } else { target };
-        tensors.push(if INTEGER_TYPES.contains(&t.ggml_type) || t.ggml_type == want.type_id() {
-            convert::copy(t, i)
-        } else {
-            convert::transcode(t, i, want)?
-        });
+        tensors.push(
+            if INTEGER_TYPES.contains(&t.ggml_type) || t.ggml_type == want.type_id() {
+                convert::copy(t, i)
+            } else {
+                convert::transcode(t, i, want)?
+            },
+        );
     }
     let mut metadata = h.metadata.clone();
     metadata.set("general.file_type", Value::U32(to.file_type()));
     let plan = Plan { metadata, tensors };
     let total: u64 = h.tensors.iter().map(|t| t.n_bytes).sum();
     let pb = bytes_bar(total, "dequantizing");
-    convert::execute(&src, &plan, output, force, WriteOptions { seal }, &|n| pb.inc(n))?;
+    convert::execute(&src, &plan, output, force, WriteOptions { seal }, &|n| {
+        pb.inc(n)
+    })?;
     pb.finish_and_clear();
     println!(
         "wrote {} ({} tensors, {} bytes of tensor data)",

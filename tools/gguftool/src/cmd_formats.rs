@@ -23,7 +23,10 @@ pub fn run(as_json: bool) -> Result<ExitCode, gguftool_core::Error> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!(

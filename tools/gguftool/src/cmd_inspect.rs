@@ -89,11 +89,19 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
     );
     println!("\nmetadata ({} keys):", h.metadata.len());
     for (k, v) in h.metadata.entries() {
-        println!("  {k:<40} {:<7} {}", v.value_type().name(), value_text(v, full));
+        println!(
+            "  {k:<40} {:<7} {}",
+            v.value_type().name(),
+            value_text(v, full)
+        );
     }
     println!("\ntensor types:");
     for (ty, (n, e, b)) in type_summary(&h.tensors) {
-        let bpw = if e > 0 { b as f64 * 8.0 / e as f64 } else { 0.0 };
+        let bpw = if e > 0 {
+            b as f64 * 8.0 / e as f64
+        } else {
+            0.0
+        };
         println!("  {ty:<8} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
     }
     println!("\ntensors:");

@@ -21,9 +21,14 @@ pub fn run(input: &Path, output: &Path, force: bool) -> Result<ExitCode, gguftoo
             .collect(),
     };
     let pb = bytes_bar(plan.output_bytes(), "sealing");
-    convert::execute(&src, &plan, output, force, WriteOptions { seal: true }, &|n| {
-        pb.inc(n)
-    })?;
+    convert::execute(
+        &src,
+        &plan,
+        output,
+        force,
+        WriteOptions { seal: true },
+        &|n| pb.inc(n),
+    )?;
     pb.finish_and_clear();
     println!(
         "sealed {} -> {} ({} tensors)",

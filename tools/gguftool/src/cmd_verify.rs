@@ -41,12 +41,19 @@ fn failures(r: &IntegrityReport) -> Vec<String> {
         f.push("tensor table (names, types or shapes) changed since sealing".into());
     }
     for t in &r.changed_tensors {
-        f.push(format!("tensor {t:?}: data changed since sealing (sha256 mismatch)"));
+        f.push(format!(
+            "tensor {t:?}: data changed since sealing (sha256 mismatch)"
+        ));
     }
     f
 }
 
-pub fn run(path: &Path, as_json: bool, sha256sum: bool, strict: bool) -> Result<ExitCode, gguftool_core::Error> {
+pub fn run(
+    path: &Path,
+    as_json: bool,
+    sha256sum: bool,
+    strict: bool,
+) -> Result<ExitCode, gguftool_core::Error> {
     let file = GgufFile::open(path)?;
     let report = integrity::check(&file);
     let warns = warnings(&file);
@@ -84,8 +91,16 @@ pub fn run(path: &Path, as_json: bool, sha256sum: bool, strict: bool) -> Result<
             } else {
                 "not sealed (no integrity manifest; run `gguftool seal`)".to_string()
             };
-            println!("ok: {}: valid GGUF v{}, {n} tensors, {seal}", path.display(), file.header().version);
+            println!(
+                "ok: {}: valid GGUF v{}, {n} tensors, {seal}",
+                path.display(),
+                file.header().version
+            );
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

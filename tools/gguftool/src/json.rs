@@ -37,7 +37,11 @@ pub fn value_json(v: &Value, full: bool) -> Json {
 }
 
 fn array_json(a: &Array, full: bool) -> Json {
-    let n = if full { a.len() } else { a.len().min(ARRAY_PREVIEW) };
+    let n = if full {
+        a.len()
+    } else {
+        a.len().min(ARRAY_PREVIEW)
+    };
     let items: Vec<Json> = (0..n)
         .filter_map(|i| a.get(i))
         .map(|v| value_json(&v, full))
@@ -65,7 +69,11 @@ pub fn value_text(v: &Value, full: bool) -> String {
             out
         }
         Value::Array(a) => {
-            let n = if full { a.len() } else { a.len().min(ARRAY_PREVIEW) };
+            let n = if full {
+                a.len()
+            } else {
+                a.len().min(ARRAY_PREVIEW)
+            };
             let items: Vec<String> = (0..n)
                 .filter_map(|i| a.get(i))
                 .map(|v| value_text(&v, false))

@@ -1,0 +1,284 @@
+//! End-to-end tests of the `gguftool` binary.
+
+use gguftool_core::gguf::GgufFile;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gguftool")
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn malformed_files_exit_1_with_reason_under_memory_limit() {
+    let tsv = std::fs::read_to_string(fixtures().join("malformed/expected.tsv")).unwrap();
+    for line in tsv.lines().filter(|l| !l.is_empty()) {
+        let (file, expect) = line.split_once('\t').unwrap();
+        let path = fixtures().join("malformed").join(file);
+        for cmd in ["verify", "inspect"] {
+            let start = Instant::now();
+            // 1 GiB address-space limit: a parser that trusts a count would abort here.
+            let out = Command::new("sh")
+                .args(["-c", "ulimit -v 1048576; exec \"$0\" \"$1\" \"$2\""])
+                .args([bin(), cmd, p(&path)])
+                .output()
+                .unwrap();
+            let elapsed = start.elapsed();
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{file} {cmd}: {err}");
+            assert!(err.starts_with("error: "), "{file}: {err}");
+            assert_eq!(
+                err.trim_end().lines().count(),
+                1,
+                "{file}: not one line: {err}"
+            );
+            assert!(
+                expect.split('|').any(|e| err.contains(e)),
+                "{file}: {err:?} lacks {expect:?}"
+            );
+            assert!(elapsed < Duration::from_secs(1), "{file}: took {elapsed:?}");
+        }
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(run(&["verify"]).status.code(), Some(2));
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["dequantize", "a", "-o", "b", "--to", "q9"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn missing_file_exits_1() {
+    let out = run(&["verify", "/nonexistent/x.gguf"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/nonexistent/x.gguf"));
+}
+
+#[test]
+fn inspect_json_describes_the_fixture() {
+    let out = run(&[
+        "inspect",
+        "--json",
+        p(&fixtures().join("tiny-llama-f32.gguf")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], 3);
+    assert_eq!(v["tensor_count"], 21);
+    assert_eq!(v["metadata"]["general.architecture"]["value"], "llama");
+    assert_eq!(
+        v["metadata"]["gguftool.fixture.nested"]["value"],
+        serde_json::json!([[1, 2], [3, 4, 5]])
+    );
+    assert_eq!(v["metadata"]["tokenizer.ggml.tokens"]["value"]["len"], 275);
+    let t0 = &v["tensors"][0];
+    assert_eq!(t0["name"], "token_embd.weight");
+    assert_eq!(t0["shape"], serde_json::json!([64, 275]));
+    assert_eq!(t0["bytes"], 64 * 275 * 4);
+}
+
+/// Seals the tiny model into `dir` and returns the sealed path.
+fn sealed_copy(dir: &Path) -> PathBuf {
+    let out = dir.join("sealed.gguf");
+    let o = run(&[
+        "seal",
+        p(&fixtures().join("tiny-llama-f32.gguf")),
+        "-o",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    out
+}
+
+#[test]
+fn seal_keeps_tensor_bytes_and_verify_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = sealed_copy(dir.path());
+    let orig = GgufFile::open(fixtures().join("tiny-llama-f32.gguf")).unwrap();
+    let new = GgufFile::open(&sealed).unwrap();
+    for i in 0..orig.header().tensors.len() {
+        assert_eq!(orig.tensor_data(i), new.tensor_data(i));
+    }
+    let v = run(&["verify", p(&sealed)]);
+    assert!(v.status.success(), "{}", stderr(&v));
+    assert!(stdout(&v).contains("sealed; metadata and all 21 tensor digests match"));
+    // Output exists: refused without --force, replaced with it.
+    let again = run(&[
+        "seal",
+        p(&fixtures().join("tiny-llama-f32.gguf")),
+        "-o",
+        p(&sealed),
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("--force"));
+    let forced = run(&["seal", p(&sealed), "-o", p(&sealed), "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert!(run(&["verify", p(&sealed)]).status.success());
+}
+
+#[test]
+fn verify_names_exactly_the_changed_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = sealed_copy(dir.path());
+    let f = GgufFile::open(&sealed).unwrap();
+    let n = f.header().tensors.len();
+    let offsets: Vec<(String, u64)> = f
+        .header()
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), f.header().data_offset + t.offset))
+        .collect();
+    drop(f);
+    let bytes = std::fs::read(&sealed).unwrap();
+    for k in [0, n / 2, n - 1] {
+        let (name, off) = &offsets[k];
+        let mut b = bytes.clone();
+        b[*off as usize + 3] ^= 0x40;
+        let bad = dir.path().join(format!("bad{k}.gguf"));
+        std::fs::write(&bad, &b).unwrap();
+        let out = run(&["verify", "--json", p(&bad)]);
+        assert_eq!(out.status.code(), Some(1));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["changed_tensors"], serde_json::json!([name]), "k={k}");
+        assert_eq!(v["metadata_ok"], true);
+        let text = run(&["verify", p(&bad)]);
+        assert!(
+            stderr(&text).contains(&format!("tensor {name:?}: data changed")),
+            "{}",
+            stderr(&text)
+        );
+    }
+}
+
+#[test]
+fn verify_reports_metadata_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = sealed_copy(dir.path());
+    let mut bytes = std::fs::read(&sealed).unwrap();
+    let needle = b"gguftool tiny llama fixture";
+    let pos = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    bytes[pos] = b'G';
+    let bad = dir.path().join("meta.gguf");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = run(&["verify", p(&bad)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("metadata changed since sealing"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("\": data changed"),
+        "no tensor was touched"
+    );
+}
+
+#[test]
+fn verify_flags_template_injection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(fixtures().join("tiny-llama-f32.gguf")).unwrap();
+    // Same length replacement inside the chat template string.
+    let needle = b"{{ m['role'] }}";
+    let evil = b"{{ lipsum.os }}";
+    assert_eq!(needle.len(), evil.len());
+    let pos = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    bytes[pos..pos + evil.len()].copy_from_slice(evil);
+    let f = dir.path().join("evil.gguf");
+    std::fs::write(&f, &bytes).unwrap();
+    let out = run(&["verify", p(&f)]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("suspicious patterns [\"lipsum\"]"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(run(&["verify", "--strict", p(&f)]).status.code(), Some(1));
+}
+
+#[test]
+fn dequantize_matches_gguf_py_and_preserves_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    for ty in ["q4_k", "q4_1", "q8_0", "q6_k", "tq1_0"] {
+        let src = fixtures().join("types").join(format!("{ty}.gguf"));
+        let out = dir.path().join(format!("{ty}-f32.gguf"));
+        let o = run(&["dequantize", p(&src), "-o", p(&out), "--to", "f32"]);
+        assert!(o.status.success(), "{ty}: {}", stderr(&o));
+        let f = GgufFile::open(&out).unwrap();
+        let h = f.header();
+        let b = h.tensor_index("blocks").unwrap();
+        let e = h.tensor_index("expected").unwrap();
+        assert_eq!(h.tensors[b].type_name, "F32");
+        assert_eq!(f.tensor_data(b), f.tensor_data(e), "{ty}");
+        let src = GgufFile::open(&src).unwrap();
+        assert_eq!(
+            h.metadata.get("gguftool.golden.type"),
+            src.header().metadata.get("gguftool.golden.type")
+        );
+        assert!(run(&["verify", p(&out)]).status.success());
+    }
+}
+
+#[test]
+fn dequantize_to_f16_keeps_norms_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f16.gguf");
+    let o = run(&[
+        "dequantize",
+        p(&fixtures().join("tiny-llama-f32.gguf")),
+        "-o",
+        p(&out),
+        "--to",
+        "f16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = GgufFile::open(&out).unwrap();
+    let h = f.header();
+    for t in &h.tensors {
+        let want = if t.dims.len() == 1 { "F32" } else { "F16" };
+        assert_eq!(t.type_name, want, "{}", t.name);
+    }
+    assert_eq!(
+        h.metadata.get("general.file_type"),
+        Some(&gguftool_core::gguf::Value::U32(1))
+    );
+    assert_eq!(
+        h.metadata.get("tokenizer.chat_template"),
+        GgufFile::open(fixtures().join("tiny-llama-f32.gguf"))
+            .unwrap()
+            .header()
+            .metadata
+            .get("tokenizer.chat_template")
+    );
+}
