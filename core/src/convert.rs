@@ -128,11 +128,16 @@ pub fn execute(
 ) -> Result<()> {
     let output = AtomicOutput::create(out, force)?;
     let specs = plan.tensors.iter().map(|t| t.spec.clone()).collect();
+    // A manifest describes the file it was made for; never carry a stale one.
+    let mut metadata = plan.metadata.clone();
+    if !opts.seal {
+        metadata.remove_where(crate::integrity::is_integrity_key);
+    }
     let wrap = |e| Error::Gguf {
         path: out.to_path_buf(),
         source: e,
     };
-    let mut w = GgufWriter::begin(output.writer()?, &plan.metadata, specs, opts).map_err(wrap)?;
+    let mut w = GgufWriter::begin(output.writer()?, &metadata, specs, opts).map_err(wrap)?;
     for pt in &plan.tensors {
         let data = src.tensor_data(pt.source_index);
         let info = &src.header().tensors[pt.source_index];

@@ -51,6 +51,29 @@ fn gguf_py_files_round_trip_byte_identical() {
     }
 }
 
+/// Fuzzer finds (valid files, possibly with trailing bytes): parse -> write
+/// -> parse keeps every metadata value, tensor info and tensor byte.
+#[test]
+fn regression_files_round_trip_semantically() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/regressions");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let f = GgufFile::from_bytes(&p, std::fs::read(&p).unwrap()).unwrap();
+        let again =
+            GgufFile::from_bytes("rewritten", rewrite(&f, WriteOptions::default())).unwrap();
+        assert_eq!(
+            again.header().metadata,
+            f.header().metadata,
+            "{}",
+            p.display()
+        );
+        assert_eq!(again.header().tensors.len(), f.header().tensors.len());
+        for i in 0..f.header().tensors.len() {
+            assert_eq!(again.tensor_data(i), f.tensor_data(i));
+        }
+    }
+}
+
 fn arb_array(depth: u32) -> BoxedStrategy<Array> {
     let leaf = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..8).prop_map(Array::U8),

@@ -112,7 +112,8 @@ fn pad_len(pos: u64, alignment: u64) -> u64 {
 /// Options for [`GgufWriter::begin`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WriteOptions {
-    /// Embed an integrity manifest (replacing any existing one).
+    /// Embed an integrity manifest, replacing every key under
+    /// `gguftool.integrity.`. Without it, metadata is written exactly as given.
     pub seal: bool,
 }
 
@@ -144,9 +145,9 @@ impl<W: Write + Seek> GgufWriter<W> {
     ) -> GgufResult<Self> {
         let alignment = validate::alignment(metadata)?;
         let mut md = metadata.clone();
-        md.remove_where(integrity::is_integrity_key);
         let mut digest_rel = Vec::new();
         if opts.seal {
+            md.remove_where(integrity::is_integrity_key);
             let placeholders = integrity::seal_entries(&md, &tensors);
             for (k, v) in placeholders {
                 md.set(&k, v);
