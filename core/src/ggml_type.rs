@@ -100,12 +100,13 @@ pub const GGML_TYPES: &[GgmlTypeInfo] = &[
     active(39, "MXFP4", 32, 17),
     active(40, "NVFP4", 64, 36),
     active(41, "Q1_0", 128, 18),
+    active(42, "Q2_0", 64, 18),
 ];
 
 /// First id of the private range where gguftool's own formats live.
 ///
-/// llama.cpp assigns ids densely from 0 (41 is the highest in gguf-py 0.19,
-/// more will come); the private range starts far above so upstream growth
+/// llama.cpp assigns ids densely from 0 (42 is the highest in the llama.cpp
+/// vendored by llama-cpp-python 0.3.36, 41 in gguf-py 0.19; more will come); the private range starts far above so upstream growth
 /// never collides with it.
 pub const PRIVATE_TYPE_ID_BASE: u32 = 0x4000;
 /// Last id (inclusive) of the private range.
@@ -150,7 +151,8 @@ mod tests {
         assert_eq!(ggml_type(34).unwrap().bits_per_weight(), 1.6875);
         assert_eq!(ggml_type(12).unwrap().bits_per_weight(), 4.5);
         assert_eq!(ggml_type(4).unwrap().status, TypeStatus::Removed);
-        assert!(ggml_type(42).is_none());
+        assert_eq!(ggml_type(42).unwrap().name, "Q2_0");
+        assert!(ggml_type(43).is_none());
         assert_eq!(ggml_type_by_name("q4_k").unwrap().id, 12);
         assert!(ggml_type_by_name("q4_2").is_none());
     }

@@ -130,3 +130,46 @@ pub fn quant_q4_0(x: &[f32], b: &mut [u8]) {
         b[2 + j] = q(x[j]) | (q(x[j + QK / 2]) << 4);
     }
 }
+
+/// Decodes a Q1_0 block (18 bytes: d, 128 sign bits): bit set is +d, clear is -d.
+pub fn dequant_q1_0(b: &[u8], out: &mut [f32]) {
+    let d = read_f16(b);
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = if (b[2 + j / 8] >> (j % 8)) & 1 == 1 {
+            d
+        } else {
+            -d
+        };
+    }
+}
+
+/// Decodes a Q2_0 block (18 bytes: d, 64 two-bit codes): code c is (c - 1) * d.
+pub fn dequant_q2_0(b: &[u8], out: &mut [f32]) {
+    let d = read_f16(b);
+    for (j, o) in out.iter_mut().enumerate() {
+        let q = (b[2 + j / 4] >> ((j % 4) * 2)) & 3;
+        *o = (q as i32 - 1) as f32 * d;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q1_0_and_q2_0_follow_llama_cpp_reference() {
+        let mut b = [0u8; 18];
+        b[..2].copy_from_slice(&0x3800u16.to_le_bytes()); // 0.5
+        b[2] = 0b1000_0001;
+        let mut out = [0f32; 128];
+        dequant_q1_0(&b, &mut out);
+        assert_eq!(
+            &out[..9],
+            &[0.5, -0.5, -0.5, -0.5, -0.5, -0.5, -0.5, 0.5, -0.5]
+        );
+        b[2] = 0b11_10_01_00;
+        let mut out = [0f32; 64];
+        dequant_q2_0(&b, &mut out);
+        assert_eq!(&out[..5], &[-0.5, 0.0, 0.5, 1.0, -0.5]);
+    }
+}

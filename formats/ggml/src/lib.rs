@@ -299,3 +299,21 @@ std_type!(
     "E2M1 with UE4M3 scale per 16",
     nvfp4::dequant_nvfp4
 );
+std_type!(
+    Q1_0,
+    "q1_0",
+    41,
+    128,
+    18,
+    "1-bit sign, f16 scale per 128",
+    legacy::dequant_q1_0
+);
+std_type!(
+    Q2_0,
+    "q2_0",
+    42,
+    64,
+    18,
+    "2-bit {-1,0,1,2}, f16 scale per 64",
+    legacy::dequant_q2_0
+);
