@@ -1,0 +1,135 @@
+//! Real-model checks on SmolLM2-135M (Q4_1) and Gemma-3-270M (Q4_K_M).
+//! Ignored by default; run after `fixtures/fetch-real-models.sh` with
+//! `cargo test --release -p gguftool --test real_models -- --ignored`.
+
+use gguftool_core::gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_core::gguf::GgufFile;
+use gguftool_core::registry;
+use gguftool_ggml as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MODELS: [&str; 2] = [
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma-3-270m-q4_k_m.gguf",
+];
+
+fn model(name: &str) -> PathBuf {
+    let dir = std::env::var_os("GGUFTOOL_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run fixtures/fetch-real-models.sh",
+        p.display()
+    );
+    p
+}
+
+fn gguftool(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gguftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+#[ignore = "needs fixtures/fetch-real-models.sh"]
+fn parse_then_write_is_byte_identical() {
+    for name in MODELS {
+        let path = model(name);
+        let original = std::fs::read(&path).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        let h = f.header();
+        let specs = h
+            .tensors
+            .iter()
+            .map(|t| TensorSpec {
+                name: t.name.clone(),
+                ggml_type: t.ggml_type,
+                dims: t.dims.clone(),
+                n_bytes: t.n_bytes,
+            })
+            .collect();
+        let mut w = GgufWriter::begin(
+            std::io::Cursor::new(Vec::new()),
+            &h.metadata,
+            specs,
+            WriteOptions::default(),
+        )
+        .unwrap();
+        for i in 0..h.tensors.len() {
+            w.write_tensor_data(f.tensor_data(i)).unwrap();
+        }
+        let out = w.finish().unwrap().into_inner();
+        assert_eq!(out.len(), original.len(), "{name}");
+        assert!(out == original, "{name}: rewrite differs");
+    }
+}
+
+#[test]
+#[ignore = "needs fixtures/fetch-real-models.sh"]
+fn inspect_verify_seal_dequantize() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in MODELS {
+        let path = model(name);
+        let json: serde_json::Value =
+            serde_json::from_slice(&gguftool(&["inspect", "--json", s(&path)]).stdout).unwrap();
+        assert!(json["tensor_count"].as_u64().unwrap() > 200, "{name}");
+        gguftool(&["verify", s(&path)]);
+
+        let sealed = dir.path().join(format!("sealed-{name}"));
+        gguftool(&["seal", s(&path), "-o", s(&sealed)]);
+        let v = gguftool(&["verify", "--json", s(&sealed)]);
+        let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        assert_eq!(v["sealed"], true);
+        assert_eq!(v["ok"], true);
+        let (a, b) = (
+            GgufFile::open(&path).unwrap(),
+            GgufFile::open(&sealed).unwrap(),
+        );
+        for i in 0..a.header().tensors.len() {
+            assert!(
+                a.tensor_data(i) == b.tensor_data(i),
+                "{name}: seal changed tensor {i}"
+            );
+        }
+
+        let f32_path = dir.path().join(format!("f32-{name}"));
+        gguftool(&["dequantize", s(&path), "-o", s(&f32_path), "--to", "f32"]);
+        gguftool(&["verify", s(&f32_path)]);
+        let d = GgufFile::open(&f32_path).unwrap();
+        assert_eq!(d.header().tensors.len(), a.header().tensors.len());
+        // Spot-check: each tensor decodes to the same values the registry gives.
+        for (i, t) in a.header().tensors.iter().enumerate().step_by(17) {
+            assert_eq!(d.header().tensors[i].type_name, "F32", "{}", t.name);
+            let fmt = registry::by_type_id(t.ggml_type).unwrap();
+            let mut want = vec![0f32; t.n_elements as usize];
+            fmt.dequantize(a.tensor_data(i), &mut want).unwrap();
+            let got: Vec<f32> = d
+                .tensor_data(i)
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{}",
+                t.name
+            );
+        }
+        std::fs::remove_file(&f32_path).unwrap();
+    }
+}
