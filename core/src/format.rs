@@ -2,7 +2,11 @@
 //!
 //! A format is a ggml tensor type (standard or gguftool's own) that the
 //! toolkit can decode, and optionally encode. Plugins describe themselves
-//! with [`Format`] and register with [`crate::register_format!`].
+//! with [`Format`], decode with a [`Kernel`], encode with a [`Quantizer`],
+//! train with a [`DifferentiableQuantizer`], and register with
+//! [`crate::register_format!`].
+
+use crate::activation::Q8Activations;
 
 /// A SIMD instruction-set level a kernel can run at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -44,7 +48,36 @@ pub enum KernelError {
     Unsupported(String),
 }
 
-/// A tensor type the toolkit understands.
+/// Decoding and dot-product kernels of a format, per SIMD level.
+///
+/// Implementations must be sound for any `level`: run SIMD code only when
+/// [`crate::simd::supported`] says the CPU has it, else fall back.
+pub trait Kernel: Sync + Send {
+    /// SIMD levels implemented (scalar always).
+    fn simd_levels(&self) -> &'static [SimdLevel] {
+        &[SimdLevel::Scalar]
+    }
+
+    /// Decodes whole blocks at `level`; lengths are checked by the caller.
+    fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]);
+
+    /// Dot product of whole encoded blocks with `x` at `level`; lengths are
+    /// checked by the caller. The default decodes and sums in f32.
+    fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+        let mut tmp = vec![0f32; x.len()];
+        self.dequantize_at(level, src, &mut tmp);
+        tmp.iter().zip(x).map(|(a, b)| a * b).sum()
+    }
+
+    /// Dot product of whole encoded blocks with 8-bit activations (the fast
+    /// path for matvec). The default decodes both sides to f32.
+    fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+        self.dot_at(level, src, &x.dequantized())
+    }
+}
+
+/// A tensor type the toolkit understands: geometry plus its kernels and,
+/// optionally, an encoder and a differentiable (QAT) quantizer.
 pub trait Format: Sync + Send {
     /// Lower-case name used on the command line (e.g. `q8_0`, `piq3`).
     fn name(&self) -> &'static str;
@@ -56,32 +89,119 @@ pub trait Format: Sync + Send {
     fn type_size(&self) -> usize;
     /// One-line description.
     fn description(&self) -> &'static str;
-
-    /// Stored bits per weight, scales included.
-    fn bits_per_weight(&self) -> f64 {
-        self.type_size() as f64 * 8.0 / self.block_size() as f64
-    }
-
-    /// SIMD levels this format's kernels implement (scalar always).
-    fn simd_levels(&self) -> &'static [SimdLevel] {
-        &[SimdLevel::Scalar]
-    }
-
-    /// Decodes whole blocks; `src.len() / type_size() * block_size() == dst.len()`
-    /// is guaranteed by [`Format::dequantize`].
-    fn dequantize_blocks(&self, src: &[u8], dst: &mut [f32]);
+    /// Decoding and dot kernels.
+    fn kernel(&self) -> &dyn Kernel;
 
     /// Encoder, when the format can quantize.
     fn quantizer(&self) -> Option<&dyn Quantizer> {
         None
     }
 
-    /// Decodes `src` (whole blocks) into `dst`, checking lengths.
+    /// Fake-quant forward and STE backward, when the format supports QAT.
+    fn differentiable(&self) -> Option<&dyn DifferentiableQuantizer> {
+        None
+    }
+
+    /// Stored bits per weight, scales included.
+    fn bits_per_weight(&self) -> f64 {
+        self.type_size() as f64 * 8.0 / self.block_size() as f64
+    }
+
+    /// SIMD levels this format's kernels implement.
+    fn simd_levels(&self) -> &'static [SimdLevel] {
+        self.kernel().simd_levels()
+    }
+
+    /// Decodes `src` (whole blocks) into `dst` at the active SIMD level.
     fn dequantize(&self, src: &[u8], dst: &mut [f32]) -> Result<(), KernelError> {
+        self.dequantize_with(crate::simd::active(), src, dst)
+    }
+
+    /// Decodes at the highest implemented level not above `cap`.
+    fn dequantize_with(
+        &self,
+        cap: SimdLevel,
+        src: &[u8],
+        dst: &mut [f32],
+    ) -> Result<(), KernelError> {
         check_lengths(self, src.len(), dst.len())?;
-        self.dequantize_blocks(src, dst);
+        let k = self.kernel();
+        k.dequantize_at(crate::simd::pick(k.simd_levels(), cap), src, dst);
         Ok(())
     }
+
+    /// Dot product of encoded blocks with `x` at the active SIMD level.
+    fn dot(&self, src: &[u8], x: &[f32]) -> Result<f32, KernelError> {
+        self.dot_with(crate::simd::active(), src, x)
+    }
+
+    /// Dot product at the highest implemented level not above `cap`.
+    fn dot_with(&self, cap: SimdLevel, src: &[u8], x: &[f32]) -> Result<f32, KernelError> {
+        check_lengths(self, src.len(), x.len())?;
+        let k = self.kernel();
+        Ok(k.dot_at(crate::simd::pick(k.simd_levels(), cap), src, x))
+    }
+
+    /// Dot product with 8-bit activations at the active SIMD level.
+    fn dot_q8(&self, src: &[u8], x: &Q8Activations) -> Result<f32, KernelError> {
+        self.dot_q8_with(crate::simd::active(), src, x)
+    }
+
+    /// Dot product with 8-bit activations at the highest implemented level
+    /// not above `cap`. The row length must be a multiple of 32.
+    fn dot_q8_with(
+        &self,
+        cap: SimdLevel,
+        src: &[u8],
+        x: &Q8Activations,
+    ) -> Result<f32, KernelError> {
+        check_lengths(self, src.len(), x.len())?;
+        let k = self.kernel();
+        Ok(k.dot_q8_at(crate::simd::pick(k.simd_levels(), cap), src, x))
+    }
+}
+
+/// Straight-through estimator variants for the backward pass of rounding.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Ste {
+    /// Gradient passes through rounding and clamping unchanged.
+    Standard,
+    /// Passes through only where |w| is within `clip` times the grid's reach.
+    Clipped {
+        /// Fraction of the grid's reach (1.0 = the clamping edge).
+        clip: f32,
+    },
+    /// LSQ: pass-through inside the grid, zero outside, plus a scale gradient
+    /// scaled by 1/sqrt(group size * max level).
+    LearnedStepSize,
+    /// EWGS: element-wise gradient scaling by the rounding residual, with LSQ's scale gradient.
+    Ewgs {
+        /// Scaling strength.
+        lambda: f32,
+    },
+}
+
+/// Fake quantization for quantization-aware training.
+pub trait DifferentiableQuantizer: Sync + Send {
+    /// Weights per learnable scale.
+    fn group_size(&self) -> usize;
+    /// Initial scales (one per group), as the encoder would choose them.
+    fn init_scales(&self, w: &[f32], importance: Option<&[f32]>, scales: &mut [f32]);
+    /// Fake-quant forward: the values the encoded weights decode to.
+    fn forward(&self, w: &[f32], scales: &[f32], out: &mut [f32]);
+    /// Backward: gradients for the latent weights and the scales, given the
+    /// gradient of the loss with respect to the forward output.
+    fn backward(
+        &self,
+        w: &[f32],
+        scales: &[f32],
+        grad_out: &[f32],
+        ste: Ste,
+        grad_w: &mut [f32],
+        grad_scales: &mut [f32],
+    );
+    /// Encodes `w` with the given (trained) scales into whole blocks.
+    fn export(&self, w: &[f32], scales: &[f32], dst: &mut [u8]);
 }
 
 /// Encoding side of a format.

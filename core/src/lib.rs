@@ -3,6 +3,7 @@
 //! The core names no concrete format; plugins register themselves.
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod convert;
 pub mod error;
 pub mod format;
@@ -10,7 +11,9 @@ pub mod ggml_type;
 pub mod gguf;
 pub mod integrity;
 pub mod output;
+pub mod qat;
 pub mod registry;
+pub mod simd;
 pub mod template_scan;
 
 pub use error::{Error, GgufError, Result};

@@ -13,7 +13,7 @@ pub mod legacy;
 pub mod nvfp4;
 pub mod ternary;
 
-use gguftool_core::format::{Format, Quantizer};
+use gguftool_core::format::{Format, Kernel, Quantizer, SimdLevel};
 use gguftool_core::register_format;
 
 type BlockDecoder = fn(&[u8], &mut [f32]);
@@ -64,16 +64,22 @@ impl Format for StdType {
     fn description(&self) -> &'static str {
         self.description
     }
-    fn dequantize_blocks(&self, src: &[u8], dst: &mut [f32]) {
+    fn kernel(&self) -> &dyn Kernel {
+        self
+    }
+    fn quantizer(&self) -> Option<&dyn Quantizer> {
+        self.encoder.map(|q| q as &dyn Quantizer)
+    }
+}
+
+impl Kernel for StdType {
+    fn dequantize_at(&self, _level: SimdLevel, src: &[u8], dst: &mut [f32]) {
         for (b, out) in src
             .chunks_exact(self.type_size)
             .zip(dst.chunks_exact_mut(self.block_size))
         {
             (self.decode)(b, out);
         }
-    }
-    fn quantizer(&self) -> Option<&dyn Quantizer> {
-        self.encoder.map(|q| q as &dyn Quantizer)
     }
 }
 

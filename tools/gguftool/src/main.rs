@@ -10,6 +10,7 @@ mod progress;
 
 // Link every format plugin so its registration is kept by the linker.
 use gguftool_ggml as _;
+use gguftool_piq as _;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

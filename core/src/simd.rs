@@ -1,0 +1,86 @@
+//! Runtime SIMD level detection, once per process, with the
+//! `GGUFTOOL_SIMD=scalar|avx2|avx512` override (which can only lower the level).
+
+use crate::format::SimdLevel;
+use std::sync::OnceLock;
+
+/// Environment variable that caps the SIMD level.
+pub const ENV_OVERRIDE: &str = "GGUFTOOL_SIMD";
+
+/// True when this CPU can run code compiled for `level`.
+pub fn supported(level: SimdLevel) -> bool {
+    match level {
+        SimdLevel::Scalar => true,
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => {
+            static AVX2: OnceLock<bool> = OnceLock::new();
+            *AVX2.get_or_init(|| {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            })
+        }
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => {
+            static AVX512: OnceLock<bool> = OnceLock::new();
+            *AVX512.get_or_init(|| {
+                supported(SimdLevel::Avx2)
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => false,
+    }
+}
+
+/// Best level this CPU supports.
+pub fn detected() -> SimdLevel {
+    [SimdLevel::Avx512, SimdLevel::Avx2]
+        .into_iter()
+        .find(|l| supported(*l))
+        .unwrap_or(SimdLevel::Scalar)
+}
+
+/// Parses an override value.
+pub fn parse_level(s: &str) -> Option<SimdLevel> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "scalar" => Some(SimdLevel::Scalar),
+        "avx2" => Some(SimdLevel::Avx2),
+        "avx512" => Some(SimdLevel::Avx512),
+        _ => None,
+    }
+}
+
+/// The level kernels run at: the detected level, capped by `GGUFTOOL_SIMD`.
+pub fn active() -> SimdLevel {
+    static ACTIVE: OnceLock<SimdLevel> = OnceLock::new();
+    *ACTIVE.get_or_init(|| {
+        let best = detected();
+        match std::env::var(ENV_OVERRIDE)
+            .ok()
+            .as_deref()
+            .and_then(parse_level)
+        {
+            Some(wanted) => wanted.min(best),
+            None => best,
+        }
+    })
+}
+
+/// Every level this CPU supports, lowest first.
+pub fn available() -> Vec<SimdLevel> {
+    [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512]
+        .into_iter()
+        .filter(|l| supported(*l))
+        .collect()
+}
+
+/// The highest level in `offered` that is at most `cap` and supported here.
+pub fn pick(offered: &[SimdLevel], cap: SimdLevel) -> SimdLevel {
+    offered
+        .iter()
+        .copied()
+        .filter(|l| *l <= cap && supported(*l))
+        .max()
+        .unwrap_or(SimdLevel::Scalar)
+}

@@ -1,0 +1,128 @@
+//! AVX2 kernels. Decoding is bit-identical to the scalar reference; dot
+//! products differ only by summation order.
+
+use crate::kernel::scalar::block_step;
+use crate::layout::{PiqSpec, BLOCK};
+use gguftool_core::activation::Q8Activations;
+use std::arch::x86_64::*;
+
+/// The 32 codes of a block as bytes, in element order.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `src` holds whole blocks and the other
+/// buffers hold 32 elements per block of `src` (at least one block for `b`).
+#[inline(always)]
+pub unsafe fn codes_epi8(spec: &PiqSpec, b: &[u8]) -> __m256i {
+    let ql = i64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
+    // Lane k (64 bits) shifted right by 2k: byte i then holds element 8k + i.
+    let v = _mm256_srlv_epi64(_mm256_set1_epi64x(ql), _mm256_setr_epi64x(0, 2, 4, 6));
+    let mut codes = _mm256_and_si256(v, _mm256_set1_epi8(3));
+    if spec.bits == 3 {
+        let qh = u32::from_le_bytes([b[10], b[11], b[12], b[13]]);
+        // Byte j takes byte j/8 of qh, then tests bit j%8.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(qh as i32),
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            ),
+        );
+        let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bits), bits);
+        codes = _mm256_or_si256(codes, _mm256_and_si256(set, _mm256_set1_epi8(4)));
+    }
+    codes
+}
+
+/// The 8 codes of `codes` starting at element `8 * g` as f32.
+#[inline(always)]
+unsafe fn codes_ps(codes: __m256i, g: i32) -> __m256 {
+    let half = if g < 2 {
+        _mm256_castsi256_si128(codes)
+    } else {
+        _mm256_extracti128_si256(codes, 1)
+    };
+    let part = if g % 2 == 0 {
+        half
+    } else {
+        _mm_srli_si128(half, 8)
+    };
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part))
+}
+
+/// Decodes whole blocks.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `src` holds whole blocks and the other
+/// buffers hold 32 elements per block of `src` (at least one block for `b`).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dequantize(spec: &PiqSpec, src: &[u8], dst: &mut [f32]) {
+    let off = _mm256_set1_ps(spec.offset);
+    for (b, out) in src
+        .chunks_exact(spec.type_size())
+        .zip(dst.chunks_exact_mut(BLOCK))
+    {
+        let step = _mm256_set1_ps(block_step(spec, b));
+        let codes = codes_epi8(spec, b);
+        for g in 0..4 {
+            let level = _mm256_sub_ps(codes_ps(codes, g), off);
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(8 * g as usize),
+                _mm256_mul_ps(step, level),
+            );
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// Dot product with f32 activations.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `src` holds whole blocks and the other
+/// buffers hold 32 elements per block of `src` (at least one block for `b`).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot(spec: &PiqSpec, src: &[u8], x: &[f32]) -> f32 {
+    let off = _mm256_set1_ps(spec.offset);
+    let mut acc = _mm256_setzero_ps();
+    for (b, xb) in src
+        .chunks_exact(spec.type_size())
+        .zip(x.chunks_exact(BLOCK))
+    {
+        let codes = codes_epi8(spec, b);
+        let mut s = _mm256_setzero_ps();
+        for g in 0..4 {
+            let level = _mm256_sub_ps(codes_ps(codes, g), off);
+            s = _mm256_fmadd_ps(level, _mm256_loadu_ps(xb.as_ptr().add(8 * g as usize)), s);
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(block_step(spec, b)), s, acc);
+    }
+    hsum(acc)
+}
+
+/// Dot product with 8-bit activations (maddubs on unsigned codes).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `src` holds whole blocks and the other
+/// buffers hold 32 elements per block of `src` (at least one block for `b`).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q8(spec: &PiqSpec, src: &[u8], x: &Q8Activations) -> f32 {
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset_term = 0f32;
+    for (i, b) in src.chunks_exact(spec.type_size()).enumerate() {
+        let codes = codes_epi8(spec, b);
+        let q = _mm256_loadu_si256(x.qs.as_ptr().add(i * BLOCK) as *const __m256i);
+        let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, q), ones);
+        let scale = block_step(spec, b) * x.scales[i];
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(prod), acc);
+        offset_term += scale * spec.offset * x.sums[i] as f32;
+    }
+    hsum(acc) - offset_term
+}

@@ -1,0 +1,69 @@
+//! Kernel dispatch: scalar reference, AVX2 and AVX-512, chosen per call from
+//! the requested level and what the CPU supports.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+pub mod scalar;
+
+use crate::layout::PiqSpec;
+use gguftool_core::activation::Q8Activations;
+use gguftool_core::format::SimdLevel;
+use gguftool_core::simd::supported;
+
+/// Levels implemented on this architecture.
+#[cfg(target_arch = "x86_64")]
+pub const LEVELS: &[SimdLevel] = &[SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512];
+/// Levels implemented on this architecture.
+#[cfg(not(target_arch = "x86_64"))]
+pub const LEVELS: &[SimdLevel] = &[SimdLevel::Scalar];
+
+/// Decodes whole blocks at `level` (falls back when unsupported).
+pub fn dequantize(spec: &PiqSpec, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level >= SimdLevel::Avx512 && supported(SimdLevel::Avx512) {
+            // SAFETY: the CPU supports AVX-512F/BW, AVX2 and FMA.
+            return unsafe { avx512::dequantize(spec, src, dst) };
+        }
+        if level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { avx2::dequantize(spec, src, dst) };
+        }
+    }
+    let _ = (level, supported);
+    scalar::dequantize(spec, src, dst)
+}
+
+/// Dot product with f32 activations at `level`.
+pub fn dot(spec: &PiqSpec, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level >= SimdLevel::Avx512 && supported(SimdLevel::Avx512) {
+            // SAFETY: the CPU supports AVX-512F/BW, AVX2 and FMA.
+            return unsafe { avx512::dot(spec, src, x) };
+        }
+        if level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { avx2::dot(spec, src, x) };
+        }
+    }
+    scalar::dot(spec, src, x)
+}
+
+/// Dot product with 8-bit activations at `level`.
+pub fn dot_q8(spec: &PiqSpec, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level >= SimdLevel::Avx512 && supported(SimdLevel::Avx512) {
+            // SAFETY: the CPU supports AVX-512F/BW, AVX2 and FMA.
+            return unsafe { avx512::dot_q8(spec, src, x) };
+        }
+        if level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
+            // SAFETY: the CPU supports AVX2 and FMA.
+            return unsafe { avx2::dot_q8(spec, src, x) };
+        }
+    }
+    scalar::dot_q8(spec, src, x)
+}

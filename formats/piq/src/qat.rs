@@ -1,0 +1,94 @@
+//! PiQ's differentiable quantizer: the learnable parameter of each block is
+//! `alpha` (step = alpha * pi / k).
+
+use crate::encode;
+use crate::layout::{pack_codes, BLOCK};
+use crate::Piq;
+use gguftool_core::format::{DifferentiableQuantizer, Ste};
+use gguftool_core::qat::ste::Grid;
+use half::f16;
+
+impl Piq {
+    fn grid(&self) -> Grid {
+        Grid {
+            n_codes: self.spec.n_codes(),
+            offset: self.spec.offset,
+        }
+    }
+}
+
+impl DifferentiableQuantizer for Piq {
+    fn group_size(&self) -> usize {
+        BLOCK
+    }
+
+    fn init_scales(&self, w: &[f32], importance: Option<&[f32]>, scales: &mut [f32]) {
+        let ones = [1f32; BLOCK];
+        for (i, (x, a)) in w.chunks_exact(BLOCK).zip(scales.iter_mut()).enumerate() {
+            let imp = importance.map_or(&ones[..], |m| &m[i * BLOCK..(i + 1) * BLOCK]);
+            *a = encode::best_step_for(&self.spec, x, imp) / self.spec.pi_over_k();
+        }
+    }
+
+    fn forward(&self, w: &[f32], scales: &[f32], out: &mut [f32]) {
+        let g = self.grid();
+        for ((x, o), &a) in w
+            .chunks_exact(BLOCK)
+            .zip(out.chunks_exact_mut(BLOCK))
+            .zip(scales)
+        {
+            let s = a * self.spec.pi_over_k();
+            for (v, ov) in x.iter().zip(o.iter_mut()) {
+                *ov = g.fake_quant(*v, s);
+            }
+        }
+    }
+
+    fn backward(
+        &self,
+        w: &[f32],
+        scales: &[f32],
+        grad_out: &[f32],
+        ste: Ste,
+        grad_w: &mut [f32],
+        grad_scales: &mut [f32],
+    ) {
+        let g = self.grid();
+        let pik = self.spec.pi_over_k();
+        let lsq_scale = 1.0 / ((BLOCK as f32) * g.reach()).sqrt();
+        for (i, &a) in scales.iter().enumerate() {
+            let s = a * pik;
+            let mut gs = 0f32;
+            for j in i * BLOCK..(i + 1) * BLOCK {
+                let (gw, gsj) = g.backward(w[j], s, grad_out[j], ste);
+                grad_w[j] = gw;
+                gs += gsj;
+            }
+            // Chain rule to alpha, then LSQ's gradient scaling.
+            grad_scales[i] = gs * pik * lsq_scale;
+        }
+    }
+
+    fn export(&self, w: &[f32], scales: &[f32], dst: &mut [u8]) {
+        let ts = self.spec.type_size();
+        let g = self.grid();
+        for ((x, out), &a) in w
+            .chunks_exact(BLOCK)
+            .zip(dst.chunks_exact_mut(ts))
+            .zip(scales)
+        {
+            let alpha = f16::from_f32(a);
+            let s = alpha.to_f32() * self.spec.pi_over_k();
+            let mut codes = [0u8; BLOCK];
+            for (c, v) in codes.iter_mut().zip(x) {
+                *c = if s == 0.0 {
+                    0
+                } else {
+                    (g.level(v / s) + self.spec.offset) as u8
+                };
+            }
+            out[..2].copy_from_slice(&alpha.to_bits().to_le_bytes());
+            pack_codes(&self.spec, &codes, &mut out[2..]);
+        }
+    }
+}
