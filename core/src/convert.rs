@@ -11,6 +11,7 @@ use crate::output::AtomicOutput;
 use crate::registry;
 use rayon::prelude::*;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Decoded elements processed per chunk (bounds memory to ~64 MiB of f32).
 const CHUNK_ELEMENTS: u64 = 16 << 20;
@@ -49,6 +50,11 @@ pub struct PlannedTensor {
     pub spec: TensorSpec,
     /// How its bytes are produced.
     pub action: TensorAction,
+    /// Importance per input column (`row_len` values, or `row_len` per
+    /// matrix of a stacked tensor), weighting the encoder's error.
+    pub importance: Option<Arc<Vec<f32>>>,
+    /// Why the planner chose this (shown by `--dry-run`).
+    pub note: Option<String>,
 }
 
 /// A full conversion plan.
@@ -64,6 +70,36 @@ impl Plan {
     /// Total output tensor-data bytes (padding excluded).
     pub fn output_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.spec.n_bytes).sum()
+    }
+
+    /// The metadata handed to the writer: without sealing, any manifest is
+    /// dropped, since it describes the file it was made for.
+    fn output_metadata(&self, opts: WriteOptions) -> Metadata {
+        let mut md = self.metadata.clone();
+        if !opts.seal {
+            md.remove_where(crate::integrity::is_integrity_key);
+        }
+        md
+    }
+
+    /// Exact size of the file [`execute`] would write.
+    pub fn output_file_size(&self, opts: WriteOptions) -> Result<u64> {
+        let specs: Vec<TensorSpec> = self.tensors.iter().map(|t| t.spec.clone()).collect();
+        let w = GgufWriter::begin(
+            std::io::Cursor::new(Vec::new()),
+            &self.output_metadata(opts),
+            specs,
+            opts,
+        )
+        .map_err(|e| Error::Other(e.to_string()))?;
+        let alignment = crate::gguf::validate::alignment(&self.metadata)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let data: u64 = self
+            .tensors
+            .iter()
+            .map(|t| t.spec.n_bytes.div_ceil(alignment) * alignment)
+            .sum();
+        Ok(w.header_len() + data)
     }
 }
 
@@ -99,6 +135,8 @@ pub fn transcode(
             n_bytes: t.n_elements / bs * target.type_size() as u64,
         },
         action: TensorAction::Transcode { source, target },
+        importance: None,
+        note: None,
     })
 }
 
@@ -113,6 +151,8 @@ pub fn copy(t: &TensorInfo, index: usize) -> PlannedTensor {
             n_bytes: t.n_bytes,
         },
         action: TensorAction::Copy,
+        importance: None,
+        note: None,
     }
 }
 
@@ -126,18 +166,75 @@ pub fn execute(
     opts: WriteOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
+    execute_with_source_hash(src, plan, out, force, opts, None, progress)
+}
+
+/// [`execute`], also hashing the whole source file on a separate thread
+/// while converting and writing the hex SHA-256 into the string value of
+/// `source_sha256_key` (which must hold a 64-byte placeholder).
+pub fn execute_with_source_hash(
+    src: &GgufFile,
+    plan: &Plan,
+    out: &Path,
+    force: bool,
+    opts: WriteOptions,
+    source_sha256_key: Option<&str>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let hasher =
+            source_sha256_key.map(|_| scope.spawn(|| crate::integrity::sha256_hex(src.bytes())));
+        let finish = |w: GgufWriter<_>| -> Result<_> {
+            let wrap = |e| Error::Gguf {
+                path: out.to_path_buf(),
+                source: e,
+            };
+            match (source_sha256_key, hasher) {
+                (Some(key), Some(h)) => {
+                    let hex = h
+                        .join()
+                        .map_err(|_| Error::Other("source hashing thread panicked".into()))?;
+                    w.finish_deferred(&[(key, &hex)]).map_err(wrap)
+                }
+                _ => w.finish().map_err(wrap),
+            }
+        };
+        execute_inner(
+            src,
+            plan,
+            out,
+            force,
+            opts,
+            source_sha256_key,
+            progress,
+            finish,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute_inner(
+    src: &GgufFile,
+    plan: &Plan,
+    out: &Path,
+    force: bool,
+    opts: WriteOptions,
+    deferred_key: Option<&str>,
+    progress: &(dyn Fn(u64) + Sync),
+    finish: impl FnOnce(
+        GgufWriter<std::io::BufWriter<std::fs::File>>,
+    ) -> Result<std::io::BufWriter<std::fs::File>>,
+) -> Result<()> {
     let output = AtomicOutput::create(out, force)?;
     let specs = plan.tensors.iter().map(|t| t.spec.clone()).collect();
-    // A manifest describes the file it was made for; never carry a stale one.
-    let mut metadata = plan.metadata.clone();
-    if !opts.seal {
-        metadata.remove_where(crate::integrity::is_integrity_key);
-    }
+    let metadata = plan.output_metadata(opts);
     let wrap = |e| Error::Gguf {
         path: out.to_path_buf(),
         source: e,
     };
-    let mut w = GgufWriter::begin(output.writer()?, &metadata, specs, opts).map_err(wrap)?;
+    let deferred: Vec<&str> = deferred_key.into_iter().collect();
+    let mut w = GgufWriter::begin_deferred(output.writer()?, &metadata, specs, opts, &deferred)
+        .map_err(wrap)?;
     for pt in &plan.tensors {
         let data = src.tensor_data(pt.source_index);
         let info = &src.header().tensors[pt.source_index];
@@ -149,7 +246,8 @@ pub fn execute(
                 }
             }
             TensorAction::Transcode { source, target } => {
-                transcode_tensor(info, data, source, target, &mut |bytes, src_done| {
+                let imp = pt.importance.as_deref().map(Vec::as_slice);
+                transcode_tensor(info, data, source, target, imp, &mut |bytes, src_done| {
                     w.write_tensor_data(bytes).map_err(wrap)?;
                     progress(src_done);
                     Ok(())
@@ -157,8 +255,21 @@ pub fn execute(
             }
         }
     }
-    w.finish().map_err(wrap)?;
+    finish(w)?;
     output.commit()
+}
+
+/// Importance of row `row` of `info`, from a per-column vector that holds
+/// one `row_len` slice per matrix (or one slice shared by all).
+fn row_importance<'a>(info: &TensorInfo, imp: &'a [f32], row: u64) -> &'a [f32] {
+    let row_len = info.row_len() as usize;
+    let rows_per_mat = info.dims.get(1).copied().unwrap_or(1).max(1);
+    let mat = if imp.len() > row_len {
+        (row / rows_per_mat) as usize
+    } else {
+        0
+    };
+    &imp[mat * row_len..(mat + 1) * row_len]
 }
 
 /// Decodes and re-encodes one tensor chunk by chunk, handing each encoded
@@ -168,6 +279,7 @@ pub fn transcode_tensor(
     data: &[u8],
     source: &dyn Format,
     target: &dyn Format,
+    importance: Option<&[f32]>,
     sink: &mut dyn FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
     let row_len = info.row_len();
@@ -186,16 +298,25 @@ pub fn transcode_tensor(
         source,
     };
     let mut out = vec![0u8; rows_per_chunk * dst_row];
-    for src_chunk in data.chunks(rows_per_chunk * src_row) {
+    for (c, src_chunk) in data.chunks(rows_per_chunk * src_row).enumerate() {
         let rows = src_chunk.len() / src_row;
+        let first_row = (c * rows_per_chunk) as u64;
         let dst_chunk = &mut out[..rows * dst_row];
         dst_chunk
             .par_chunks_mut(rows_per_task * dst_row)
             .zip(src_chunk.par_chunks(rows_per_task * src_row))
-            .try_for_each(|(d, s)| {
-                let mut tmp = vec![0f32; s.len() / src_row * row_len as usize];
+            .enumerate()
+            .try_for_each(|(t, (d, s))| {
+                let task_rows = s.len() / src_row;
+                let mut tmp = vec![0f32; task_rows * row_len as usize];
                 source.dequantize(s, &mut tmp)?;
-                quantize(target, &tmp, None, d)
+                let imp: Option<Vec<f32>> = importance.map(|imp| {
+                    let first = first_row + (t * rows_per_task) as u64;
+                    (0..task_rows as u64)
+                        .flat_map(|r| row_importance(info, imp, first + r).iter().copied())
+                        .collect()
+                });
+                quantize(target, &tmp, imp.as_deref(), d)
             })
             .map_err(kernel_err)?;
         sink(dst_chunk, src_chunk.len() as u64)?;

@@ -124,6 +124,35 @@ pub fn ggml_type_by_name(name: &str) -> Option<&'static GgmlTypeInfo> {
         .find(|t| t.status == TypeStatus::Active && t.name.eq_ignore_ascii_case(name))
 }
 
+/// llama.cpp's `general.file_type` (`LLAMA_FTYPE_*`) for a file whose
+/// matrices are mostly of standard type `id`; None for types without one.
+pub fn llama_ftype(id: u32) -> Option<u32> {
+    Some(match id {
+        0 => 0,
+        1 => 1,
+        2 => 2,
+        3 => 3,
+        8 => 7,
+        6 => 8,
+        7 => 9,
+        10 => 10,
+        11 => 12,
+        12 => 15,
+        13 => 17,
+        14 => 18,
+        20 => 25,
+        23 => 30,
+        30 => 32,
+        34 => 36,
+        35 => 37,
+        39 => 38,
+        40 => 39,
+        41 => 40,
+        42 => 41,
+        _ => return None,
+    })
+}
+
 /// Ids of the standard float types.
 pub mod ids {
     /// F32.

@@ -42,6 +42,11 @@ pub fn hex(d: &[u8; 32]) -> String {
     })
 }
 
+/// SHA-256 (hex) of a whole byte string, e.g. a source file.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes).into())
+}
+
 /// SHA-256 over every metadata pair except the manifest's, encoded as stored.
 pub fn metadata_digest(md: &Metadata) -> [u8; 32] {
     let mut h = Sha256::new();

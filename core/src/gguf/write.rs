@@ -124,6 +124,11 @@ pub struct GgufWriter<W: Write + Seek> {
     specs: Vec<TensorSpec>,
     current: usize,
     written: u64,
+    header_len: u64,
+    /// (key, absolute offset, length) of patchable string values.
+    string_pos: Vec<(String, u64, usize)>,
+    /// The metadata as written (for recomputing the digest after patches).
+    metadata: Metadata,
     seal: Option<SealState>,
 }
 
@@ -138,10 +143,24 @@ impl<W: Write + Seek> GgufWriter<W> {
     /// Writes the header for `metadata` and `tensors` and returns a writer
     /// ready for the first tensor's data.
     pub fn begin(
+        w: W,
+        metadata: &Metadata,
+        tensors: Vec<TensorSpec>,
+        opts: WriteOptions,
+    ) -> GgufResult<Self> {
+        Self::begin_deferred(w, metadata, tensors, opts, &[])
+    }
+
+    /// Like [`GgufWriter::begin`], but the string values of `deferred` keys
+    /// are placeholders whose final text (of the same length) is given to
+    /// [`GgufWriter::finish_deferred`]; the manifest's metadata digest covers
+    /// the final text.
+    pub fn begin_deferred(
         mut w: W,
         metadata: &Metadata,
         tensors: Vec<TensorSpec>,
         opts: WriteOptions,
+        deferred: &[&str],
     ) -> GgufResult<Self> {
         let alignment = validate::alignment(metadata)?;
         let mut md = metadata.clone();
@@ -158,7 +177,15 @@ impl<W: Write + Seek> GgufWriter<W> {
         buf.extend_from_slice(&WRITE_VERSION.to_le_bytes());
         buf.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
         buf.extend_from_slice(&(md.len() as u64).to_le_bytes());
+        let mut string_pos = Vec::new();
         for (k, v) in md.entries() {
+            let patchable = deferred.contains(&k.as_str())
+                || (opts.seal && k == integrity::KEY_METADATA_SHA256);
+            if let (true, Value::String(text)) = (patchable, v) {
+                // key string, type id, then the value's length and text.
+                let pos = buf.len() as u64 + 8 + k.len() as u64 + 4 + 8;
+                string_pos.push((k.clone(), pos, text.len()));
+            }
             if opts.seal && k == integrity::KEY_TENSOR_SHA256 {
                 // Record where each placeholder's hex text lands.
                 let start = buf.len() as u64;
@@ -194,10 +221,18 @@ impl<W: Write + Seek> GgufWriter<W> {
             specs: tensors,
             current: 0,
             written: 0,
+            header_len: buf.len() as u64,
+            string_pos,
+            metadata: md,
             seal,
         };
         me.skip_empty_tensors()?;
         Ok(me)
+    }
+
+    /// Bytes of the header (metadata, tensor infos and padding).
+    pub fn header_len(&self) -> u64 {
+        self.header_len
     }
 
     /// Index of the tensor whose data is expected next.
@@ -250,23 +285,56 @@ impl<W: Write + Seek> GgufWriter<W> {
 
     /// Checks every tensor was written, patches the manifest, flushes, and
     /// returns the inner writer.
-    pub fn finish(mut self) -> GgufResult<W> {
+    pub fn finish(self) -> GgufResult<W> {
+        self.finish_deferred(&[])
+    }
+
+    /// [`GgufWriter::finish`], first filling in the deferred string values.
+    pub fn finish_deferred(mut self, values: &[(&str, &str)]) -> GgufResult<W> {
         if self.current != self.specs.len() {
             return Err(GgufError::Write(format!(
                 "tensor {:?} incomplete: {} of {} bytes written",
                 self.specs[self.current].name, self.written, self.specs[self.current].n_bytes
             )));
         }
-        if let Some(s) = &self.seal {
-            let end = self.w.stream_position().map_err(io_err)?;
-            for (pos, d) in s.digest_pos.iter().zip(&s.digests) {
-                self.w.seek(SeekFrom::Start(*pos)).map_err(io_err)?;
-                self.w
-                    .write_all(integrity::hex(d).as_bytes())
-                    .map_err(io_err)?;
+        let end = self.w.stream_position().map_err(io_err)?;
+        let mut patches: Vec<(u64, String)> = Vec::new();
+        for (key, text) in values {
+            let (_, pos, len) = self
+                .string_pos
+                .iter()
+                .find(|(k, _, _)| k == key)
+                .ok_or_else(|| GgufError::Write(format!("{key} was not deferred")))?;
+            if text.len() != *len {
+                return Err(GgufError::Write(format!(
+                    "{key}: deferred value must be {len} bytes"
+                )));
             }
-            self.w.seek(SeekFrom::Start(end)).map_err(io_err)?;
+            patches.push((*pos, text.to_string()));
+            self.metadata.set(key, Value::String(text.to_string()));
         }
+        if let Some(s) = &self.seal {
+            for (pos, d) in s.digest_pos.iter().zip(&s.digests) {
+                patches.push((*pos, integrity::hex(d)));
+            }
+            if !values.is_empty() {
+                let md_pos = self
+                    .string_pos
+                    .iter()
+                    .find(|(k, _, _)| k == integrity::KEY_METADATA_SHA256)
+                    .map(|(_, p, _)| *p)
+                    .ok_or_else(|| GgufError::Write("manifest metadata digest not found".into()))?;
+                patches.push((
+                    md_pos,
+                    integrity::hex(&integrity::metadata_digest(&self.metadata)),
+                ));
+            }
+        }
+        for (pos, text) in patches {
+            self.w.seek(SeekFrom::Start(pos)).map_err(io_err)?;
+            self.w.write_all(text.as_bytes()).map_err(io_err)?;
+        }
+        self.w.seek(SeekFrom::Start(end)).map_err(io_err)?;
         self.w.flush().map_err(io_err)?;
         Ok(self.w)
     }

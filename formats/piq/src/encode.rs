@@ -6,10 +6,12 @@ use half::f16;
 
 /// Candidates: the block's absmax is mapped to `reach * (1 + SWEEP_STEP * t)`
 /// for `t` in `SWEEP_LO..=SWEEP_HI` (shrinking the grid clips outliers).
-const SWEEP_LO: i32 = -3;
-const SWEEP_HI: i32 = 24;
+const SWEEP_LO: i32 = 0;
+const SWEEP_HI: i32 = 6;
 /// Relative spacing of the candidates.
-const SWEEP_STEP: f32 = 0.05;
+const SWEEP_STEP: f32 = 0.15;
+/// Least-squares refinements after the sweep.
+const REFINE: usize = 2;
 
 /// Nearest code for `v` (already divided by the step).
 #[inline(always)]
@@ -18,16 +20,23 @@ fn nearest_code(spec: &PiqSpec, v: f32) -> u8 {
     (v + spec.offset + 0.5).floor().clamp(0.0, max) as u8
 }
 
+/// Nearest level for `v`, in the float domain (vectorizes well).
+#[inline(always)]
+fn nearest_level(offset: f32, max_code: f32, v: f32) -> f32 {
+    (v + offset + 0.5).floor().clamp(0.0, max_code) - offset
+}
+
 /// For codes chosen with step `1/inv`, returns (sum w x l, sum w l^2).
 #[inline(always)]
 fn fit(spec: &PiqSpec, x: &[f32; BLOCK], w: &[f32; BLOCK], inv: f32) -> (f32, f32) {
-    let (mut sxl, mut sll) = (0f32, 0f32);
+    let max_code = (spec.n_codes() - 1) as f32;
+    let (mut sxl, mut sll) = ([0f32; 8], [0f32; 8]);
     for j in 0..BLOCK {
-        let l = spec.level(nearest_code(spec, x[j] * inv));
-        sxl += w[j] * x[j] * l;
-        sll += w[j] * l * l;
+        let l = nearest_level(spec.offset, max_code, x[j] * inv);
+        sxl[j % 8] += w[j] * x[j] * l;
+        sll[j % 8] += w[j] * l * l;
     }
-    (sxl, sll)
+    (sxl.iter().sum(), sll.iter().sum())
 }
 
 /// Chooses the step for one block (may be negative for asymmetric grids).
@@ -64,7 +73,7 @@ fn best_step(spec: &PiqSpec, x: &[f32; BLOCK], w: &[f32; BLOCK]) -> f32 {
         }
     }
     // Lloyd refinement: re-assign with the least-squares step, refit.
-    for _ in 0..2 {
+    for _ in 0..REFINE {
         if best_step == 0.0 {
             break;
         }

@@ -50,17 +50,18 @@ impl PiqSpec {
 
 /// Packs 32 codes into the block's code bytes (after the scale).
 pub fn pack_codes(spec: &PiqSpec, codes: &[u8; BLOCK], out: &mut [u8]) {
-    let (ql, rest) = out.split_at_mut(QL_BYTES);
-    ql.fill(0);
-    for (j, &c) in codes.iter().enumerate() {
-        ql[j % 8] |= (c & 3) << (2 * (j / 8));
+    for i in 0..QL_BYTES {
+        out[i] = (codes[i] & 3)
+            | ((codes[i + 8] & 3) << 2)
+            | ((codes[i + 16] & 3) << 4)
+            | ((codes[i + 24] & 3) << 6);
     }
     if spec.bits == 3 {
-        let qh: u32 = codes
-            .iter()
-            .enumerate()
-            .fold(0, |acc, (j, &c)| acc | ((((c >> 2) & 1) as u32) << j));
-        rest[..QH_BYTES].copy_from_slice(&qh.to_le_bytes());
+        let mut qh = 0u32;
+        for (j, &c) in codes.iter().enumerate() {
+            qh |= (((c >> 2) & 1) as u32) << j;
+        }
+        out[QL_BYTES..QL_BYTES + QH_BYTES].copy_from_slice(&qh.to_le_bytes());
     }
 }
 

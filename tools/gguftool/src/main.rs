@@ -1,5 +1,6 @@
 //! `gguftool`: inspect, verify, seal and convert GGUF model files.
 
+mod cmd_convert;
 mod cmd_dequantize;
 mod cmd_formats;
 mod cmd_inspect;
@@ -79,6 +80,8 @@ enum Command {
         #[arg(long)]
         no_seal: bool,
     },
+    /// Quantize a model to a registered format.
+    Convert(cmd_convert::ConvertArgs),
     /// List registered formats.
     Formats {
         /// Machine-readable output.
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> Result<ExitCode, gguftool_core::Error> {
             force,
             no_seal,
         } => cmd_dequantize::run(&input, &output, to, force, !no_seal),
+        Command::Convert(args) => cmd_convert::run(args),
         Command::Formats { json } => cmd_formats::run(json),
     }
 }

@@ -1,0 +1,199 @@
+//! `gguftool convert`: quantize a model to any registered format.
+
+use crate::progress::bytes_bar;
+use gguftool_core::convert::{self, Plan, TensorAction};
+use gguftool_core::gguf::write::WriteOptions;
+use gguftool_core::gguf::GgufFile;
+use gguftool_core::imatrix::Imatrix;
+use gguftool_core::integrity::sha256_hex;
+use gguftool_core::policy::{self, format_by_name, parse_tensor_type, Provenance, QuantPolicy};
+use gguftool_core::Error;
+use regex::Regex;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Options of `gguftool convert`.
+#[derive(clap::Args)]
+pub struct ConvertArgs {
+    /// Input GGUF file (F32, F16 or BF16 weights; others need --allow-requantize).
+    pub input: PathBuf,
+    /// Output file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Target format for weight matrices (see `gguftool formats`).
+    #[arg(short, long)]
+    pub format: String,
+    /// Decode already-quantized tensors and re-encode them.
+    #[arg(long)]
+    pub allow_requantize: bool,
+    /// Keep tensors whose names match REGEX unchanged (repeatable).
+    #[arg(long, value_name = "REGEX")]
+    pub keep: Vec<String>,
+    /// Use FORMAT for tensors whose names match REGEX (repeatable; first match wins).
+    #[arg(long, value_name = "REGEX=FORMAT")]
+    pub tensor_type: Vec<String>,
+    /// Format for output.weight.
+    #[arg(long, value_name = "FORMAT")]
+    pub output_tensor_type: Option<String>,
+    /// Format for token_embd.weight.
+    #[arg(long, value_name = "FORMAT")]
+    pub token_embedding_type: Option<String>,
+    /// Format for matrices whose rows do not fit the chosen format's blocks.
+    #[arg(long, value_name = "FORMAT", default_value = "q8_0")]
+    pub fallback: String,
+    /// llama.cpp importance matrix (GGUF from llama-imatrix, or legacy .dat).
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// Print the plan and the resulting size; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Overwrite an existing output.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not embed an integrity manifest.
+    #[arg(long)]
+    pub no_seal: bool,
+}
+
+fn regexes(args: &[String]) -> Result<Vec<Regex>, Error> {
+    args.iter()
+        .map(|r| Regex::new(r).map_err(|e| Error::Other(format!("--keep {r:?}: {e}"))))
+        .collect()
+}
+
+fn optional_format(
+    name: &Option<String>,
+) -> Result<Option<&'static dyn gguftool_core::format::Format>, Error> {
+    name.as_deref().map(format_by_name).transpose()
+}
+
+fn print_plan(src: &GgufFile, plan: &Plan, file_size: u64, as_json: bool) {
+    let h = src.header();
+    let (mut q_elems, mut q_bytes) = (0u64, 0u64);
+    let mut rows = Vec::new();
+    for t in &plan.tensors {
+        let info = &h.tensors[t.source_index];
+        let to = gguftool_core::registry::by_type_id(t.spec.ggml_type)
+            .map_or(info.type_name, |f| f.name());
+        if let TensorAction::Transcode { target, .. } = t.action {
+            if target.block_size() > 1 {
+                q_elems += info.n_elements;
+                q_bytes += t.spec.n_bytes;
+            }
+        }
+        rows.push((info, to, t));
+    }
+    let bpw = if q_elems > 0 {
+        q_bytes as f64 * 8.0 / q_elems as f64
+    } else {
+        0.0
+    };
+    if as_json {
+        let tensors: Vec<_> = rows
+            .iter()
+            .map(|(info, to, t)| {
+                json!({
+                    "name": info.name, "from": info.type_name, "to": to, "shape": info.dims,
+                    "bytes_in": info.n_bytes, "bytes_out": t.spec.n_bytes,
+                    "action": format!("{:?}", t.action), "imatrix": t.importance.is_some(), "note": t.note,
+                })
+            })
+            .collect();
+        let out = json!({
+            "tensors": tensors, "output_file_size": file_size,
+            "quantized_elements": q_elems, "quantized_bytes": q_bytes, "quantized_bits_per_weight": bpw,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{:<40} {:<8} {:<8} {:<20} {:>12} {:>12}  note",
+        "tensor", "from", "to", "shape", "bytes in", "bytes out"
+    );
+    for (info, to, t) in &rows {
+        let shape = format!("{:?}", info.dims);
+        let mut note = t.note.clone().unwrap_or_default();
+        if t.importance.is_some() {
+            note = format!("imatrix {note}");
+        }
+        println!(
+            "{:<40} {:<8} {:<8} {:<20} {:>12} {:>12}  {}",
+            info.name, info.type_name, to, shape, info.n_bytes, t.spec.n_bytes, note
+        );
+    }
+    println!(
+        "\n{} quantized elements at {bpw:.4} bits/weight; output file {file_size} bytes (input {})",
+        q_elems,
+        src.bytes().len()
+    );
+}
+
+pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
+    let src = GgufFile::open(&a.input)?;
+    let imatrix = a
+        .imatrix
+        .as_deref()
+        .map(|p: &Path| -> Result<_, Error> {
+            let m = Imatrix::load(p)?;
+            let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+            Ok((Arc::new(m), sha256_hex(&bytes)))
+        })
+        .transpose()?;
+    let policy = QuantPolicy {
+        format: format_by_name(&a.format)?,
+        allow_requantize: a.allow_requantize,
+        keep: regexes(&a.keep)?,
+        tensor_types: a
+            .tensor_type
+            .iter()
+            .map(|s| parse_tensor_type(s))
+            .collect::<Result<_, _>>()?,
+        output_tensor_type: optional_format(&a.output_tensor_type)?,
+        token_embedding_type: optional_format(&a.token_embedding_type)?,
+        fallback: format_by_name(&a.fallback)?,
+        imatrix: imatrix.as_ref().map(|(m, _)| m.clone()),
+    };
+    if policy.format.quantizer().is_none() {
+        return Err(Error::Other(format!(
+            "format {} cannot quantize",
+            policy.format.name()
+        )));
+    }
+    let provenance = Provenance {
+        // Hashed while converting, then patched in.
+        source_sha256: "0".repeat(64),
+        imatrix: imatrix.map(|(m, sha)| (sha, m.datasets.clone())),
+    };
+    let plan = policy::plan(&src, &policy, &provenance)?;
+    let opts = WriteOptions { seal: !a.no_seal };
+    if a.dry_run {
+        print_plan(&src, &plan, plan.output_file_size(opts)?, a.json);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let total: u64 = src.header().tensors.iter().map(|t| t.n_bytes).sum();
+    let pb = bytes_bar(total, &format!("converting to {}", policy.format.name()));
+    let start = std::time::Instant::now();
+    convert::execute_with_source_hash(
+        &src,
+        &plan,
+        &a.output,
+        a.force,
+        opts,
+        Some(policy::KEY_SOURCE_SHA256),
+        &|n| pb.inc(n),
+    )?;
+    pb.finish_and_clear();
+    eprintln!(
+        "wrote {} ({} tensors, {} bytes) in {:.1} s",
+        a.output.display(),
+        plan.tensors.len(),
+        plan.output_file_size(opts)?,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
