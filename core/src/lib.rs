@@ -14,6 +14,7 @@ pub mod integrity;
 pub mod output;
 pub mod policy;
 pub mod qat;
+pub mod quality;
 pub mod registry;
 pub mod simd;
 pub mod template_scan;

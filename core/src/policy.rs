@@ -33,9 +33,11 @@ pub struct QuantPolicy {
     pub keep: Vec<Regex>,
     /// Per-tensor overrides; the first match wins.
     pub tensor_types: Vec<(Regex, &'static dyn Format)>,
-    /// Format for `output.weight`.
-    pub output_tensor_type: Option<&'static dyn Format>,
-    /// Format for `token_embd.weight`.
+    /// Format for `output.weight`, and for `token_embd.weight` when the model
+    /// has no `output.weight` (tied embeddings). Like llama-quantize, which
+    /// keeps the output projection at 6 bits, callers default this to q8_0.
+    pub output_tensor_type: &'static dyn Format,
+    /// Format for `token_embd.weight` (overrides the tied-embedding rule).
     pub token_embedding_type: Option<&'static dyn Format>,
     /// Used when a row length does not fit the chosen format's block.
     pub fallback: &'static dyn Format,
@@ -73,7 +75,7 @@ fn registered(id: u32) -> Result<&'static dyn Format> {
 }
 
 impl QuantPolicy {
-    fn wanted(&self, t: &TensorInfo) -> &'static dyn Format {
+    fn wanted(&self, t: &TensorInfo, tied_embedding: bool) -> &'static dyn Format {
         if let Some((_, f)) = self
             .tensor_types
             .iter()
@@ -82,13 +84,17 @@ impl QuantPolicy {
             return *f;
         }
         match t.name.as_str() {
-            OUTPUT_TENSOR => self.output_tensor_type.unwrap_or(self.format),
+            OUTPUT_TENSOR => self.output_tensor_type,
+            // A tied embedding is also the output projection.
+            TOKEN_EMBEDDING if tied_embedding => {
+                self.token_embedding_type.unwrap_or(self.output_tensor_type)
+            }
             TOKEN_EMBEDDING => self.token_embedding_type.unwrap_or(self.format),
             _ => self.format,
         }
     }
 
-    fn plan_tensor(&self, t: &TensorInfo, i: usize) -> Result<PlannedTensor> {
+    fn plan_tensor(&self, t: &TensorInfo, i: usize, tied_embedding: bool) -> Result<PlannedTensor> {
         if INTEGER_TYPES.contains(&t.ggml_type) || self.keep.iter().any(|re| re.is_match(&t.name)) {
             return Ok(convert::copy(t, i));
         }
@@ -96,7 +102,7 @@ impl QuantPolicy {
         let (mut target, mut note) = if t.dims.len() <= 1 {
             (registered(ids::F32)?, None)
         } else {
-            (self.wanted(t), None)
+            (self.wanted(t, tied_embedding), None)
         };
         if target.type_id() == t.ggml_type {
             return Ok(convert::copy(t, i));
@@ -155,11 +161,12 @@ pub struct Provenance {
 /// Builds the conversion plan for `src` under `policy`.
 pub fn plan(src: &GgufFile, policy: &QuantPolicy, provenance: &Provenance) -> Result<Plan> {
     let h = src.header();
+    let tied = h.tensor_index(OUTPUT_TENSOR).is_none();
     let tensors = h
         .tensors
         .iter()
         .enumerate()
-        .map(|(i, t)| policy.plan_tensor(t, i))
+        .map(|(i, t)| policy.plan_tensor(t, i, tied))
         .collect::<Result<Vec<_>>>()?;
     let metadata = converted_metadata(&h.metadata, &tensors, policy.format, provenance);
     Ok(Plan { metadata, tensors })

@@ -34,10 +34,12 @@ pub struct ConvertArgs {
     /// Use FORMAT for tensors whose names match REGEX (repeatable; first match wins).
     #[arg(long, value_name = "REGEX=FORMAT")]
     pub tensor_type: Vec<String>,
-    /// Format for output.weight.
-    #[arg(long, value_name = "FORMAT")]
-    pub output_tensor_type: Option<String>,
-    /// Format for token_embd.weight.
+    /// Format for output.weight, and for token_embd.weight when the model ties
+    /// its embeddings (has no output.weight).
+    #[arg(long, value_name = "FORMAT", default_value = "q8_0")]
+    pub output_tensor_type: String,
+    /// Format for token_embd.weight (default: the main format, or the output
+    /// type when embeddings are tied).
     #[arg(long, value_name = "FORMAT")]
     pub token_embedding_type: Option<String>,
     /// Format for matrices whose rows do not fit the chosen format's blocks.
@@ -153,7 +155,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
             .iter()
             .map(|s| parse_tensor_type(s))
             .collect::<Result<_, _>>()?,
-        output_tensor_type: optional_format(&a.output_tensor_type)?,
+        output_tensor_type: format_by_name(&a.output_tensor_type)?,
         token_embedding_type: optional_format(&a.token_embedding_type)?,
         fallback: format_by_name(&a.fallback)?,
         imatrix: imatrix.as_ref().map(|(m, _)| m.clone()),

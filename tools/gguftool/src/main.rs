@@ -4,6 +4,7 @@ mod cmd_convert;
 mod cmd_dequantize;
 mod cmd_formats;
 mod cmd_inspect;
+mod cmd_quality;
 mod cmd_seal;
 mod cmd_verify;
 mod json;
@@ -82,6 +83,16 @@ enum Command {
     },
     /// Quantize a model to a registered format.
     Convert(cmd_convert::ConvertArgs),
+    /// Compare a quantized file with its original: RMSE, SQNR, bpw per tensor.
+    Quality {
+        /// Original GGUF file.
+        original: PathBuf,
+        /// Quantized GGUF file with the same tensors.
+        quantized: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List registered formats.
     Formats {
         /// Machine-readable output.
@@ -113,6 +124,11 @@ fn run(cli: Cli) -> Result<ExitCode, gguftool_core::Error> {
             no_seal,
         } => cmd_dequantize::run(&input, &output, to, force, !no_seal),
         Command::Convert(args) => cmd_convert::run(args),
+        Command::Quality {
+            original,
+            quantized,
+            json,
+        } => cmd_quality::run(&original, &quantized, json),
         Command::Formats { json } => cmd_formats::run(json),
     }
 }

@@ -1,0 +1,168 @@
+//! Quantization quality: per-tensor RMSE and SQNR between two files with the
+//! same tensors (an original and its quantized version), streamed in chunks.
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, TensorInfo};
+use crate::registry;
+use rayon::prelude::*;
+
+/// Elements decoded per chunk per side.
+const CHUNK: usize = 1 << 20;
+
+/// Error statistics of one tensor.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TensorQuality {
+    /// Tensor name.
+    pub name: String,
+    /// Type in the quantized file.
+    pub quant_type: String,
+    /// Element count.
+    pub elements: u64,
+    /// Stored bits per weight in the quantized file.
+    pub bits_per_weight: f64,
+    /// Sum of squared original values.
+    pub signal: f64,
+    /// Sum of squared differences.
+    pub noise: f64,
+    /// Root-mean-square error.
+    pub rmse: f64,
+    /// Signal-to-quantization-noise ratio in dB (infinite when exact).
+    pub sqnr_db: f64,
+}
+
+/// Aggregate over a set of tensors.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// Tensors included.
+    pub tensors: usize,
+    /// Elements included.
+    pub elements: u64,
+    /// Bits per weight over the included tensors.
+    pub bits_per_weight: f64,
+    /// RMSE over all included elements.
+    pub rmse: f64,
+    /// Total signal over total noise, in dB.
+    pub sqnr_db: f64,
+}
+
+fn sqnr(signal: f64, noise: f64) -> f64 {
+    if noise == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (signal / noise).log10()
+    }
+}
+
+fn decode_range(
+    f: &GgufFile,
+    i: usize,
+    t: &TensorInfo,
+    start: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    let fmt = registry::by_type_id(t.ggml_type).ok_or_else(|| Error::Unsupported {
+        tensor: t.name.clone(),
+        reason: format!("no decoder for {}", t.type_name),
+    })?;
+    let (bs, ts) = (fmt.block_size(), fmt.type_size());
+    let bytes = &f.tensor_data(i)[start / bs * ts..(start + out.len()) / bs * ts];
+    fmt.dequantize(bytes, out).map_err(|source| Error::Kernel {
+        tensor: t.name.clone(),
+        source,
+    })
+}
+
+fn compare_tensor(
+    orig: &GgufFile,
+    oi: usize,
+    quant: &GgufFile,
+    qi: usize,
+) -> Result<TensorQuality> {
+    let (to, tq) = (&orig.header().tensors[oi], &quant.header().tensors[qi]);
+    if to.dims != tq.dims {
+        return Err(Error::Other(format!(
+            "tensor {:?}: shape {:?} vs {:?}",
+            to.name, to.dims, tq.dims
+        )));
+    }
+    // Chunks must hold whole blocks of both types: use a multiple of 256 * row.
+    let n = to.n_elements as usize;
+    let step = CHUNK.div_ceil(256) * 256;
+    let (mut signal, mut noise) = (0f64, 0f64);
+    let (mut a, mut b) = (vec![0f32; step.min(n)], vec![0f32; step.min(n)]);
+    let mut start = 0;
+    while start < n {
+        let len = step.min(n - start);
+        decode_range(orig, oi, to, start, &mut a[..len])?;
+        decode_range(quant, qi, tq, start, &mut b[..len])?;
+        for (x, y) in a[..len].iter().zip(&b[..len]) {
+            signal += (*x as f64).powi(2);
+            noise += (*x as f64 - *y as f64).powi(2);
+        }
+        start += len;
+    }
+    Ok(TensorQuality {
+        name: tq.name.clone(),
+        quant_type: tq.type_name.to_string(),
+        elements: tq.n_elements,
+        bits_per_weight: tq.bits_per_weight(),
+        signal,
+        noise,
+        rmse: if n > 0 {
+            (noise / n as f64).sqrt()
+        } else {
+            0.0
+        },
+        sqnr_db: sqnr(signal, noise),
+    })
+}
+
+/// Compares every tensor of `quant` with the same-named tensor of `orig`.
+pub fn compare(orig: &GgufFile, quant: &GgufFile) -> Result<Vec<TensorQuality>> {
+    let pairs: Vec<(usize, usize)> = quant
+        .header()
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(qi, t)| {
+            orig.header()
+                .tensor_index(&t.name)
+                .map(|oi| (oi, qi))
+                .ok_or_else(|| {
+                    Error::Other(format!("tensor {:?} is not in the original file", t.name))
+                })
+        })
+        .collect::<Result<_>>()?;
+    pairs
+        .into_par_iter()
+        .map(|(oi, qi)| compare_tensor(orig, oi, quant, qi))
+        .collect()
+}
+
+/// Aggregates the tensors for which `include` holds.
+pub fn summarize(rows: &[TensorQuality], include: impl Fn(&TensorQuality) -> bool) -> Summary {
+    let sel: Vec<&TensorQuality> = rows.iter().filter(|r| include(r)).collect();
+    let elements: u64 = sel.iter().map(|r| r.elements).sum();
+    let bits: f64 = sel
+        .iter()
+        .map(|r| r.bits_per_weight * r.elements as f64)
+        .sum();
+    let (signal, noise) = sel
+        .iter()
+        .fold((0.0, 0.0), |(s, n), r| (s + r.signal, n + r.noise));
+    Summary {
+        tensors: sel.len(),
+        elements,
+        bits_per_weight: if elements > 0 {
+            bits / elements as f64
+        } else {
+            0.0
+        },
+        rmse: if elements > 0 {
+            (noise / elements as f64).sqrt()
+        } else {
+            0.0
+        },
+        sqnr_db: sqnr(signal, noise),
+    }
+}

@@ -1,0 +1,257 @@
+//! `gguftool convert` and `gguftool quality` end to end on the tiny fixture.
+
+use gguftool_core::gguf::{GgufFile, Value};
+use gguftool_core::integrity::sha256_hex;
+use gguftool_ggml as _;
+use gguftool_piq as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama-f32.gguf")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> Output {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn piq_conversion_follows_the_policy_and_records_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    for fmt in ["piq3", "piq2"] {
+        let out = dir.path().join(format!("{fmt}.gguf"));
+        ok(&["convert", s(&tiny()), "-o", s(&out), "--format", fmt]);
+        let f = GgufFile::open(&out).unwrap();
+        let h = f.header();
+        for t in &h.tensors {
+            let want = match (t.dims.len(), t.name.as_str()) {
+                (1, _) => "F32",
+                (_, "output.weight") => "Q8_0",
+                _ => fmt,
+            };
+            let got = gguftool_core::registry::by_type_id(t.ggml_type)
+                .unwrap()
+                .name();
+            assert!(
+                got.eq_ignore_ascii_case(want),
+                "{}: {got} vs {want}",
+                t.name
+            );
+        }
+        let md = &h.metadata;
+        let src_sha = sha256_hex(&std::fs::read(tiny()).unwrap());
+        assert_eq!(
+            md.get("gguftool.convert.source_sha256"),
+            Some(&Value::String(src_sha))
+        );
+        assert_eq!(
+            md.get("gguftool.convert.format"),
+            Some(&Value::String(fmt.into()))
+        );
+        assert!(
+            md.get("general.file_type").is_none(),
+            "no llama.cpp file type for {fmt}"
+        );
+        let orig = GgufFile::open(tiny()).unwrap();
+        assert_eq!(
+            md.get("tokenizer.chat_template"),
+            orig.header().metadata.get("tokenizer.chat_template")
+        );
+        ok(&["verify", s(&out)]);
+
+        let q = ok(&["quality", "--json", s(&tiny()), s(&out)]);
+        let v: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+        let sqnr = v["matrices"]["sqnr_db"].as_f64().unwrap();
+        // Gaussian weights: about 6 dB per bit, minus the clipping/scale overhead.
+        let (lo, hi) = if fmt == "piq3" {
+            (13.0, 18.0)
+        } else {
+            (8.0, 12.0)
+        };
+        assert!(sqnr > lo && sqnr < hi, "{fmt}: SQNR {sqnr}");
+
+        // The PiQ file decodes to an F32 file with the same values.
+        let back = dir.path().join(format!("{fmt}-f32.gguf"));
+        ok(&["dequantize", s(&out), "-o", s(&back)]);
+        let q2 = ok(&["quality", "--json", s(&out), s(&back)]);
+        let v2: serde_json::Value = serde_json::from_slice(&q2.stdout).unwrap();
+        assert_eq!(v2["all"]["rmse"], 0.0);
+    }
+}
+
+#[test]
+fn overrides_keep_and_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.gguf");
+    let plan = ok(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        s(&out),
+        "--format",
+        "piq2",
+        "--keep",
+        "attn_q",
+        "--tensor-type",
+        "ffn_down=q4_0",
+        "--output-tensor-type",
+        "piq3",
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(!out.exists(), "dry run wrote a file");
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let to = |name: &str| -> String {
+        v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["to"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(to("blk.0.attn_q.weight"), "f32");
+    assert_eq!(to("blk.1.ffn_down.weight"), "q4_0");
+    assert_eq!(to("output.weight"), "piq3");
+    assert_eq!(to("blk.0.ffn_up.weight"), "piq2");
+    // The predicted size is exact.
+    ok(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        s(&out),
+        "--format",
+        "piq2",
+        "--keep",
+        "attn_q",
+        "--tensor-type",
+        "ffn_down=q4_0",
+        "--output-tensor-type",
+        "piq3",
+    ]);
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().len(),
+        v["output_file_size"].as_u64().unwrap()
+    );
+    // An existing output is not overwritten without --force.
+    let again = run(&["convert", s(&tiny()), "-o", s(&out), "--format", "piq2"]);
+    assert_eq!(again.status.code(), Some(1));
+}
+
+#[test]
+fn quantized_input_needs_allow_requantize() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("q8.gguf");
+    ok(&["convert", s(&tiny()), "-o", s(&q), "--format", "q8_0"]);
+    let out = dir.path().join("p.gguf");
+    let refused = run(&["convert", s(&q), "-o", s(&out), "--format", "piq2"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--allow-requantize"));
+    ok(&[
+        "convert",
+        s(&q),
+        "-o",
+        s(&out),
+        "--format",
+        "piq2",
+        "--allow-requantize",
+    ]);
+    let unknown = run(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        s(&out),
+        "--format",
+        "piq9",
+        "--force",
+    ]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown format \"piq9\""));
+}
+
+/// A legacy .dat importance matrix that makes column 0 of every row of one
+/// tensor dominant.
+fn legacy_imatrix(path: &Path, tensor: &str, row_len: usize) {
+    let mut b = 1i32.to_le_bytes().to_vec();
+    b.extend((tensor.len() as i32).to_le_bytes());
+    b.extend(tensor.as_bytes());
+    b.extend(1i32.to_le_bytes());
+    b.extend((row_len as i32).to_le_bytes());
+    for j in 0..row_len {
+        b.extend((if j % 32 == 0 { 1000.0f32 } else { 1.0 }).to_le_bytes());
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn imatrix_weights_the_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let im = dir.path().join("m.dat");
+    let name = "blk.0.ffn_up.weight";
+    legacy_imatrix(&im, name, 64);
+    let (plain, weighted) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    ok(&["convert", s(&tiny()), "-o", s(&plain), "--format", "piq2"]);
+    ok(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        s(&weighted),
+        "--format",
+        "piq2",
+        "--imatrix",
+        s(&im),
+    ]);
+    let (o, a, b) = (
+        GgufFile::open(tiny()).unwrap(),
+        GgufFile::open(&plain).unwrap(),
+        GgufFile::open(&weighted).unwrap(),
+    );
+    assert!(b
+        .header()
+        .metadata
+        .get("gguftool.convert.imatrix_sha256")
+        .is_some());
+    let err_col0 = |f: &GgufFile| -> f64 {
+        let i = f.header().tensor_index(name).unwrap();
+        let fmt = gguftool_core::registry::by_type_id(f.header().tensors[i].ggml_type).unwrap();
+        let mut dec = vec![0f32; 64 * 128];
+        fmt.dequantize(f.tensor_data(i), &mut dec).unwrap();
+        let oi = o.header().tensor_index(name).unwrap();
+        let orig: Vec<f32> = o
+            .tensor_data(oi)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        (0..dec.len())
+            .filter(|j| j % 32 == 0)
+            .map(|j| ((dec[j] - orig[j]) as f64).powi(2))
+            .sum()
+    };
+    assert!(
+        err_col0(&b) < 0.5 * err_col0(&a),
+        "{} vs {}",
+        err_col0(&b),
+        err_col0(&a)
+    );
+    // Other tensors are unaffected by an imatrix that does not name them.
+    let i = a.header().tensor_index("blk.1.ffn_up.weight").unwrap();
+    assert_eq!(a.tensor_data(i), b.tensor_data(i));
+}
