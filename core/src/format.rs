@@ -13,7 +13,7 @@ use crate::activation::Q8Activations;
 pub enum SimdLevel {
     /// Portable reference code.
     Scalar,
-    /// x86-64 AVX2 + FMA.
+    /// x86-64 AVX2 + FMA + F16C.
     Avx2,
     /// x86-64 AVX-512F/BW.
     Avx512,

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod bench;
 pub mod convert;
 pub mod error;
 pub mod format;

@@ -1,5 +1,6 @@
 //! `gguftool`: inspect, verify, seal and convert GGUF model files.
 
+mod cmd_bench;
 mod cmd_convert;
 mod cmd_dequantize;
 mod cmd_formats;
@@ -93,6 +94,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure kernel throughput per format and SIMD level (one thread).
+    Bench {
+        /// Formats to measure (default: every block format).
+        #[arg(long = "format", value_name = "NAME")]
+        formats: Vec<String>,
+        /// Milliseconds per measurement.
+        #[arg(long, default_value_t = 300)]
+        millis: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List registered formats.
     Formats {
         /// Machine-readable output.
@@ -129,6 +142,11 @@ fn run(cli: Cli) -> Result<ExitCode, gguftool_core::Error> {
             quantized,
             json,
         } => cmd_quality::run(&original, &quantized, json),
+        Command::Bench {
+            formats,
+            millis,
+            json,
+        } => cmd_bench::run(&formats, millis, json),
         Command::Formats { json } => cmd_formats::run(json),
     }
 }
