@@ -51,16 +51,20 @@ fn best_step(spec: &PiqSpec, x: &[f32; BLOCK], w: &[f32; BLOCK]) -> f32 {
     let reach_neg = -spec.level(0);
     let symmetric = reach_pos == reach_neg;
     let (mut best_gain, mut best_step) = (-1f32, 0f32);
-    // Asymmetric grids: try both orientations and both reaches.
+    // Asymmetric grids: map the largest-magnitude weight to the long side of
+    // the grid (a negative step if it is positive) and to the short side.
+    let xm = x
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let long = -xm.signum();
+    let both = [
+        (long, reach_neg.max(reach_pos)),
+        (-long, reach_neg.min(reach_pos)),
+    ];
     let tries: &[(f32, f32)] = if symmetric {
         &[(1.0, reach_pos)]
     } else {
-        &[
-            (1.0, reach_pos),
-            (1.0, reach_neg),
-            (-1.0, reach_pos),
-            (-1.0, reach_neg),
-        ]
+        &both
     };
     for &(sign, reach) in tries {
         for t in SWEEP_LO..=SWEEP_HI {
