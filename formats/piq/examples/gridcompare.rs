@@ -13,6 +13,9 @@ use gguftool_piq::layout::{PiqSpec, BLOCK};
 use std::collections::BTreeMap;
 use std::f32::consts::PI;
 
+/// A quantize-then-decode function.
+type Variant = Box<dyn Fn(&[f32]) -> Vec<f32>>;
+
 /// Elements sampled per tensor (leading rows).
 const SAMPLE: usize = 1 << 20;
 
@@ -54,7 +57,7 @@ fn main() {
         .nth(1)
         .expect("usage: gridcompare MODEL-F32.gguf");
     let f = GgufFile::open(&path).expect("open");
-    let variants: Vec<(&str, Box<dyn Fn(&[f32]) -> Vec<f32>>)> = vec![
+    let variants: Vec<(&str, Variant)> = vec![
         (
             "piq3 half-int -3.5..3.5",
             Box::new(|x| {
