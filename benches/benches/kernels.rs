@@ -1,26 +1,59 @@
-//! Decode throughput of every registered format, in GB/s of encoded bytes.
+//! Kernel throughput (GB/s of encoded weights): decoding for every
+//! registered block format; decode, f32 dot and 8-bit dot per SIMD level for
+//! formats with SIMD kernels. Single-threaded, 64 x 4096 matrix (in cache).
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gguftool_core::registry;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gguftool_core::activation::Q8Activations;
+use gguftool_core::bench::{test_matrix, ROW};
+use gguftool_core::{registry, simd};
 use gguftool_ggml as _;
+use gguftool_piq as _;
 
-fn bench_dequantize(c: &mut Criterion) {
-    const ELEMS: usize = 1 << 20;
-    let mut g = c.benchmark_group("dequantize");
-    for f in registry::all() {
-        let n_blocks = ELEMS / f.block_size();
-        let mut src = vec![0u8; n_blocks * f.type_size()];
-        for (i, b) in src.iter_mut().enumerate() {
-            *b = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] & 0x3f;
+const ROWS: usize = 64;
+
+fn bench_kernels(c: &mut Criterion) {
+    let mut g = c.benchmark_group("kernels");
+    g.sample_size(20);
+    let mut formats: Vec<_> = registry::all()
+        .iter()
+        .copied()
+        .filter(|f| f.block_size() > 1)
+        .collect();
+    formats.sort_by_key(|f| f.type_id());
+    for f in formats {
+        let (enc, x) = test_matrix(f, ROWS);
+        let q8 = Q8Activations::quantize(&x);
+        let row_bytes = enc.len() / ROWS;
+        let mut out = vec![0f32; ROWS * ROW];
+        g.throughput(Throughput::Bytes(enc.len() as u64));
+        for level in simd::available()
+            .into_iter()
+            .filter(|l| f.simd_levels().contains(l))
+        {
+            let id = |k: &str| BenchmarkId::new(format!("{}/{k}", f.name()), level.name());
+            g.bench_function(id("dequantize"), |b| {
+                b.iter(|| f.dequantize_with(level, &enc, &mut out).unwrap())
+            });
+            if f.simd_levels().len() > 1 {
+                g.bench_function(id("dot_f32"), |b| {
+                    b.iter(|| {
+                        enc.chunks_exact(row_bytes)
+                            .map(|r| f.dot_with(level, r, &x).unwrap())
+                            .sum::<f32>()
+                    })
+                });
+                g.bench_function(id("dot_q8"), |b| {
+                    b.iter(|| {
+                        enc.chunks_exact(row_bytes)
+                            .map(|r| f.dot_q8_with(level, r, &q8).unwrap())
+                            .sum::<f32>()
+                    })
+                });
+            }
         }
-        let mut dst = vec![0f32; n_blocks * f.block_size()];
-        g.throughput(Throughput::Bytes(src.len() as u64));
-        g.bench_function(f.name(), |b| {
-            b.iter(|| f.dequantize(&src, &mut dst).unwrap())
-        });
     }
     g.finish();
 }
 
-criterion_group!(benches, bench_dequantize);
+criterion_group!(benches, bench_kernels);
 criterion_main!(benches);

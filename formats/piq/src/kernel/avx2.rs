@@ -106,9 +106,40 @@ pub unsafe fn dot(spec: &PiqSpec, src: &[u8], x: &[f32]) -> f32 {
     hsum(acc)
 }
 
-/// Dot product with 8-bit activations. Levels are doubled to odd integers
-/// `2*code - 2*offset`, so `maddubs(|l2|, sign(q, l2))` sums `l2 * q` exactly
-/// in integers and no offset correction is needed; two blocks per step.
+/// The block's f16 alpha bits.
+#[inline(always)]
+fn alpha(b: &[u8]) -> i64 {
+    u16::from_le_bytes([b[0], b[1]]) as i64
+}
+
+/// `sum((code - offset) * q)` of block `i` in 8 f32 lanes (exact integers).
+#[inline(always)]
+unsafe fn block_sum(
+    spec: &PiqSpec,
+    b: &[u8],
+    x: &Q8Activations,
+    i: usize,
+    integer_offset: bool,
+) -> __m256 {
+    let codes = codes_epi8(spec, b);
+    let q = _mm256_loadu_si256(x.qs.as_ptr().add(i * BLOCK) as *const __m256i);
+    let p16 = if integer_offset {
+        let off = _mm256_set1_epi8(spec.offset as i8);
+        _mm256_sub_epi16(_mm256_maddubs_epi16(codes, q), _mm256_maddubs_epi16(off, q))
+    } else {
+        let l2 = _mm256_sub_epi8(
+            _mm256_add_epi8(codes, codes),
+            _mm256_set1_epi8((2.0 * spec.offset) as i8),
+        );
+        _mm256_maddubs_epi16(_mm256_sign_epi8(l2, l2), _mm256_sign_epi8(q, l2))
+    };
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+}
+
+/// Dot product with 8-bit activations. With integer offsets the sum
+/// `sum((code - offset) * q)` is `maddubs(code, q) - maddubs(offset, q)` in
+/// 16-bit lanes (exact: |sums| <= 2 * 7 * 127); half-integer offsets use
+/// doubled odd levels with sign/abs instead. Two accumulators.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `src` holds whole blocks and `x`
@@ -116,23 +147,54 @@ pub unsafe fn dot(spec: &PiqSpec, src: &[u8], x: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8(spec: &PiqSpec, src: &[u8], x: &Q8Activations) -> f32 {
     let ts = spec.type_size();
-    let two_off = _mm256_set1_epi8((2.0 * spec.offset) as i8);
-    let ones = _mm256_set1_epi16(1);
-    let pik_half = spec.pi_over_k() * 0.5;
+    let n = src.len() / ts;
+    let integer_offset = spec.offset.fract() == 0.0;
+    let pik = _mm_set1_ps(spec.pi_over_k() * if integer_offset { 1.0 } else { 0.5 });
     let mut acc = [_mm256_setzero_ps(), _mm256_setzero_ps()];
-    for (i, b) in src.chunks_exact(ts).enumerate() {
-        let codes = codes_epi8(spec, b);
-        let l2 = _mm256_sub_epi8(_mm256_add_epi8(codes, codes), two_off);
-        let q = _mm256_loadu_si256(x.qs.as_ptr().add(i * BLOCK) as *const __m256i);
-        let prod = _mm256_madd_epi16(
-            _mm256_maddubs_epi16(_mm256_sign_epi8(l2, l2), _mm256_sign_epi8(q, l2)),
-            ones,
+    let mut i = 0;
+    // Four blocks per step: their four scales are converted and multiplied as one vector.
+    while i + 4 <= n {
+        let b = &src[i * ts..(i + 4) * ts];
+        let halves = alpha(b)
+            | alpha(&b[ts..]) << 16
+            | alpha(&b[2 * ts..]) << 32
+            | alpha(&b[3 * ts..]) << 48;
+        let scales = _mm_mul_ps(
+            _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128(halves)), pik),
+            _mm_loadu_ps(x.scales.as_ptr().add(i)),
         );
-        let alpha = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-            u16::from_le_bytes([b[0], b[1]]) as i32,
-        )));
-        let scale = _mm256_set1_ps(alpha * pik_half * x.scales[i]);
-        acc[i & 1] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(prod), acc[i & 1]);
+        let s01 = _mm256_castps128_ps256(scales);
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_permutevar8x32_ps(s01, _mm256_setzero_si256()),
+            block_sum(spec, b, x, i, integer_offset),
+            acc[0],
+        );
+        acc[1] = _mm256_fmadd_ps(
+            _mm256_permutevar8x32_ps(s01, _mm256_set1_epi32(1)),
+            block_sum(spec, &b[ts..], x, i + 1, integer_offset),
+            acc[1],
+        );
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_permutevar8x32_ps(s01, _mm256_set1_epi32(2)),
+            block_sum(spec, &b[2 * ts..], x, i + 2, integer_offset),
+            acc[0],
+        );
+        acc[1] = _mm256_fmadd_ps(
+            _mm256_permutevar8x32_ps(s01, _mm256_set1_epi32(3)),
+            block_sum(spec, &b[3 * ts..], x, i + 3, integer_offset),
+            acc[1],
+        );
+        i += 4;
+    }
+    while i < n {
+        let b = &src[i * ts..];
+        let a = _mm_cvtss_f32(_mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128(alpha(b))), pik));
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_set1_ps(a * x.scales[i]),
+            block_sum(spec, b, x, i, integer_offset),
+            acc[0],
+        );
+        i += 1;
     }
     hsum(_mm256_add_ps(acc[0], acc[1]))
 }

@@ -56,12 +56,9 @@ pub fn dot(spec: &PiqSpec, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
 pub fn dot_q8(spec: &PiqSpec, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if level >= SimdLevel::Avx512 && supported(SimdLevel::Avx512) {
-            // SAFETY: the CPU supports AVX-512F/BW, AVX2 and FMA.
-            return unsafe { avx512::dot_q8(spec, src, x) };
-        }
+        // AVX-512 uses the AVX2 kernel here (see the avx512 module).
         if level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
-            // SAFETY: the CPU supports AVX2 and FMA.
+            // SAFETY: the CPU supports AVX2, FMA and F16C.
             return unsafe { avx2::dot_q8(spec, src, x) };
         }
     }
