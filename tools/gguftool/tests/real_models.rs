@@ -6,6 +6,7 @@ use gguftool_core::gguf::write::{GgufWriter, TensorSpec, WriteOptions};
 use gguftool_core::gguf::GgufFile;
 use gguftool_core::registry;
 use gguftool_ggml as _;
+use gguftool_piq as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -129,6 +130,54 @@ fn inspect_verify_seal_dequantize() {
                 "{}",
                 t.name
             );
+        }
+        std::fs::remove_file(&f32_path).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "needs fixtures/fetch-real-models.sh"]
+fn every_matrix_converts_to_piq_within_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in MODELS {
+        let f32_path = dir.path().join(format!("f32-{name}"));
+        gguftool(&[
+            "dequantize",
+            s(&model(name)),
+            "-o",
+            s(&f32_path),
+            "--to",
+            "f32",
+        ]);
+        for (fmt, budget) in [("piq3", 3.5), ("piq2", 2.625)] {
+            let out = dir.path().join(format!("{fmt}-{name}"));
+            gguftool(&[
+                "convert",
+                s(&f32_path),
+                "-o",
+                s(&out),
+                "--format",
+                fmt,
+                "--output-tensor-type",
+                fmt,
+            ]);
+            let f = GgufFile::open(&out).unwrap();
+            let (mut bits, mut elems) = (0f64, 0u64);
+            for t in &f.header().tensors {
+                if t.dims.len() >= 2 && t.row_len() % 32 == 0 {
+                    let got = registry::by_type_id(t.ggml_type).unwrap().name();
+                    assert_eq!(got, fmt, "{name}: {}", t.name);
+                    bits += t.n_bytes as f64 * 8.0;
+                    elems += t.n_elements;
+                }
+            }
+            assert!(
+                bits / elems as f64 <= budget,
+                "{name} {fmt}: {} bpw",
+                bits / elems as f64
+            );
+            gguftool(&["verify", s(&out)]);
+            std::fs::remove_file(&out).unwrap();
         }
         std::fs::remove_file(&f32_path).unwrap();
     }
