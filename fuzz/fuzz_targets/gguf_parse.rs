@@ -5,6 +5,7 @@
 use gguftool_core::gguf::GgufFile;
 use gguftool_core::{integrity, registry};
 use gguftool_ggml as _;
+use gguftool_piq as _;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
