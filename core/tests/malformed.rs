@@ -10,7 +10,9 @@ fn fixtures() -> PathBuf {
 
 /// (file name, accepted message fragments) from `malformed/expected.tsv`.
 pub fn expectations() -> Vec<(String, Vec<String>)> {
-    let tsv = std::fs::read_to_string(fixtures().join("malformed/expected.tsv")).unwrap();
+    let dir = fixtures().join("malformed");
+    let tsv = std::fs::read_to_string(dir.join("expected.tsv")).unwrap()
+        + &std::fs::read_to_string(dir.join("fuzz-expected.tsv")).unwrap();
     tsv.lines()
         .filter(|l| !l.is_empty())
         .map(|l| {

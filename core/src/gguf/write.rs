@@ -265,8 +265,13 @@ impl<W: Write + Seek> GgufWriter<W> {
 
     fn end_tensor(&mut self) -> GgufResult<()> {
         let n = self.specs[self.current].n_bytes;
-        let pad = pad_len(n, self.alignment) as usize;
-        self.w.write_all(&vec![0u8; pad]).map_err(io_err)?;
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let mut pad = pad_len(n, self.alignment) as usize;
+        while pad > 0 {
+            let k = pad.min(ZEROS.len());
+            self.w.write_all(&ZEROS[..k]).map_err(io_err)?;
+            pad -= k;
+        }
         if let Some(s) = &mut self.seal {
             let h = std::mem::take(&mut s.hasher);
             s.digests.push(sha2::Digest::finalize(h).into());

@@ -28,7 +28,11 @@ pub fn run(
     let budget = Duration::from_millis(millis);
     let mut rows = Vec::new();
     for f in selected {
-        for level in simd::available() {
+        // Every implemented level up to the active one (GGUFTOOL_SIMD caps it).
+        for level in simd::available()
+            .into_iter()
+            .filter(|l| *l <= simd::active())
+        {
             if f.simd_levels().contains(&level) {
                 rows.extend(measure(f, level, budget));
             }

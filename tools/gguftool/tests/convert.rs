@@ -255,3 +255,28 @@ fn imatrix_weights_the_encoder() {
     let i = a.header().tensor_index("blk.1.ffn_up.weight").unwrap();
     assert_eq!(a.tensor_data(i), b.tensor_data(i));
 }
+
+#[test]
+fn simd_override_caps_the_kernels() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args(["bench", "--format", "piq2", "--millis", "5", "--json"])
+        .env("GGUFTOOL_SIMD", "scalar")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let levels: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["level"].as_str().unwrap())
+        .collect();
+    assert_eq!(levels, ["Scalar"; 3]);
+    let kernels: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kernel"].as_str().unwrap())
+        .collect();
+    assert_eq!(kernels, ["dequantize", "dot_f32", "dot_q8"]);
+}
