@@ -144,12 +144,7 @@ pub fn transcode(
 pub fn copy(t: &TensorInfo, index: usize) -> PlannedTensor {
     PlannedTensor {
         source_index: index,
-        spec: TensorSpec {
-            name: t.name.clone(),
-            ggml_type: t.ggml_type,
-            dims: t.dims.clone(),
-            n_bytes: t.n_bytes,
-        },
+        spec: TensorSpec::from(t),
         action: TensorAction::Copy,
         importance: None,
         note: None,

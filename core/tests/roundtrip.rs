@@ -9,22 +9,9 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 fn rewrite(f: &GgufFile, opts: WriteOptions) -> Vec<u8> {
-    let h = f.header();
-    let specs = h
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            ggml_type: t.ggml_type,
-            dims: t.dims.clone(),
-            n_bytes: t.n_bytes,
-        })
-        .collect();
-    let mut w = GgufWriter::begin(Cursor::new(Vec::new()), &h.metadata, specs, opts).unwrap();
-    for i in 0..h.tensors.len() {
-        w.write_tensor_data(f.tensor_data(i)).unwrap();
-    }
-    w.finish().unwrap().into_inner()
+    gguftool_core::gguf::write::rewrite(f, Cursor::new(Vec::new()), opts)
+        .unwrap()
+        .into_inner()
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Parse -> write -> parse: metadata, tensor infos and tensor bytes survive.
 #![no_main]
 
-use gguftool_core::gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_core::gguf::write::{rewrite, WriteOptions};
 use gguftool_core::gguf::{parse_header, GgufFile};
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;
@@ -11,22 +11,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let h = file.header();
-    let specs: Vec<TensorSpec> = h
-        .tensors
-        .iter()
-        .map(|t| TensorSpec {
-            name: t.name.clone(),
-            ggml_type: t.ggml_type,
-            dims: t.dims.clone(),
-            n_bytes: t.n_bytes,
-        })
-        .collect();
-    let mut w = GgufWriter::begin(Cursor::new(Vec::new()), &h.metadata, specs, WriteOptions::default())
-        .expect("a parsed header must be writable");
-    for i in 0..h.tensors.len() {
-        w.write_tensor_data(file.tensor_data(i)).expect("declared sizes");
-    }
-    let out = w.finish().expect("complete").into_inner();
+    let out = rewrite(&file, Cursor::new(Vec::new()), WriteOptions::default())
+        .expect("a parsed file must be writable")
+        .into_inner();
     let again = parse_header(&out).expect("written file must parse");
     assert_eq!(again.metadata, h.metadata);
     assert_eq!(again.tensors.len(), h.tensors.len());

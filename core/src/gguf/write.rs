@@ -29,6 +29,29 @@ pub struct TensorSpec {
     pub n_bytes: u64,
 }
 
+impl From<&super::TensorInfo> for TensorSpec {
+    fn from(t: &super::TensorInfo) -> Self {
+        TensorSpec {
+            name: t.name.clone(),
+            ggml_type: t.ggml_type,
+            dims: t.dims.clone(),
+            n_bytes: t.n_bytes,
+        }
+    }
+}
+
+/// Writes `file` again: its metadata and every tensor's bytes, in the
+/// canonical layout (sealed if `opts.seal`).
+pub fn rewrite<W: Write + Seek>(file: &super::GgufFile, w: W, opts: WriteOptions) -> GgufResult<W> {
+    let h = file.header();
+    let specs = h.tensors.iter().map(TensorSpec::from).collect();
+    let mut writer = GgufWriter::begin(w, &h.metadata, specs, opts)?;
+    for i in 0..h.tensors.len() {
+        writer.write_tensor_data(file.tensor_data(i))?;
+    }
+    writer.finish()
+}
+
 /// Appends the GGUF encoding of a string.
 pub fn encode_string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());

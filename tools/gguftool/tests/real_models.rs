@@ -2,7 +2,7 @@
 //! Ignored by default; run after `fixtures/fetch-real-models.sh` with
 //! `cargo test --release -p gguftool --test real_models -- --ignored`.
 
-use gguftool_core::gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_core::gguf::write::{rewrite, WriteOptions};
 use gguftool_core::gguf::GgufFile;
 use gguftool_core::registry;
 use gguftool_ggml as _;
@@ -52,28 +52,13 @@ fn parse_then_write_is_byte_identical() {
         let path = model(name);
         let original = std::fs::read(&path).unwrap();
         let f = GgufFile::open(&path).unwrap();
-        let h = f.header();
-        let specs = h
-            .tensors
-            .iter()
-            .map(|t| TensorSpec {
-                name: t.name.clone(),
-                ggml_type: t.ggml_type,
-                dims: t.dims.clone(),
-                n_bytes: t.n_bytes,
-            })
-            .collect();
-        let mut w = GgufWriter::begin(
+        let out = rewrite(
+            &f,
             std::io::Cursor::new(Vec::new()),
-            &h.metadata,
-            specs,
             WriteOptions::default(),
         )
-        .unwrap();
-        for i in 0..h.tensors.len() {
-            w.write_tensor_data(f.tensor_data(i)).unwrap();
-        }
-        let out = w.finish().unwrap().into_inner();
+        .unwrap()
+        .into_inner();
         assert_eq!(out.len(), original.len(), "{name}");
         assert!(out == original, "{name}: rewrite differs");
     }
