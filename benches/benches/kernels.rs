@@ -14,13 +14,7 @@ const ROWS: usize = 64;
 fn bench_kernels(c: &mut Criterion) {
     let mut g = c.benchmark_group("kernels");
     g.sample_size(20);
-    let mut formats: Vec<_> = registry::all()
-        .iter()
-        .copied()
-        .filter(|f| f.block_size() > 1)
-        .collect();
-    formats.sort_by_key(|f| f.type_id());
-    for f in formats {
+    for f in registry::block_formats() {
         let (enc, x) = test_matrix(f, ROWS);
         let q8 = Q8Activations::quantize(&x);
         let row_bytes = enc.len() / ROWS;

@@ -26,6 +26,17 @@ pub fn all() -> &'static [&'static dyn Format] {
     &FORMATS
 }
 
+/// Formats with blocks of more than one element (the quantized ones), by type id.
+pub fn block_formats() -> Vec<&'static dyn Format> {
+    let mut v: Vec<_> = FORMATS
+        .iter()
+        .copied()
+        .filter(|f| f.block_size() > 1)
+        .collect();
+    v.sort_by_key(|f| f.type_id());
+    v
+}
+
 /// The format called `name` (case-insensitive).
 pub fn by_name(name: &str) -> Option<&'static dyn Format> {
     FORMATS

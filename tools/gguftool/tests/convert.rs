@@ -100,7 +100,7 @@ fn piq_conversion_follows_the_policy_and_records_provenance() {
 fn overrides_keep_and_dry_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.gguf");
-    let plan = ok(&[
+    let args = [
         "convert",
         s(&tiny()),
         "-o",
@@ -113,9 +113,8 @@ fn overrides_keep_and_dry_run() {
         "ffn_down=q4_0",
         "--output-tensor-type",
         "piq3",
-        "--dry-run",
-        "--json",
-    ]);
+    ];
+    let plan = ok(&[&args[..], &["--dry-run", "--json"]].concat());
     assert!(!out.exists(), "dry run wrote a file");
     let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
     let to = |name: &str| -> String {
@@ -134,20 +133,7 @@ fn overrides_keep_and_dry_run() {
     assert_eq!(to("output.weight"), "piq3");
     assert_eq!(to("blk.0.ffn_up.weight"), "piq2");
     // The predicted size is exact.
-    ok(&[
-        "convert",
-        s(&tiny()),
-        "-o",
-        s(&out),
-        "--format",
-        "piq2",
-        "--keep",
-        "attn_q",
-        "--tensor-type",
-        "ffn_down=q4_0",
-        "--output-tensor-type",
-        "piq3",
-    ]);
+    ok(&args);
     assert_eq!(
         std::fs::metadata(&out).unwrap().len(),
         v["output_file_size"].as_u64().unwrap()
