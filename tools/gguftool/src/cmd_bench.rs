@@ -12,13 +12,7 @@ pub fn run(
     as_json: bool,
 ) -> Result<ExitCode, gguftool_core::Error> {
     let selected: Vec<_> = if formats.is_empty() {
-        let mut all: Vec<_> = registry::all()
-            .iter()
-            .copied()
-            .filter(|f| f.block_size() > 1)
-            .collect();
-        all.sort_by_key(|f| f.type_id());
-        all
+        registry::block_formats()
     } else {
         formats
             .iter()

@@ -100,9 +100,10 @@ fn piq_conversion_follows_the_policy_and_records_provenance() {
 fn overrides_keep_and_dry_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o.gguf");
+    let src = tiny();
     let args = [
         "convert",
-        s(&tiny()),
+        s(&src),
         "-o",
         s(&out),
         "--format",
