@@ -19,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
         if let Some(f) = registry::by_type_id(t.ggml_type) {
             let mut out = vec![0f32; (t.n_elements as usize).min(1 << 20)];
             if out.len() as u64 == t.n_elements {
-                f.dequantize(bytes, &mut out).expect("validated sizes must decode");
+                f.dequantize(bytes, &mut out)
+                    .expect("validated sizes must decode");
             }
         }
     }

@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again.tensors.len(), h.tensors.len());
     let reread = GgufFile::from_bytes("out", out).expect("written file must open");
     for (i, (a, b)) in h.tensors.iter().zip(&again.tensors).enumerate() {
-        assert_eq!((&a.name, a.ggml_type, &a.dims, a.n_bytes), (&b.name, b.ggml_type, &b.dims, b.n_bytes));
+        assert_eq!(
+            (&a.name, a.ggml_type, &a.dims, a.n_bytes),
+            (&b.name, b.ggml_type, &b.dims, b.n_bytes)
+        );
         assert_eq!(file.tensor_data(i), reread.tensor_data(i));
     }
 });

@@ -6,7 +6,7 @@
 //! manifest is written with placeholder digests that are patched in place
 //! once the data has been hashed, so the header never changes size.
 
-use super::read::MAGIC;
+use super::read::{self, MAGIC};
 use super::validate;
 use super::value::{Array, Metadata, Value};
 use crate::error::{GgufError, GgufResult};
@@ -128,6 +128,58 @@ pub fn encode_tensor_info(
     out.extend_from_slice(&offset.to_le_bytes());
 }
 
+fn array_depth(a: &Array) -> u32 {
+    match a {
+        Array::Array(v) => 1 + v.iter().map(array_depth).max().unwrap_or(0),
+        _ => 1,
+    }
+}
+
+/// Refuses input the reader would reject, so the writer never produces an
+/// invalid file.
+fn check_writable(md: &Metadata, tensors: &[TensorSpec]) -> GgufResult<()> {
+    let bad = |m: String| Err(GgufError::Write(m));
+    let mut keys = std::collections::HashSet::new();
+    for (k, v) in md.entries() {
+        if k.is_empty() || k.len() as u64 > read::MAX_KEY_LEN || !keys.insert(k.as_str()) {
+            return bad(format!("metadata key {k:?} is empty, too long or repeated"));
+        }
+        if let Value::Array(a) = v {
+            if array_depth(a) > read::MAX_ARRAY_DEPTH {
+                return bad(format!("metadata key {k:?}: arrays nested too deep"));
+            }
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for t in tensors {
+        if t.name.is_empty()
+            || t.name.len() as u64 > read::MAX_TENSOR_NAME_LEN
+            || !names.insert(t.name.as_str())
+        {
+            return bad(format!(
+                "tensor name {:?} is empty, too long or repeated",
+                t.name
+            ));
+        }
+        if t.dims.len() as u32 > read::MAX_DIMS {
+            return bad(format!(
+                "tensor {:?} has more than {} dims",
+                t.name,
+                read::MAX_DIMS
+            ));
+        }
+        let geometry = validate::tensor_type(&t.name, t.ggml_type, 0)?;
+        let (_, n_bytes) = validate::tensor_size(&t.name, &t.dims, &geometry, 0)?;
+        if n_bytes != t.n_bytes {
+            return bad(format!(
+                "tensor {:?}: {} bytes declared, shape needs {n_bytes}",
+                t.name, t.n_bytes
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn pad_len(pos: u64, alignment: u64) -> u64 {
     pos.div_ceil(alignment) * alignment - pos
 }
@@ -186,6 +238,7 @@ impl<W: Write + Seek> GgufWriter<W> {
         deferred: &[&str],
     ) -> GgufResult<Self> {
         let alignment = validate::alignment(metadata)?;
+        check_writable(metadata, &tensors)?;
         let mut md = metadata.clone();
         let mut digest_rel = Vec::new();
         if opts.seal {
