@@ -21,11 +21,17 @@ fn vm_hwm_kib() -> u64 {
 
 #[test]
 fn rss_child() {
-    let Some(path) = std::env::var_os("RSS_CHILD_FILE") else { return };
+    let Some(path) = std::env::var_os("RSS_CHILD_FILE") else {
+        return;
+    };
     let before = vm_hwm_kib();
     let parsed = GgufFile::open(&path).map(|f| f.header().tensors.len());
     let after = vm_hwm_kib();
-    println!("RSS_GROWTH_KIB={} ok={}", after.saturating_sub(before), parsed.is_ok());
+    println!(
+        "RSS_GROWTH_KIB={} ok={}",
+        after.saturating_sub(before),
+        parsed.is_ok()
+    );
 }
 
 #[test]
@@ -33,10 +39,17 @@ fn rss_child() {
 fn parsing_memory_is_bounded_by_the_file() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
     let mut files = Vec::new();
-    for dir in [root.clone(), root.join("types"), root.join("malformed"), root.join("regressions")] {
+    for dir in [
+        root.clone(),
+        root.join("types"),
+        root.join("malformed"),
+        root.join("regressions"),
+    ] {
         for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "gguf") || p.parent().is_some_and(|d| d.ends_with("regressions")) {
+            if p.extension().is_some_and(|x| x == "gguf")
+                || p.parent().is_some_and(|d| d.ends_with("regressions"))
+            {
                 files.push(p);
             }
         }

@@ -172,6 +172,24 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
         imatrix: imatrix.map(|(m, sha)| (sha, m.datasets.clone())),
     };
     let plan = policy::plan(&src, &policy, &provenance)?;
+    if policy.imatrix.is_some() {
+        let quantized = plan
+            .tensors
+            .iter()
+            .filter(|t| matches!(t.action, TensorAction::Transcode { target, .. } if target.block_size() > 1))
+            .count();
+        let weighted = plan
+            .tensors
+            .iter()
+            .filter(|t| t.importance.is_some())
+            .count();
+        eprintln!("imatrix: {weighted} of {quantized} quantized matrices weighted");
+        if weighted == 0 && quantized > 0 {
+            eprintln!(
+                "warning: the imatrix names none of this model's tensors (made for another model?)"
+            );
+        }
+    }
     let opts = WriteOptions { seal: !a.no_seal };
     if a.dry_run {
         print_plan(&src, &plan, plan.output_file_size(opts)?, a.json);
