@@ -149,42 +149,52 @@ fn qat_forward_equals_export_then_decode() {
 
 #[test]
 fn alpha_gradient_matches_finite_differences() {
-    let f = registry::by_name("piq2").unwrap();
-    let dq: &dyn DifferentiableQuantizer = f.differentiable().unwrap();
-    let x = gaussian(32, 9);
-    let target = gaussian(32, 10);
-    let loss = |a: f32| -> f64 {
+    // (format, pi/k, lowest level, highest level)
+    for (name, pik, lo, hi) in [
+        ("piq2", std::f32::consts::PI / 3.0, -2.0f32, 1.0f32),
+        ("piq3", std::f32::consts::PI / 4.0, -4.0, 3.0),
+    ] {
+        let f = registry::by_name(name).unwrap();
+        let dq: &dyn DifferentiableQuantizer = f.differentiable().unwrap();
+        let x = gaussian(32, 9);
+        let target = gaussian(32, 10);
+        let loss = |a: f32| -> f64 {
+            let mut q = vec![0f32; 32];
+            dq.forward(&x, &[a], &mut q);
+            q.iter()
+                .zip(&target)
+                .map(|(q, t)| 0.5 * ((q - t) as f64).powi(2))
+                .sum()
+        };
+        let mut alpha = [0f32];
+        dq.init_scales(&x, None, &mut alpha);
         let mut q = vec![0f32; 32];
-        dq.forward(&x, &[a], &mut q);
-        q.iter()
-            .zip(&target)
-            .map(|(q, t)| 0.5 * ((q - t) as f64).powi(2))
-            .sum()
-    };
-    let mut alpha = [0f32];
-    dq.init_scales(&x, None, &mut alpha);
-    let mut q = vec![0f32; 32];
-    dq.forward(&x, &alpha, &mut q);
-    let g: Vec<f32> = q.iter().zip(&target).map(|(q, t)| q - t).collect();
-    let (mut gw, mut ga) = (vec![0f32; 32], [0f32]);
-    dq.backward(&x, &alpha, &g, Ste::LearnedStepSize, &mut gw, &mut ga);
-    // LSQ = true derivative (rounding held fixed) minus the straight-through
-    // term sum(g * v) over in-range weights (levels -2..1, so v in [-2.5, 1.5]),
-    // times 1/sqrt(32 * 2).
-    let pik = std::f32::consts::PI / 3.0;
-    let s = alpha[0] * pik;
-    let st: f32 = x
-        .iter()
-        .zip(&g)
-        .filter(|(w, _)| (-2.5..=1.5).contains(&(*w / s)))
-        .map(|(w, g)| g * w / s)
-        .sum();
-    let h = 1e-4 * alpha[0];
-    let fd = (loss(alpha[0] + h) - loss(alpha[0] - h)) / (2.0 * h as f64);
-    let lsq_unscaled = ga[0] * (32.0f32 * 2.0).sqrt();
-    assert!(
-        ((lsq_unscaled + st * pik) as f64 - fd).abs() < 1e-2 * fd.abs().max(1.0),
-        "{lsq_unscaled} + {} vs {fd}",
-        st * pik
-    );
+        dq.forward(&x, &alpha, &mut q);
+        let g: Vec<f32> = q.iter().zip(&target).map(|(q, t)| q - t).collect();
+        let (mut gw, mut ga) = (vec![0f32; 32], [0f32]);
+        dq.backward(&x, &alpha, &g, Ste::LearnedStepSize, &mut gw, &mut ga);
+        // LSQ = true derivative (rounding held fixed) minus the straight-through
+        // term sum(g * v) over in-range weights (v in [lo - 0.5, hi + 0.5]),
+        // times 1/sqrt(32 * max |level|).
+        let s = alpha[0] * pik;
+        let st: f32 = x
+            .iter()
+            .zip(&g)
+            .filter(|(w, _)| (lo - 0.5..=hi + 0.5).contains(&(*w / s)))
+            .map(|(w, g)| g * w / s)
+            .sum();
+        let h = 1e-4 * alpha[0];
+        let fd = (loss(alpha[0] + h) - loss(alpha[0] - h)) / (2.0 * h as f64);
+        let lsq_unscaled = ga[0] * (32.0f32 * lo.abs().max(hi.abs())).sqrt();
+        assert!(
+            ((lsq_unscaled + st * pik) as f64 - fd).abs() < 1e-2 * fd.abs().max(1.0),
+            "{name}: {lsq_unscaled} + {} vs {fd}",
+            st * pik
+        );
+        // Weight gradients pass through inside the grid and stop outside it.
+        for (j, &w) in x.iter().enumerate() {
+            let inside = (lo - 0.5..=hi + 0.5).contains(&(w / s));
+            assert_eq!(gw[j], if inside { g[j] } else { 0.0 }, "{name} w[{j}]");
+        }
+    }
 }
