@@ -13,6 +13,7 @@ Needs `cargo build --release -p gguftool` and `pip install gguf==0.19.0`.
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 from collections import Counter
@@ -61,18 +62,36 @@ def ours(path):
     return json.loads(p.stdout), None
 
 
+def theirs_in_process(path):
+    r = GGUFReader(path)
+    md = {}
+    for k, f in r.fields.items():
+        if k.startswith("GGUF."):
+            continue
+        md[k] = (TYPE_NAMES[f.types[0]], norm(f.contents()), f.types.count(GGUFValueType.ARRAY) > 1)
+    tensors = [(t.name, int(t.tensor_type), int(t.n_elements), int(t.n_bytes), int(t.data_offset)) for t in r.tensors]
+    return md, tensors
+
+
+def limit_memory():
+    # gguf-py trusts declared counts; cap its address space at 2 GiB.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
 def theirs(path):
+    """gguf-py's view, parsed in a child process with a memory and time cap."""
+    code = "import json,sys; sys.path.insert(0, %r); import differential as d; " \
+           "m, t = d.theirs_in_process(sys.argv[1]); print(json.dumps([m, t], default=str))" % os.path.dirname(__file__)
     try:
-        r = GGUFReader(path)
-        md = {}
-        for k, f in r.fields.items():
-            if k.startswith("GGUF."):
-                continue
-            md[k] = (TYPE_NAMES[f.types[0]], norm(f.contents()), f.types.count(GGUFValueType.ARRAY) > 1)
-        tensors = [(t.name, int(t.tensor_type), int(t.n_elements), int(t.n_bytes), int(t.data_offset)) for t in r.tensors]
-        return (md, tensors), None
-    except Exception as e:  # gguf-py raises many exception types
-        return None, f"{type(e).__name__}: {e}"[:200]
+        p = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, timeout=30,
+                           preexec_fn=limit_memory)
+    except subprocess.TimeoutExpired:
+        return None, "gguf-py timed out (30 s)"
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["killed"])[-1]
+        return None, ("gguf-py: " + last)[:200]
+    m, t = json.loads(p.stdout)
+    return ({k: tuple(v) for k, v in m.items()}, [tuple(x) for x in t]), None
 
 
 def main():
@@ -88,6 +107,8 @@ def main():
             key = "only gguftool accepts" if t is None else "only gguf-py accepts"
             verdicts[key] += 1
             disagreements.append((key, path, oerr or terr))
+            if t is None and terr:
+                verdicts["gguf-py failures: " + terr.split(":")[1].strip()[:40]] += 1
             continue
         md, tensors = t
         # gguf-py's contents() flattens nested arrays; compare those flattened.
