@@ -8,6 +8,7 @@ use gguftool_core::bench::{test_matrix, ROW};
 use gguftool_core::{registry, simd};
 use gguftool_ggml as _;
 use gguftool_piq as _;
+use gguftool_quip as _;
 
 const ROWS: usize = 64;
 

@@ -3,12 +3,13 @@
 //! streaming into an atomically committed output file.
 
 use crate::error::{Error, Result};
-use crate::format::{quantize, Format};
+use crate::format::Format;
 use crate::gguf::value::Metadata;
 use crate::gguf::write::{GgufWriter, TensorSpec, WriteOptions};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::output::AtomicOutput;
 use crate::registry;
+use crate::rows::RowCodec;
 use rayon::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
@@ -126,6 +127,10 @@ pub fn transcode(
             target.name()
         )));
     }
+    if let Some(rt) = target.row_transform() {
+        rt.prepare(t.row_len() as usize, crate::rows::DEFAULT_SEED)
+            .map_err(unsupported)?;
+    }
     Ok(PlannedTensor {
         source_index: index,
         spec: TensorSpec {
@@ -228,6 +233,14 @@ fn execute_inner(
         source: e,
     };
     let deferred: Vec<&str> = deferred_key.into_iter().collect();
+    let seed_err = |source| Error::Kernel {
+        tensor: crate::rows::SEED_KEY.into(),
+        source,
+    };
+    let seeds = (
+        crate::rows::seed(&src.header().metadata).map_err(seed_err)?,
+        crate::rows::seed(&plan.metadata).map_err(seed_err)?,
+    );
     let mut w = GgufWriter::begin_deferred(output.writer()?, &metadata, specs, opts, &deferred)
         .map_err(wrap)?;
     for pt in &plan.tensors {
@@ -242,7 +255,8 @@ fn execute_inner(
             }
             TensorAction::Transcode { source, target } => {
                 let imp = pt.importance.as_deref().map(Vec::as_slice);
-                transcode_tensor(info, data, source, target, imp, &mut |bytes, src_done| {
+                let codecs = (source, seeds.0, target, seeds.1);
+                transcode_tensor(info, data, codecs, imp, &mut |bytes, src_done| {
                     w.write_tensor_data(bytes).map_err(wrap)?;
                     progress(src_done);
                     Ok(())
@@ -267,13 +281,15 @@ fn row_importance<'a>(info: &TensorInfo, imp: &'a [f32], row: u64) -> &'a [f32] 
     &imp[mat * row_len..(mat + 1) * row_len]
 }
 
+/// Source format and its file's row-transform seed, then the same for the target.
+pub type CodecPair<'a> = (&'a dyn Format, Option<u64>, &'a dyn Format, Option<u64>);
+
 /// Decodes and re-encodes one tensor chunk by chunk, handing each encoded
 /// chunk (and the source bytes it consumed) to `sink`.
 pub fn transcode_tensor(
     info: &TensorInfo,
     data: &[u8],
-    source: &dyn Format,
-    target: &dyn Format,
+    (source, source_seed, target, target_seed): CodecPair,
     importance: Option<&[f32]>,
     sink: &mut dyn FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
@@ -282,16 +298,17 @@ pub fn transcode_tensor(
     if n_rows == 0 || row_len == 0 {
         return Ok(());
     }
-    let src_row = (row_len / source.block_size() as u64 * source.type_size() as u64) as usize;
-    let dst_row = (row_len / target.block_size() as u64 * target.type_size() as u64) as usize;
-    let rows_per_chunk = (CHUNK_ELEMENTS / row_len).clamp(1, n_rows) as usize;
-    let rows_per_task = rows_per_chunk
-        .div_ceil(rayon::current_num_threads() * 4)
-        .max(1);
     let kernel_err = |source| Error::Kernel {
         tensor: info.name.clone(),
         source,
     };
+    let decoder = RowCodec::new(source, row_len as usize, source_seed).map_err(kernel_err)?;
+    let encoder = RowCodec::new(target, row_len as usize, target_seed).map_err(kernel_err)?;
+    let (src_row, dst_row) = (decoder.row_bytes(), encoder.row_bytes());
+    let rows_per_chunk = (CHUNK_ELEMENTS / row_len).clamp(1, n_rows) as usize;
+    let rows_per_task = rows_per_chunk
+        .div_ceil(rayon::current_num_threads() * 4)
+        .max(1);
     let mut out = vec![0u8; rows_per_chunk * dst_row];
     for (c, src_chunk) in data.chunks(rows_per_chunk * src_row).enumerate() {
         let rows = src_chunk.len() / src_row;
@@ -304,14 +321,14 @@ pub fn transcode_tensor(
             .try_for_each(|(t, (d, s))| {
                 let task_rows = s.len() / src_row;
                 let mut tmp = vec![0f32; task_rows * row_len as usize];
-                source.dequantize(s, &mut tmp)?;
+                decoder.decode(s, &mut tmp)?;
                 let imp: Option<Vec<f32>> = importance.map(|imp| {
                     let first = first_row + (t * rows_per_task) as u64;
                     (0..task_rows as u64)
                         .flat_map(|r| row_importance(info, imp, first + r).iter().copied())
                         .collect()
                 });
-                quantize(target, &tmp, imp.as_deref(), d)
+                encoder.encode(&tmp, imp.as_deref(), d)
             })
             .map_err(kernel_err)?;
         sink(dst_chunk, src_chunk.len() as u64)?;

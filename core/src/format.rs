@@ -102,6 +102,14 @@ pub trait Format: Sync + Send {
         None
     }
 
+    /// The whole-row basis change applied before block encoding, if any
+    /// (e.g. a randomized Hadamard rotation). Blocks of such a format hold
+    /// rotated values: [`Format::dequantize`] returns them in the rotated
+    /// basis, and [`crate::rows::RowCodec`] decodes rows to the original one.
+    fn row_transform(&self) -> Option<&dyn RowTransform> {
+        None
+    }
+
     /// Stored bits per weight, scales included.
     fn bits_per_weight(&self) -> f64 {
         self.type_size() as f64 * 8.0 / self.block_size() as f64
@@ -159,6 +167,25 @@ pub trait Format: Sync + Send {
         let k = self.kernel();
         Ok(k.dot_q8_at(crate::simd::pick(k.simd_levels(), cap), src, x))
     }
+}
+
+/// An orthogonal basis change of whole rows, chosen by a row length and a
+/// seed stored in the file (see [`crate::rows`]).
+pub trait RowTransform: Sync + Send {
+    /// Builds the transform for rows of `row_len` elements, or explains why
+    /// that length is not supported.
+    fn prepare(&self, row_len: usize, seed: u64) -> Result<Box<dyn PreparedRowTransform>, String>;
+}
+
+/// A [`RowTransform`] fixed to one row length and seed.
+pub trait PreparedRowTransform: Sync + Send {
+    /// Rotates `row` in place into the basis the blocks are encoded in.
+    fn forward(&self, row: &mut [f32]);
+    /// Undoes [`PreparedRowTransform::forward`].
+    fn inverse(&self, row: &mut [f32]);
+    /// Per-element importance in the rotated basis for a diagonal importance
+    /// `imp` in the original one: the diagonal of `U diag(imp) U^T`.
+    fn importance(&self, imp: &[f32]) -> Vec<f32>;
 }
 
 /// Straight-through estimator variants for the backward pass of rounding.

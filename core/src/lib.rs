@@ -17,6 +17,7 @@ pub mod policy;
 pub mod qat;
 pub mod quality;
 pub mod registry;
+pub mod rows;
 pub mod simd;
 pub mod template_scan;
 

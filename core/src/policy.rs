@@ -74,6 +74,16 @@ fn registered(id: u32) -> Result<&'static dyn Format> {
     registry::by_type_id(id).ok_or_else(|| Error::Other(format!("type id {id} is not registered")))
 }
 
+/// Whether rows of `row_len` can be encoded in `f` (block multiple, and a
+/// length its row transform supports).
+pub fn fits(f: &dyn Format, row_len: u64) -> bool {
+    row_len.is_multiple_of(f.block_size() as u64)
+        && f.row_transform().is_none_or(|rt| {
+            rt.prepare(row_len as usize, crate::rows::DEFAULT_SEED)
+                .is_ok()
+        })
+}
+
 impl QuantPolicy {
     fn wanted(&self, t: &TensorInfo, tied_embedding: bool) -> &'static dyn Format {
         if let Some((_, f)) = self
@@ -116,17 +126,14 @@ impl QuantPolicy {
                 ),
             });
         }
-        if !t.row_len().is_multiple_of(target.block_size() as u64) {
-            let fallback = if t
-                .row_len()
-                .is_multiple_of(self.fallback.block_size() as u64)
-            {
+        if !fits(target, t.row_len()) {
+            let fallback = if fits(self.fallback, t.row_len()) {
                 self.fallback
             } else {
                 registered(ids::F16)?
             };
             note = Some(format!(
-                "row length {} does not fit {} blocks of {}; using {}",
+                "row length {} does not fit {} (blocks of {}); using {}",
                 t.row_len(),
                 target.name(),
                 target.block_size(),
@@ -199,6 +206,12 @@ fn converted_metadata(
     custom.sort();
     custom.dedup();
     md.remove_where(|k| k.starts_with("gguftool.convert."));
+    let transforms = tensors.iter().any(|t| {
+        registry::by_type_id(t.spec.ggml_type).is_some_and(|f| f.row_transform().is_some())
+    });
+    if transforms && md.get(crate::rows::SEED_KEY).is_none() {
+        md.set(crate::rows::SEED_KEY, Value::U64(crate::rows::DEFAULT_SEED));
+    }
     md.set("gguftool.formats", Value::Array(Array::String(custom)));
     md.set("gguftool.convert.format", Value::String(main.name().into()));
     md.set(

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::registry;
+use crate::rows::{self, RowCodec};
 use rayon::prelude::*;
 
 /// Elements decoded per chunk per side.
@@ -53,6 +54,7 @@ fn sqnr(signal: f64, noise: f64) -> f64 {
     }
 }
 
+/// Decodes elements `start..start + out.len()` (whole rows) of tensor `i`.
 fn decode_range(
     f: &GgufFile,
     i: usize,
@@ -64,12 +66,15 @@ fn decode_range(
         tensor: t.name.clone(),
         reason: format!("no decoder for {}", t.type_name),
     })?;
-    let (bs, ts) = (fmt.block_size(), fmt.type_size());
-    let bytes = &f.tensor_data(i)[start / bs * ts..(start + out.len()) / bs * ts];
-    fmt.dequantize(bytes, out).map_err(|source| Error::Kernel {
+    let kernel_err = |source| Error::Kernel {
         tensor: t.name.clone(),
         source,
-    })
+    };
+    let seed = rows::seed(&f.header().metadata).map_err(kernel_err)?;
+    let codec = RowCodec::new(fmt, t.row_len() as usize, seed).map_err(kernel_err)?;
+    let (bs, ts) = (fmt.block_size(), fmt.type_size());
+    let bytes = &f.tensor_data(i)[start / bs * ts..(start + out.len()) / bs * ts];
+    codec.decode(bytes, out).map_err(kernel_err)
 }
 
 fn compare_tensor(
@@ -85,9 +90,11 @@ fn compare_tensor(
             to.name, to.dims, tq.dims
         )));
     }
-    // Chunks must hold whole blocks of both types: use a multiple of 256 * row.
+    // Chunks hold whole rows (so whole blocks of both types, and whole
+    // rows for formats with a row transform).
     let n = to.n_elements as usize;
-    let step = CHUNK.div_ceil(256) * 256;
+    let row_len = (to.row_len() as usize).max(1);
+    let step = CHUNK.div_ceil(row_len) * row_len;
     let (mut signal, mut noise) = (0f64, 0f64);
     let (mut a, mut b) = (vec![0f32; step.min(n)], vec![0f32; step.min(n)]);
     let mut start = 0;

@@ -14,6 +14,7 @@ mod progress;
 // Link every format plugin so its registration is kept by the linker.
 use gguftool_ggml as _;
 use gguftool_piq as _;
+use gguftool_quip as _;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

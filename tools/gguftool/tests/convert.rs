@@ -4,6 +4,7 @@ use gguftool_core::gguf::{GgufFile, Value};
 use gguftool_core::integrity::sha256_hex;
 use gguftool_ggml as _;
 use gguftool_piq as _;
+use gguftool_quip as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -266,4 +267,43 @@ fn simd_override_caps_the_kernels() {
         .map(|r| r["kernel"].as_str().unwrap())
         .collect();
     assert_eq!(kernels, ["dequantize", "dot_f32", "dot_q8"]);
+}
+
+#[test]
+fn quip_conversion_stores_its_seed_and_decodes_in_the_original_basis() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quip.gguf");
+    ok(&["convert", s(&tiny()), "-o", s(&out), "--format", "q2_quip"]);
+    let f = GgufFile::open(&out).unwrap();
+    let md = &f.header().metadata;
+    assert!(matches!(
+        md.get(gguftool_core::rows::SEED_KEY),
+        Some(Value::U64(_))
+    ));
+    ok(&["verify", s(&out)]);
+    let q = ok(&["quality", "--json", s(&tiny()), s(&out)]);
+    let v: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+    let sqnr = v["matrices"]["sqnr_db"].as_f64().unwrap();
+    // Rotated Gaussian weights at 2 bits with a scale per 16: about 9 dB.
+    assert!(sqnr > 8.0 && sqnr < 12.0, "SQNR {sqnr}");
+    // Decoding in the wrong basis would look like noise (SQNR near 0 dB).
+    let back = dir.path().join("quip-f32.gguf");
+    ok(&["dequantize", s(&out), "-o", s(&back)]);
+    let q2 = ok(&["quality", "--json", s(&tiny()), s(&back)]);
+    let v2: serde_json::Value = serde_json::from_slice(&q2.stdout).unwrap();
+    assert_eq!(v2["matrices"]["sqnr_db"], v["matrices"]["sqnr_db"]);
+    // Re-encoding the quip file keeps its seed and decodes the same way.
+    let again = dir.path().join("again.gguf");
+    ok(&[
+        "convert",
+        s(&out),
+        "-o",
+        s(&again),
+        "--format",
+        "q8_0",
+        "--allow-requantize",
+    ]);
+    let q3 = ok(&["quality", "--json", s(&back), s(&again)]);
+    let v3: serde_json::Value = serde_json::from_slice(&q3.stdout).unwrap();
+    assert!(v3["matrices"]["sqnr_db"].as_f64().unwrap() > 35.0);
 }

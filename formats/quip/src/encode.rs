@@ -1,0 +1,86 @@
+//! The encoder: for each sub-block of 16 an importance-weighted
+//! least-squares scale found by a sweep, then one f16 super-scale and 6-bit
+//! sub-scales, and the codes re-chosen for the quantized scales.
+
+use crate::layout::{pack, BLOCK, LEVEL_OFFSET, MAX_SCALE, SUB, SUBS, TYPE_SIZE};
+
+/// Nearest code for `x` at scale `s > 0`.
+#[inline]
+fn nearest(x: f32, inv_s: f32) -> u8 {
+    ((x * inv_s).floor() + 2.0).clamp(0.0, 3.0) as u8
+}
+
+/// Weighted squared error and least-squares rescale for codes chosen at `s`.
+fn fit(x: &[f32], w: &[f32], s: f32) -> (f32, f32) {
+    let inv = 1.0 / s;
+    let (mut xl, mut ll) = (0f32, 0f32);
+    for (&v, &wt) in x.iter().zip(w) {
+        let l = nearest(v, inv) as f32 - LEVEL_OFFSET;
+        xl += wt * v * l;
+        ll += wt * l * l;
+    }
+    let s_ls = if ll > 0.0 { (xl / ll).max(0.0) } else { 0.0 };
+    let err: f32 = x
+        .iter()
+        .zip(w)
+        .map(|(&v, &wt)| {
+            let l = nearest(v, inv) as f32 - LEVEL_OFFSET;
+            wt * (v - s_ls * l).powi(2)
+        })
+        .sum();
+    (err, s_ls)
+}
+
+/// The best scale for one sub-block (0 when it is all zero).
+fn sub_scale(x: &[f32], w: &[f32]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax == 0.0 {
+        return 0.0;
+    }
+    let mut best = (f32::INFINITY, amax / LEVEL_OFFSET);
+    for i in 0..=24 {
+        let s = amax / LEVEL_OFFSET * (0.4 + 0.03 * i as f32);
+        let (err, s_ls) = fit(x, w, s);
+        if err < best.0 && s_ls > 0.0 {
+            best = (err, s_ls);
+        }
+    }
+    best.1
+}
+
+/// Encodes whole blocks of rotated weights; `importance` weights the error.
+pub fn encode(src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]) {
+    let ones = [1f32; BLOCK];
+    for (i, (x, out)) in src
+        .chunks_exact(BLOCK)
+        .zip(dst.chunks_exact_mut(TYPE_SIZE))
+        .enumerate()
+    {
+        let w = importance.map_or(&ones[..], |imp| &imp[i * BLOCK..(i + 1) * BLOCK]);
+        encode_block(x, w, out);
+    }
+}
+
+fn encode_block(x: &[f32], w: &[f32], out: &mut [u8]) {
+    let s: [f32; SUBS] =
+        std::array::from_fn(|k| sub_scale(&x[k * SUB..(k + 1) * SUB], &w[k * SUB..(k + 1) * SUB]));
+    let smax = s.iter().fold(0f32, |m, &v| m.max(v));
+    let d = half::f16::from_f32(smax / MAX_SCALE as f32);
+    let df = d.to_f32();
+    let mut scales = [0u8; SUBS];
+    let mut codes = [0u8; BLOCK];
+    if df > 0.0 && df.is_finite() {
+        for k in 0..SUBS {
+            scales[k] = (s[k] / df).round().clamp(0.0, MAX_SCALE as f32) as u8;
+            let sk = df * scales[k] as f32;
+            if sk > 0.0 {
+                let inv = 1.0 / sk;
+                for j in k * SUB..(k + 1) * SUB {
+                    codes[j] = nearest(x[j], inv);
+                }
+            }
+        }
+    }
+    let d_bits = if df.is_finite() { d.to_bits() } else { 0 };
+    pack(d_bits, &scales, &codes, out);
+}

@@ -1,0 +1,133 @@
+//! AVX2 kernels. Decoding is bit-identical to the scalar reference; dot
+//! products differ only by summation order.
+
+use crate::layout::{d, sub_scales, BLOCK, CODES, LEVEL_OFFSET, SUB, TYPE_SIZE};
+use gguftool_core::activation::Q8Activations;
+use std::arch::x86_64::*;
+
+/// The 64 codes of a block as bytes in element order: (elements 0..32, 32..64).
+///
+/// # Safety
+/// The CPU must support AVX2; `b` holds a whole block.
+#[inline(always)]
+pub unsafe fn codes_epi8(b: &[u8]) -> (__m256i, __m256i) {
+    let v = _mm_loadu_si128(b.as_ptr().add(CODES) as *const __m128i);
+    let m = _mm_set1_epi8(3);
+    let c0 = _mm_and_si128(v, m);
+    let c1 = _mm_and_si128(_mm_srli_epi16(v, 2), m);
+    let c2 = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    let c3 = _mm_and_si128(_mm_srli_epi16(v, 6), m);
+    (_mm256_set_m128i(c1, c0), _mm256_set_m128i(c3, c2))
+}
+
+/// Sub-block `k`'s 16 codes as two vectors of 8 levels (`code - 1.5`).
+#[inline(always)]
+unsafe fn levels(b: &[u8], k: usize) -> (__m256, __m256) {
+    let v = _mm_loadu_si128(b.as_ptr().add(CODES) as *const __m128i);
+    let c = match k {
+        0 => v,
+        1 => _mm_srli_epi16(v, 2),
+        2 => _mm_srli_epi16(v, 4),
+        _ => _mm_srli_epi16(v, 6),
+    };
+    let c = _mm_and_si128(c, _mm_set1_epi8(3));
+    let off = _mm256_set1_ps(LEVEL_OFFSET);
+    let lo = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)), off);
+    let hi = _mm256_sub_ps(
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8))),
+        off,
+    );
+    (lo, hi)
+}
+
+/// Decodes whole blocks.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `src` holds whole blocks and `dst` 64
+/// elements per block.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dequantize(src: &[u8], dst: &mut [f32]) {
+    for (b, out) in src.chunks_exact(TYPE_SIZE).zip(dst.chunks_exact_mut(BLOCK)) {
+        let (db, sc) = (d(b), sub_scales(b));
+        for (k, &s) in sc.iter().enumerate() {
+            let step = _mm256_set1_ps(db * s as f32);
+            let (lo, hi) = levels(b, k);
+            let p = out.as_mut_ptr().add(k * SUB);
+            _mm256_storeu_ps(p, _mm256_mul_ps(step, lo));
+            _mm256_storeu_ps(p.add(8), _mm256_mul_ps(step, hi));
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// Dot product with f32 activations.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `src` holds whole blocks and `x` 64
+/// elements per block.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot(src: &[u8], x: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, xb) in src.chunks_exact(TYPE_SIZE).zip(x.chunks_exact(BLOCK)) {
+        let (db, sc) = (d(b), sub_scales(b));
+        for (k, &s) in sc.iter().enumerate() {
+            let (lo, hi) = levels(b, k);
+            let p = xb.as_ptr().add(k * SUB);
+            let t = _mm256_fmadd_ps(
+                lo,
+                _mm256_loadu_ps(p),
+                _mm256_mul_ps(hi, _mm256_loadu_ps(p.add(8))),
+            );
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(db * s as f32), t, acc);
+        }
+    }
+    hsum(acc)
+}
+
+/// `sum((2 code - 3) q)` over groups of four elements of 32 codes.
+#[inline(always)]
+unsafe fn group_sums(codes: __m256i, q: __m256i) -> __m256i {
+    // (2c - 3) q = 2c q - 3 q, both products of an unsigned and a signed byte.
+    let p = _mm256_sub_epi16(
+        _mm256_maddubs_epi16(_mm256_add_epi8(codes, codes), q),
+        _mm256_maddubs_epi16(_mm256_set1_epi8(3), q),
+    );
+    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+}
+
+/// Dot product with 8-bit activations.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `src` holds whole blocks and `x` 64
+/// activations per block.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_q8(src: &[u8], x: &Q8Activations) -> f32 {
+    let mut acc = [_mm256_setzero_ps(), _mm256_setzero_ps()];
+    for (i, b) in src.chunks_exact(TYPE_SIZE).enumerate() {
+        let (c01, c23) = codes_epi8(b);
+        let qp = x.qs.as_ptr().add(i * BLOCK) as *const __m256i;
+        let s01 = group_sums(c01, _mm256_loadu_si256(qp));
+        let s23 = group_sums(c23, _mm256_loadu_si256(qp.add(1)));
+        let (db, sc) = (d(b), sub_scales(b));
+        let h0 = 0.5 * db * x.scales[2 * i];
+        let h1 = 0.5 * db * x.scales[2 * i + 1];
+        let f01 = _mm256_set_m128(
+            _mm_set1_ps(h0 * sc[1] as f32),
+            _mm_set1_ps(h0 * sc[0] as f32),
+        );
+        let f23 = _mm256_set_m128(
+            _mm_set1_ps(h1 * sc[3] as f32),
+            _mm_set1_ps(h1 * sc[2] as f32),
+        );
+        acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s01), f01, acc[0]);
+        acc[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s23), f23, acc[1]);
+    }
+    hsum(_mm256_add_ps(acc[0], acc[1]))
+}

@@ -1,0 +1,96 @@
+//! Q2+QuIP: each row is rotated by a seeded randomized Hadamard transform
+//! (incoherence processing, as in QuIP/QuIP#), which spreads outliers so the
+//! rotated weights are close to Gaussian, then quantized to 2 bits with a
+//! 6-bit scale per 16 weights (2.625 bpw). The seed lives in the file
+//! (`gguftool.row_transform.seed`); decoding to the original basis and
+//! matrix-vector products go through `gguftool_core::rows::RowCodec`, which
+//! rotates the activations once per product. Layout in docs/FORMATS.md.
+#![warn(missing_docs)]
+
+pub mod encode;
+pub mod kernel;
+pub mod layout;
+pub mod rotation;
+
+use gguftool_core::activation::Q8Activations;
+use gguftool_core::format::{
+    Format, Kernel, PreparedRowTransform, Quantizer, RowTransform, SimdLevel,
+};
+use gguftool_core::register_format;
+use rotation::Rotation;
+
+/// Type id of Q2+QuIP (gguftool private range).
+pub const Q2_QUIP_TYPE_ID: u32 = 0x4003;
+
+/// The Q2+QuIP format.
+pub struct Q2Quip;
+
+impl Format for Q2Quip {
+    fn name(&self) -> &'static str {
+        "q2_quip"
+    }
+    fn type_id(&self) -> u32 {
+        Q2_QUIP_TYPE_ID
+    }
+    fn block_size(&self) -> usize {
+        layout::BLOCK
+    }
+    fn type_size(&self) -> usize {
+        layout::TYPE_SIZE
+    }
+    fn description(&self) -> &'static str {
+        "randomized Hadamard rotation, then 2-bit, 6-bit scale per 16"
+    }
+    fn kernel(&self) -> &dyn Kernel {
+        self
+    }
+    fn quantizer(&self) -> Option<&dyn Quantizer> {
+        Some(self)
+    }
+    fn row_transform(&self) -> Option<&dyn RowTransform> {
+        Some(self)
+    }
+}
+
+impl Kernel for Q2Quip {
+    fn simd_levels(&self) -> &'static [SimdLevel] {
+        kernel::LEVELS
+    }
+    fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+        kernel::dequantize(level, src, dst)
+    }
+    fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+        kernel::dot(level, src, x)
+    }
+    fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+        kernel::dot_q8(level, src, x)
+    }
+}
+
+impl Quantizer for Q2Quip {
+    fn quantize_blocks(&self, src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]) {
+        encode::encode(src, importance, dst)
+    }
+}
+
+impl RowTransform for Q2Quip {
+    fn prepare(&self, row_len: usize, seed: u64) -> Result<Box<dyn PreparedRowTransform>, String> {
+        Rotation::new(row_len, seed)
+            .map(|r| Box::new(r) as Box<dyn PreparedRowTransform>)
+            .ok_or_else(|| "an empty row cannot be rotated".to_string())
+    }
+}
+
+impl PreparedRowTransform for Rotation {
+    fn forward(&self, row: &mut [f32]) {
+        Rotation::forward(self, row)
+    }
+    fn inverse(&self, row: &mut [f32]) {
+        Rotation::inverse(self, row)
+    }
+    fn importance(&self, imp: &[f32]) -> Vec<f32> {
+        self.rotated_importance(imp)
+    }
+}
+
+register_format!(Q2_QUIP_FORMAT, &Q2Quip);
