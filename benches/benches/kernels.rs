@@ -9,6 +9,7 @@ use gguftool_core::{registry, simd};
 use gguftool_ggml as _;
 use gguftool_piq as _;
 use gguftool_quip as _;
+use gguftool_ternary as _;
 
 const ROWS: usize = 64;
 

@@ -15,6 +15,7 @@ mod progress;
 use gguftool_ggml as _;
 use gguftool_piq as _;
 use gguftool_quip as _;
+use gguftool_ternary as _;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -5,6 +5,7 @@ use gguftool_core::integrity::sha256_hex;
 use gguftool_ggml as _;
 use gguftool_piq as _;
 use gguftool_quip as _;
+use gguftool_ternary as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,53 @@
+//! Kernel dispatch: scalar reference, AVX2 and AVX-512, chosen per call from
+//! the requested level and what the CPU supports.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+pub mod scalar;
+
+use gguftool_core::activation::Q8Activations;
+use gguftool_core::format::SimdLevel;
+use gguftool_core::simd::supported;
+
+/// Levels implemented on this architecture.
+#[cfg(target_arch = "x86_64")]
+pub const LEVELS: &[SimdLevel] = &[SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512];
+/// Levels implemented on this architecture.
+#[cfg(not(target_arch = "x86_64"))]
+pub const LEVELS: &[SimdLevel] = &[SimdLevel::Scalar];
+
+macro_rules! dispatch {
+    ($level:expr, $f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if $level >= SimdLevel::Avx512 && supported(SimdLevel::Avx512) {
+                // SAFETY: the CPU supports AVX-512F/BW, AVX2 and FMA; the
+                // caller checked the buffer lengths against the blocks.
+                return unsafe { avx512::$f($($arg),*) };
+            }
+            if $level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
+                // SAFETY: the CPU supports AVX2 and FMA; lengths checked.
+                return unsafe { avx2::$f($($arg),*) };
+            }
+        }
+        let _ = ($level, supported);
+        scalar::$f($($arg),*)
+    }};
+}
+
+/// Decodes whole blocks at `level` (falls back when unsupported).
+pub fn dequantize(level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+    dispatch!(level, dequantize(src, dst))
+}
+
+/// Dot product with f32 activations at `level`.
+pub fn dot(level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+    dispatch!(level, dot(src, x))
+}
+
+/// Dot product with 8-bit activations at `level`.
+pub fn dot_q8(level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+    dispatch!(level, dot_q8(src, x))
+}
