@@ -3,7 +3,7 @@
 //! lossless export to llama.cpp's TQ1_0/TQ2_0 when scales agree.
 
 use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::{quantize, DifferentiableQuantizer, Format, SimdLevel};
+use gguftool_core::format::{quantize, Format, SimdLevel};
 use gguftool_core::{registry, simd};
 use gguftool_ggml as _;
 use gguftool_ternary::encode::mse_optimal;
