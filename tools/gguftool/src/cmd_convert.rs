@@ -1,5 +1,6 @@
 //! `gguftool convert`: quantize a model to any registered format.
 
+use crate::mixed::{self, MixedArgs};
 use crate::progress::bytes_bar;
 use gguftool_core::convert::{self, Plan, TensorAction};
 use gguftool_core::gguf::write::WriteOptions;
@@ -22,9 +23,20 @@ pub struct ConvertArgs {
     /// Output file.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Target format for weight matrices (see `gguftool formats`).
+    /// Target format for weight matrices (see `gguftool formats`), or
+    /// `mixed` to choose one per tensor under the --bpw budget.
     #[arg(short, long)]
     pub format: String,
+    /// With `--format mixed`: average bits per weight over the allocated matrices.
+    #[arg(long, value_name = "BITS")]
+    pub bpw: Option<f64>,
+    /// With `--format mixed`: candidate formats (comma-separated; default:
+    /// every registered block format that can encode).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub candidates: Vec<String>,
+    /// With `--format mixed`: rows sampled per tensor to measure errors.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub sample_rows: u64,
     /// Decode already-quantized tensors and re-encode them.
     #[arg(long)]
     pub allow_requantize: bool,
@@ -35,9 +47,10 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "REGEX=FORMAT")]
     pub tensor_type: Vec<String>,
     /// Format for output.weight, and for token_embd.weight when the model ties
-    /// its embeddings (has no output.weight).
-    #[arg(long, value_name = "FORMAT", default_value = "q8_0")]
-    pub output_tensor_type: String,
+    /// its embeddings (has no output.weight). Default q8_0; with `--format
+    /// mixed` the allocator chooses unless this is given.
+    #[arg(long, value_name = "FORMAT")]
+    pub output_tensor_type: Option<String>,
     /// Format for token_embd.weight (default: the main format, or the output
     /// type when embeddings are tied).
     #[arg(long, value_name = "FORMAT")]
@@ -74,7 +87,13 @@ fn optional_format(
     name.as_deref().map(format_by_name).transpose()
 }
 
-fn print_plan(src: &GgufFile, plan: &Plan, file_size: u64, as_json: bool) {
+fn print_plan(
+    src: &GgufFile,
+    plan: &Plan,
+    file_size: u64,
+    allocation: Option<&gguftool_mixed::Allocation>,
+    as_json: bool,
+) {
     let h = src.header();
     let (mut q_elems, mut q_bytes) = (0u64, 0u64);
     let mut rows = Vec::new();
@@ -109,6 +128,7 @@ fn print_plan(src: &GgufFile, plan: &Plan, file_size: u64, as_json: bool) {
         let out = json!({
             "tensors": tensors, "output_file_size": file_size,
             "quantized_elements": q_elems, "quantized_bytes": q_bytes, "quantized_bits_per_weight": bpw,
+            "allocation": allocation,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return;
@@ -146,8 +166,18 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
             Ok((Arc::new(m), sha256_hex(&bytes)))
         })
         .transpose()?;
+    let mixed = a.format.eq_ignore_ascii_case("mixed");
+    if mixed != a.bpw.is_some() {
+        return Err(Error::Other(
+            "--bpw goes with --format mixed (and --format mixed needs --bpw)".into(),
+        ));
+    }
     let policy = QuantPolicy {
-        format: format_by_name(&a.format)?,
+        format: if mixed {
+            format_by_name("f32")?
+        } else {
+            format_by_name(&a.format)?
+        },
         allow_requantize: a.allow_requantize,
         keep: regexes(&a.keep)?,
         tensor_types: a
@@ -155,12 +185,12 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
             .iter()
             .map(|s| parse_tensor_type(s))
             .collect::<Result<_, _>>()?,
-        output_tensor_type: format_by_name(&a.output_tensor_type)?,
+        output_tensor_type: format_by_name(a.output_tensor_type.as_deref().unwrap_or("q8_0"))?,
         token_embedding_type: optional_format(&a.token_embedding_type)?,
         fallback: format_by_name(&a.fallback)?,
         imatrix: imatrix.as_ref().map(|(m, _)| m.clone()),
     };
-    if policy.format.quantizer().is_none() {
+    if !mixed && policy.format.quantizer().is_none() {
         return Err(Error::Other(format!(
             "format {} cannot quantize",
             policy.format.name()
@@ -171,8 +201,26 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
         source_sha256: "0".repeat(64),
         imatrix: imatrix.map(|(m, sha)| (sha, m.datasets.clone())),
     };
-    let plan = policy::plan(&src, &policy, &provenance)?;
-    if policy.imatrix.is_some() {
+    let has_imatrix = policy.imatrix.is_some();
+    let (plan, allocation) = if let Some(bpw) = a.bpw {
+        let pb = crate::progress::count_bar(0, "measuring candidate formats");
+        let args = MixedArgs {
+            bpw,
+            candidates: &a.candidates,
+            sample_rows: a.sample_rows.max(1),
+            pin_output: a.output_tensor_type.is_some(),
+            pin_embedding: a.token_embedding_type.is_some(),
+        };
+        let r = mixed::plan(&src, policy, &provenance, &args, &|d, t| {
+            pb.set_length(t);
+            pb.set_position(d);
+        })?;
+        pb.finish_and_clear();
+        (r.0, Some(r.1))
+    } else {
+        (policy::plan(&src, &policy, &provenance)?, None)
+    };
+    if has_imatrix {
         let quantized = plan
             .tensors
             .iter()
@@ -192,11 +240,17 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
     }
     let opts = WriteOptions { seal: !a.no_seal };
     if a.dry_run {
-        print_plan(&src, &plan, plan.output_file_size(opts)?, a.json);
+        if let Some(alloc) = &allocation {
+            if !a.json {
+                crate::mixed::print_allocation(alloc);
+            }
+        }
+        let size = plan.output_file_size(opts)?;
+        print_plan(&src, &plan, size, allocation.as_ref(), a.json);
         return Ok(ExitCode::SUCCESS);
     }
     let total: u64 = src.header().tensors.iter().map(|t| t.n_bytes).sum();
-    let pb = bytes_bar(total, &format!("converting to {}", policy.format.name()));
+    let pb = bytes_bar(total, &format!("converting to {}", a.format));
     let start = std::time::Instant::now();
     convert::execute_with_source_hash(
         &src,

@@ -9,6 +9,7 @@ mod cmd_quality;
 mod cmd_seal;
 mod cmd_verify;
 mod json;
+mod mixed;
 mod progress;
 
 // Link every format plugin so its registration is kept by the linker.
@@ -85,7 +86,7 @@ enum Command {
         no_seal: bool,
     },
     /// Quantize a model to a registered format.
-    Convert(cmd_convert::ConvertArgs),
+    Convert(Box<cmd_convert::ConvertArgs>),
     /// Compare a quantized file with its original: RMSE, SQNR, bpw per tensor.
     Quality {
         /// Original GGUF file.
@@ -138,7 +139,7 @@ fn run(cli: Cli) -> Result<ExitCode, gguftool_core::Error> {
             force,
             no_seal,
         } => cmd_dequantize::run(&input, &output, to, force, !no_seal),
-        Command::Convert(args) => cmd_convert::run(args),
+        Command::Convert(args) => cmd_convert::run(*args),
         Command::Quality {
             original,
             quantized,

@@ -308,3 +308,87 @@ fn quip_conversion_stores_its_seed_and_decodes_in_the_original_basis() {
     let v3: serde_json::Value = serde_json::from_slice(&q3.stdout).unwrap();
     assert!(v3["matrices"]["sqnr_db"].as_f64().unwrap() > 35.0);
 }
+
+#[test]
+fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let dry = ok(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        "unused.gguf",
+        "--format",
+        "mixed",
+        "--bpw",
+        "3",
+        "--dry-run",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let alloc = &v["allocation"];
+    assert!(alloc["bits_per_weight"].as_f64().unwrap() <= 3.0);
+    let formats: std::collections::BTreeSet<&str> = alloc["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["format"].as_str().unwrap())
+        .collect();
+    assert!(
+        formats.len() >= 2,
+        "a 3-bit budget mixes formats: {formats:?}"
+    );
+
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    for out in [&a, &b] {
+        ok(&[
+            "convert",
+            s(&tiny()),
+            "-o",
+            s(out),
+            "--format",
+            "mixed",
+            "--bpw",
+            "3",
+        ]);
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let f = GgufFile::open(&a).unwrap();
+    let h = f.header();
+    let (bits, elems) = h
+        .tensors
+        .iter()
+        .filter(|t| t.dims.len() >= 2)
+        .fold((0f64, 0u64), |(b, e), t| {
+            (b + t.n_bytes as f64 * 8.0, e + t.n_elements)
+        });
+    assert!(bits / elems as f64 <= 3.0, "{} bpw", bits / elems as f64);
+    assert_eq!(
+        h.metadata.get("gguftool.convert.format"),
+        Some(&Value::String("mixed".into()))
+    );
+    ok(&["verify", s(&a)]);
+
+    let low = run(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        s(&dir.path().join("c.gguf")),
+        "--format",
+        "mixed",
+        "--bpw",
+        "1",
+    ]);
+    assert_eq!(low.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&low.stderr).contains("below the smallest"));
+    let stray = run(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        s(&dir.path().join("d.gguf")),
+        "--format",
+        "piq2",
+        "--bpw",
+        "3",
+    ]);
+    assert_eq!(stray.status.code(), Some(1));
+}

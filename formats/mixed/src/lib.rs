@@ -1,0 +1,15 @@
+//! Mixed precision: give each tensor one of several registered formats so
+//! that the average bits per weight stays within a budget and the total
+//! (importance-weighted) squared error is smallest.
+//!
+//! [`sensitivity`] measures each candidate's error on a deterministic sample
+//! of rows of each tensor; [`allocate`] solves the resulting multiple-choice
+//! knapsack by greedy upgrades along each tensor's lower convex hull of
+//! (bits, error), which is optimal up to the last upgrade that does not fit.
+#![warn(missing_docs)]
+
+pub mod allocate;
+pub mod sensitivity;
+
+pub use allocate::{allocate, Allocation, Choice};
+pub use sensitivity::{sensitivity, Option as CandidateError, TensorSensitivity};

@@ -1,0 +1,157 @@
+//! Per-tensor error of each candidate format, measured on sampled rows.
+
+use gguftool_core::error::{Error, Result};
+use gguftool_core::format::Format;
+use gguftool_core::gguf::GgufFile;
+use gguftool_core::policy::fits;
+use gguftool_core::registry;
+use gguftool_core::rows::{self, RowCodec, DEFAULT_SEED};
+use rayon::prelude::*;
+
+/// One candidate's cost and error for one tensor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Option {
+    /// Candidate format name.
+    pub format: &'static str,
+    /// Encoded bits of the whole tensor.
+    pub bits: u64,
+    /// Estimated error of the whole tensor: the sampled rows'
+    /// `sum imp * (w - q)^2` scaled by rows / sampled rows.
+    pub error: f64,
+}
+
+/// Every fitting candidate for one tensor.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorSensitivity {
+    /// Index of the tensor in the source file.
+    pub index: usize,
+    /// Tensor name.
+    pub name: String,
+    /// Element count.
+    pub elements: u64,
+    /// Candidates whose blocks fit the rows, by ascending bits.
+    pub options: Vec<Option>,
+}
+
+/// Evenly spaced row indices, at most `max` of `n`.
+fn sample_rows(n: u64, max: u64) -> Vec<u64> {
+    if n <= max {
+        return (0..n).collect();
+    }
+    (0..max).map(|i| i * n / max).collect()
+}
+
+/// Error of `target` on the sampled rows of tensor `index`, and the scale to the whole tensor.
+fn candidate_error(
+    src: &GgufFile,
+    index: usize,
+    rows: &[u64],
+    importance: std::option::Option<&[f32]>,
+    target: &'static dyn Format,
+) -> Result<f64> {
+    let t = &src.header().tensors[index];
+    let row_len = t.row_len() as usize;
+    let kernel_err = |source| Error::Kernel {
+        tensor: t.name.clone(),
+        source,
+    };
+    let source = registry::by_type_id(t.ggml_type).ok_or_else(|| Error::Unsupported {
+        tensor: t.name.clone(),
+        reason: format!("no decoder for {}", t.type_name),
+    })?;
+    let seed = rows::seed(&src.header().metadata).map_err(kernel_err)?;
+    let dec = RowCodec::new(source, row_len, seed).map_err(kernel_err)?;
+    let enc = RowCodec::new(target, row_len, Some(DEFAULT_SEED)).map_err(kernel_err)?;
+    let data = src.tensor_data(index);
+    let rows_per_mat = t.dims.get(1).copied().unwrap_or(1).max(1);
+    let mut w = vec![0f32; row_len];
+    let mut q = vec![0f32; row_len];
+    let mut bytes = vec![0u8; enc.row_bytes()];
+    let mut total = 0f64;
+    for &r in rows {
+        let off = r as usize * dec.row_bytes();
+        dec.decode(&data[off..off + dec.row_bytes()], &mut w)
+            .map_err(kernel_err)?;
+        let imp = importance.map(|m| {
+            let mat = if m.len() > row_len {
+                (r / rows_per_mat) as usize
+            } else {
+                0
+            };
+            &m[mat * row_len..(mat + 1) * row_len]
+        });
+        enc.encode(&w, imp, &mut bytes).map_err(kernel_err)?;
+        enc.decode(&bytes, &mut q).map_err(kernel_err)?;
+        total += w
+            .iter()
+            .zip(&q)
+            .enumerate()
+            .map(|(j, (a, b))| imp.map_or(1.0, |m| m[j] as f64) * (*a as f64 - *b as f64).powi(2))
+            .sum::<f64>();
+    }
+    Ok(total * t.n_rows() as f64 / rows.len().max(1) as f64)
+}
+
+/// Measures every candidate that fits on each listed tensor (index and its
+/// per-column importance, `row_len` or `row_len` per matrix), sampling at
+/// most `max_rows` evenly spaced rows per tensor; `progress` is called once
+/// per measured (tensor, candidate). Deterministic.
+pub fn sensitivity(
+    src: &GgufFile,
+    tensors: &[(usize, std::option::Option<std::sync::Arc<Vec<f32>>>)],
+    candidates: &[&'static dyn Format],
+    max_rows: u64,
+    progress: &(dyn Fn() + Sync),
+) -> Result<Vec<TensorSensitivity>> {
+    let jobs: Vec<(usize, usize)> = tensors
+        .iter()
+        .enumerate()
+        .flat_map(|(k, _)| (0..candidates.len()).map(move |c| (k, c)))
+        .collect();
+    let errors: Vec<std::option::Option<f64>> = jobs
+        .par_iter()
+        .map(|&(k, c)| {
+            let (index, imp) = &tensors[k];
+            let t = &src.header().tensors[*index];
+            if !fits(candidates[c], t.row_len()) || t.n_elements == 0 {
+                return Ok(None);
+            }
+            let rows = sample_rows(t.n_rows(), max_rows);
+            let e = candidate_error(
+                src,
+                *index,
+                &rows,
+                imp.as_deref().map(Vec::as_slice),
+                candidates[c],
+            );
+            progress();
+            e.map(Some)
+        })
+        .collect::<Result<_>>()?;
+    Ok(tensors
+        .iter()
+        .enumerate()
+        .map(|(k, (index, _))| {
+            let t = &src.header().tensors[*index];
+            let blocks = |f: &dyn Format| t.n_elements / f.block_size() as u64;
+            let mut options: Vec<Option> = candidates
+                .iter()
+                .enumerate()
+                .filter_map(|(c, f)| {
+                    errors[k * candidates.len() + c].map(|error| Option {
+                        format: f.name(),
+                        bits: blocks(*f) * f.type_size() as u64 * 8,
+                        error,
+                    })
+                })
+                .collect();
+            options.sort_by(|a, b| a.bits.cmp(&b.bits).then(a.error.total_cmp(&b.error)));
+            TensorSensitivity {
+                index: *index,
+                name: t.name.clone(),
+                elements: t.n_elements,
+                options,
+            }
+        })
+        .collect())
+}
