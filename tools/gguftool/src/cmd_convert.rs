@@ -34,6 +34,10 @@ pub struct ConvertArgs {
     /// every registered block format that can encode).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub candidates: Vec<String>,
+    /// With `--format mixed`: let the allocator choose output.weight (and a
+    /// tied token_embd.weight) too, instead of --output-tensor-type.
+    #[arg(long)]
+    pub allocate_output: bool,
     /// With `--format mixed`: rows sampled per tensor to measure errors.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub sample_rows: u64,
@@ -47,8 +51,8 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "REGEX=FORMAT")]
     pub tensor_type: Vec<String>,
     /// Format for output.weight, and for token_embd.weight when the model ties
-    /// its embeddings (has no output.weight). Default q8_0; with `--format
-    /// mixed` the allocator chooses unless this is given.
+    /// its embeddings (has no output.weight). Default q8_0 (with `--format
+    /// mixed` too, unless --allocate-output).
     #[arg(long, value_name = "FORMAT")]
     pub output_tensor_type: Option<String>,
     /// Format for token_embd.weight (default: the main format, or the output
@@ -208,7 +212,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
             bpw,
             candidates: &a.candidates,
             sample_rows: a.sample_rows.max(1),
-            pin_output: a.output_tensor_type.is_some(),
+            pin_output: a.output_tensor_type.is_some() || !a.allocate_output,
             pin_embedding: a.token_embedding_type.is_some(),
         };
         let r = mixed::plan(&src, policy, &provenance, &args, &|d, t| {

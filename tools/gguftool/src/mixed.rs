@@ -20,9 +20,10 @@ pub struct MixedArgs<'a> {
     pub candidates: &'a [String],
     /// Rows sampled per tensor when measuring.
     pub sample_rows: u64,
-    /// Leave output.weight / token_embd.weight to the explicit policy types.
+    /// Leave output.weight (and a tied token_embd.weight) to the policy's
+    /// output type instead of allocating it.
     pub pin_output: bool,
-    /// As `pin_output`, for token_embd.weight.
+    /// Leave token_embd.weight to the policy's embedding type.
     pub pin_embedding: bool,
 }
 
@@ -60,6 +61,7 @@ pub fn plan(
     let user_overrides = policy.tensor_types.clone();
     let base = policy::plan(src, &policy, provenance)?;
     let h = src.header();
+    let tied = h.tensor_index(policy::OUTPUT_TENSOR).is_none();
     let allocatable: Vec<(usize, Option<Arc<Vec<f32>>>)> = base
         .tensors
         .iter()
@@ -68,7 +70,8 @@ pub fn plan(
             let name = &h.tensors[t.source_index].name;
             let overridden = user_overrides.iter().any(|(re, _)| re.is_match(name));
             let pinned = (args.pin_output && name == policy::OUTPUT_TENSOR)
-                || (args.pin_embedding && name == policy::TOKEN_EMBEDDING);
+                || (name == policy::TOKEN_EMBEDDING
+                    && (args.pin_embedding || (tied && args.pin_output)));
             !overridden && !pinned
         })
         .map(|t| (t.source_index, t.importance.clone()))

@@ -349,6 +349,7 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
             "mixed",
             "--bpw",
             "3",
+            "--allocate-output",
         ]);
     }
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
@@ -367,6 +368,28 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
         Some(&Value::String("mixed".into()))
     );
     ok(&["verify", s(&a)]);
+
+    // By default output.weight keeps the output type (q8_0) outside the budget.
+    let pinned = ok(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        "unused.gguf",
+        "--format",
+        "mixed",
+        "--bpw",
+        "3",
+        "--dry-run",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&pinned.stdout).unwrap();
+    let choices = v["allocation"]["choices"].as_array().unwrap();
+    assert!(choices.iter().all(|c| c["name"] != "output.weight"));
+    assert!(v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "output.weight" && t["to"] == "q8_0"));
 
     let low = run(&[
         "convert",
