@@ -4,6 +4,8 @@ use gguftool_core::format::{Format, SimdLevel};
 use gguftool_core::simd;
 use gguftool_ggml as _;
 use gguftool_piq as _;
+use gguftool_quip as _;
+use gguftool_ternary as _;
 
 /// Decodes `bytes` (any length: wrong lengths must be refused, not read
 /// past) with `f` at every SIMD level and checks decoders agree bit for bit.

@@ -12,4 +12,4 @@ pub mod allocate;
 pub mod sensitivity;
 
 pub use allocate::{allocate, Allocation, Choice};
-pub use sensitivity::{sensitivity, Option as CandidateError, TensorSensitivity};
+pub use sensitivity::{sensitivity, Objective, Option as CandidateError, TensorSensitivity};

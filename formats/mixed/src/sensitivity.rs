@@ -8,6 +8,18 @@ use gguftool_core::registry;
 use gguftool_core::rows::{self, RowCodec, DEFAULT_SEED};
 use rayon::prelude::*;
 
+/// How a tensor's error is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Objective {
+    /// `sum imp * (w - q)^2 / sum imp * w^2` on the sampled rows: the
+    /// relative output noise of the matrix (scale-free, so tensors with and
+    /// without importance data, or of different magnitudes, compare).
+    Relative,
+    /// `sum imp * (w - q)^2` scaled to the whole tensor: the expected squared
+    /// output error when the importance holds the inputs' second moments.
+    Absolute,
+}
+
 /// One candidate's cost and error for one tensor.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Option {
@@ -15,8 +27,7 @@ pub struct Option {
     pub format: &'static str,
     /// Encoded bits of the whole tensor.
     pub bits: u64,
-    /// Estimated error of the whole tensor: the sampled rows'
-    /// `sum imp * (w - q)^2` scaled by rows / sampled rows.
+    /// Estimated error of the tensor under the [`Objective`].
     pub error: f64,
 }
 
@@ -48,6 +59,7 @@ fn candidate_error(
     rows: &[u64],
     importance: std::option::Option<&[f32]>,
     target: &'static dyn Format,
+    objective: Objective,
 ) -> Result<f64> {
     let t = &src.header().tensors[index];
     let row_len = t.row_len() as usize;
@@ -67,7 +79,7 @@ fn candidate_error(
     let mut w = vec![0f32; row_len];
     let mut q = vec![0f32; row_len];
     let mut bytes = vec![0u8; enc.row_bytes()];
-    let mut total = 0f64;
+    let (mut total, mut signal) = (0f64, 0f64);
     for &r in rows {
         let off = r as usize * dec.row_bytes();
         dec.decode(&data[off..off + dec.row_bytes()], &mut w)
@@ -82,14 +94,17 @@ fn candidate_error(
         });
         enc.encode(&w, imp, &mut bytes).map_err(kernel_err)?;
         enc.decode(&bytes, &mut q).map_err(kernel_err)?;
-        total += w
-            .iter()
-            .zip(&q)
-            .enumerate()
-            .map(|(j, (a, b))| imp.map_or(1.0, |m| m[j] as f64) * (*a as f64 - *b as f64).powi(2))
-            .sum::<f64>();
+        for (j, (a, b)) in w.iter().zip(&q).enumerate() {
+            let weight = imp.map_or(1.0, |m| m[j] as f64);
+            total += weight * (*a as f64 - *b as f64).powi(2);
+            signal += weight * (*a as f64).powi(2);
+        }
     }
-    Ok(total * t.n_rows() as f64 / rows.len().max(1) as f64)
+    Ok(match objective {
+        Objective::Absolute => total * t.n_rows() as f64 / rows.len().max(1) as f64,
+        Objective::Relative if signal > 0.0 => total / signal,
+        Objective::Relative => 0.0,
+    })
 }
 
 /// Measures every candidate that fits on each listed tensor (index and its
@@ -101,6 +116,7 @@ pub fn sensitivity(
     tensors: &[(usize, std::option::Option<std::sync::Arc<Vec<f32>>>)],
     candidates: &[&'static dyn Format],
     max_rows: u64,
+    objective: Objective,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Vec<TensorSensitivity>> {
     let jobs: Vec<(usize, usize)> = tensors
@@ -123,6 +139,7 @@ pub fn sensitivity(
                 &rows,
                 imp.as_deref().map(Vec::as_slice),
                 candidates[c],
+                objective,
             );
             progress();
             e.map(Some)

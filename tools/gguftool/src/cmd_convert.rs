@@ -38,6 +38,11 @@ pub struct ConvertArgs {
     /// tied token_embd.weight) too, instead of --output-tensor-type.
     #[arg(long)]
     pub allocate_output: bool,
+    /// With `--format mixed`: how tensor errors are compared: `relative`
+    /// (noise over signal per tensor, importance-weighted) or `absolute`
+    /// (importance-weighted squared error).
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Relative)]
+    pub objective: ObjectiveArg,
     /// With `--format mixed`: rows sampled per tensor to measure errors.
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub sample_rows: u64,
@@ -77,6 +82,15 @@ pub struct ConvertArgs {
     /// Do not embed an integrity manifest.
     #[arg(long)]
     pub no_seal: bool,
+}
+
+/// `--objective` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ObjectiveArg {
+    /// Noise over signal per tensor.
+    Relative,
+    /// Squared error.
+    Absolute,
 }
 
 fn regexes(args: &[String]) -> Result<Vec<Regex>, Error> {
@@ -212,6 +226,10 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
             bpw,
             candidates: &a.candidates,
             sample_rows: a.sample_rows.max(1),
+            objective: match a.objective {
+                ObjectiveArg::Relative => gguftool_mixed::Objective::Relative,
+                ObjectiveArg::Absolute => gguftool_mixed::Objective::Absolute,
+            },
             pin_output: a.output_tensor_type.is_some() || !a.allocate_output,
             pin_embedding: a.token_embedding_type.is_some(),
         };

@@ -8,7 +8,7 @@ use gguftool_core::gguf::value::Value;
 use gguftool_core::gguf::GgufFile;
 use gguftool_core::policy::{self, format_by_name, Provenance, QuantPolicy};
 use gguftool_core::{registry, Error};
-use gguftool_mixed::{allocate, sensitivity, Allocation};
+use gguftool_mixed::{allocate, sensitivity, Allocation, Objective};
 use regex::Regex;
 use std::sync::Arc;
 
@@ -20,6 +20,8 @@ pub struct MixedArgs<'a> {
     pub candidates: &'a [String],
     /// Rows sampled per tensor when measuring.
     pub sample_rows: u64,
+    /// How errors are compared across tensors.
+    pub objective: Objective,
     /// Leave output.weight (and a tied token_embd.weight) to the policy's
     /// output type instead of allocating it.
     pub pin_output: bool,
@@ -78,7 +80,7 @@ pub fn plan(
         .collect();
     let total = (allocatable.len() * cands.len()) as u64;
     let done = std::sync::atomic::AtomicU64::new(0);
-    let sens = sensitivity(src, &allocatable, &cands, args.sample_rows, &|| {
+    let sens = sensitivity(src, &allocatable, &cands, args.sample_rows, args.objective, &|| {
         let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         progress(d, total);
     })?;
