@@ -17,6 +17,7 @@ pub fn supported(level: SimdLevel) -> bool {
             *AVX2.get_or_init(|| {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             })
         }
         #[cfg(target_arch = "x86_64")]

@@ -1,6 +1,7 @@
 //! AVX-512 kernels: a whole block (64 codes) per 512-bit vector.
 
-use crate::layout::{d, sub_scales, BLOCK, CODES, LEVEL_OFFSET, SUB, TYPE_SIZE};
+use crate::kernel::avx2::d;
+use crate::layout::{sub_scales, BLOCK, CODES, LEVEL_OFFSET, SUB, TYPE_SIZE};
 use gguftool_core::activation::Q8Activations;
 use std::arch::x86_64::*;
 
@@ -31,9 +32,9 @@ unsafe fn levels(b: &[u8], k: usize) -> __m512 {
 /// Decodes whole blocks.
 ///
 /// # Safety
-/// The CPU must support AVX-512F/BW and AVX2; `src` holds whole blocks and
+/// The CPU must support AVX-512F/BW, AVX2 and F16C; `src` holds whole blocks and
 /// `dst` 64 elements per block.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 pub unsafe fn dequantize(src: &[u8], dst: &mut [f32]) {
     for (b, out) in src.chunks_exact(TYPE_SIZE).zip(dst.chunks_exact_mut(BLOCK)) {
         let (db, sc) = (d(b), sub_scales(b));
@@ -47,9 +48,9 @@ pub unsafe fn dequantize(src: &[u8], dst: &mut [f32]) {
 /// Dot product with f32 activations.
 ///
 /// # Safety
-/// The CPU must support AVX-512F/BW and AVX2; `src` holds whole blocks and
+/// The CPU must support AVX-512F/BW, AVX2 and F16C; `src` holds whole blocks and
 /// `x` 64 elements per block.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 pub unsafe fn dot(src: &[u8], x: &[f32]) -> f32 {
     let mut acc = _mm512_setzero_ps();
     for (b, xb) in src.chunks_exact(TYPE_SIZE).zip(x.chunks_exact(BLOCK)) {
@@ -66,9 +67,9 @@ pub unsafe fn dot(src: &[u8], x: &[f32]) -> f32 {
 /// byte products, summed per four elements; four lanes per sub-block.
 ///
 /// # Safety
-/// The CPU must support AVX-512F/BW and AVX2; `src` holds whole blocks and
+/// The CPU must support AVX-512F/BW, AVX2 and F16C; `src` holds whole blocks and
 /// `x` 64 activations per block.
-#[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
 pub unsafe fn dot_q8(src: &[u8], x: &Q8Activations) -> f32 {
     let mut acc = _mm512_setzero_ps();
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);

@@ -1,7 +1,7 @@
 //! AVX2 kernels. Decoding is bit-identical to the scalar reference; dot
 //! products differ only by summation order.
 
-use crate::layout::{d, BLOCK, CODES, TYPE_SIZE};
+use crate::layout::{BLOCK, CODES, TYPE_SIZE};
 use gguftool_core::activation::Q8Activations;
 use std::arch::x86_64::*;
 
@@ -42,9 +42,9 @@ unsafe fn trits_ps(codes: __m256i, g: i32) -> __m256 {
 /// Decodes whole blocks.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `src` holds whole blocks and `dst` 64
+/// The CPU must support AVX2, FMA and F16C; `src` holds whole blocks and `dst` 64
 /// elements per block.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequantize(src: &[u8], dst: &mut [f32]) {
     for (b, out) in src.chunks_exact(TYPE_SIZE).zip(dst.chunks_exact_mut(BLOCK)) {
         let s = _mm256_set1_ps(d(b));
@@ -68,9 +68,9 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// Dot product with f32 activations.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `src` holds whole blocks and `x` 64
+/// The CPU must support AVX2, FMA and F16C; `src` holds whole blocks and `x` 64
 /// elements per block.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot(src: &[u8], x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (b, xb) in src.chunks_exact(TYPE_SIZE).zip(x.chunks_exact(BLOCK)) {
@@ -99,9 +99,9 @@ unsafe fn sums(codes: __m256i, q: __m256i) -> __m256i {
 /// Dot product with 8-bit activations.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `src` holds whole blocks and `x` 64
+/// The CPU must support AVX2, FMA and F16C; `src` holds whole blocks and `x` 64
 /// activations per block.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8(src: &[u8], x: &Q8Activations) -> f32 {
     let mut acc = [_mm256_setzero_ps(), _mm256_setzero_ps()];
     for (i, b) in src.chunks_exact(TYPE_SIZE).enumerate() {
@@ -114,4 +114,14 @@ pub unsafe fn dot_q8(src: &[u8], x: &Q8Activations) -> f32 {
         acc[1] = _mm256_fmadd_ps(_mm256_set1_ps(db * x.scales[2 * i + 1]), s1, acc[1]);
     }
     hsum(_mm256_add_ps(acc[0], acc[1]))
+}
+
+/// The block's f16 scale (first two bytes) as f32, with F16C.
+///
+/// # Safety
+/// The CPU must support F16C; `b` holds at least two bytes.
+#[inline(always)]
+pub unsafe fn d(b: &[u8]) -> f32 {
+    let bits = u16::from_le_bytes([b[0], b[1]]) as i32;
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
 }
