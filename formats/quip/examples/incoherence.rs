@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let Some(src) = registry::by_type_id(t.ggml_type) else {
             continue;
         };
-        if t.dims.len() < 2 || row_len % 64 != 0 {
+        if t.dims.len() < 2 || !row_len.is_multiple_of(64) {
             continue;
         }
         let dec = RowCodec::new(src, row_len, None)?;

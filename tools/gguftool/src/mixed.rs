@@ -80,10 +80,17 @@ pub fn plan(
         .collect();
     let total = (allocatable.len() * cands.len()) as u64;
     let done = std::sync::atomic::AtomicU64::new(0);
-    let sens = sensitivity(src, &allocatable, &cands, args.sample_rows, args.objective, &|| {
-        let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        progress(d, total);
-    })?;
+    let sens = sensitivity(
+        src,
+        &allocatable,
+        &cands,
+        args.sample_rows,
+        args.objective,
+        &|| {
+            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            progress(d, total);
+        },
+    )?;
     let alloc = allocate(&sens, args.bpw).map_err(|e| Error::Other(format!("mixed: {e}")))?;
     for c in &alloc.choices {
         let re = Regex::new(&format!("^{}$", regex::escape(&c.name)))
