@@ -186,6 +186,15 @@ pub trait PreparedRowTransform: Sync + Send {
     /// Per-element importance in the rotated basis for a diagonal importance
     /// `imp` in the original one: the diagonal of `U diag(imp) U^T`.
     fn importance(&self, imp: &[f32]) -> Vec<f32>;
+
+    /// Encodes whole rows given in the original basis, with `importance`
+    /// (per element, original basis), when the format can use the full
+    /// rotated importance rather than its diagonal (e.g. error feedback).
+    /// Returns false to let the caller rotate and encode block by block.
+    fn encode_weighted(&self, rows: &[f32], importance: &[f32], dst: &mut [u8]) -> bool {
+        let _ = (rows, importance, dst);
+        false
+    }
 }
 
 /// Straight-through estimator variants for the backward pass of rounding.

@@ -116,6 +116,22 @@ impl<'a> RowCodec<'a> {
         let Some(t) = &self.transform else {
             return quantize(self.format, src, importance, dst);
         };
+        if let Some(imp) = importance {
+            if imp.len() != src.len() || dst.len() != src.len() / self.row_len * self.row_bytes() {
+                return Err(KernelError::BadLength {
+                    what: "importance or encoded rows",
+                    len: imp.len(),
+                    expected: format!(
+                        "{} elements and {} bytes",
+                        src.len(),
+                        src.len() / self.row_len * self.row_bytes()
+                    ),
+                });
+            }
+            if t.encode_weighted(src, imp, dst) {
+                return Ok(());
+            }
+        }
         let mut rotated = src.to_vec();
         rotated
             .chunks_exact_mut(self.row_len)

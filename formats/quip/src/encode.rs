@@ -61,26 +61,61 @@ pub fn encode(src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]) {
     }
 }
 
-fn encode_block(x: &[f32], w: &[f32], out: &mut [u8]) {
+/// A block's stored scales: the f16 super-scale bits, the 6-bit sub-scales
+/// and the resulting step of each sub-block.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockScales {
+    /// f16 bits of `d` (0 when the block is all zero or not finite).
+    pub d_bits: u16,
+    /// Sub-scales.
+    pub scales: [u8; SUBS],
+    /// `d * sc` per sub-block.
+    pub steps: [f32; SUBS],
+}
+
+impl BlockScales {
+    /// Nearest code of `x` in sub-block `k` (code 0 when the step is 0).
+    #[inline]
+    pub fn code(&self, k: usize, x: f32) -> u8 {
+        let s = self.steps[k];
+        if s > 0.0 {
+            nearest(x, 1.0 / s)
+        } else {
+            0
+        }
+    }
+
+    /// The value code `c` decodes to in sub-block `k`.
+    #[inline]
+    pub fn value(&self, k: usize, c: u8) -> f32 {
+        self.steps[k] * (c as f32 - LEVEL_OFFSET)
+    }
+}
+
+/// Chooses the scales of one block of values `x` with error weights `w`.
+pub fn block_scales(x: &[f32], w: &[f32]) -> BlockScales {
     let s: [f32; SUBS] =
         std::array::from_fn(|k| sub_scale(&x[k * SUB..(k + 1) * SUB], &w[k * SUB..(k + 1) * SUB]));
     let smax = s.iter().fold(0f32, |m, &v| m.max(v));
     let d = half::f16::from_f32(smax / MAX_SCALE as f32);
     let df = d.to_f32();
-    let mut scales = [0u8; SUBS];
-    let mut codes = [0u8; BLOCK];
+    let mut out = BlockScales {
+        d_bits: 0,
+        scales: [0; SUBS],
+        steps: [0.0; SUBS],
+    };
     if df > 0.0 && df.is_finite() {
+        out.d_bits = d.to_bits();
         for k in 0..SUBS {
-            scales[k] = (s[k] / df).round().clamp(0.0, MAX_SCALE as f32) as u8;
-            let sk = df * scales[k] as f32;
-            if sk > 0.0 {
-                let inv = 1.0 / sk;
-                for j in k * SUB..(k + 1) * SUB {
-                    codes[j] = nearest(x[j], inv);
-                }
-            }
+            out.scales[k] = (s[k] / df).round().clamp(0.0, MAX_SCALE as f32) as u8;
+            out.steps[k] = df * out.scales[k] as f32;
         }
     }
-    let d_bits = if df.is_finite() { d.to_bits() } else { 0 };
-    pack(d_bits, &scales, &codes, out);
+    out
+}
+
+fn encode_block(x: &[f32], w: &[f32], out: &mut [u8]) {
+    let bs = block_scales(x, w);
+    let codes: [u8; BLOCK] = std::array::from_fn(|j| bs.code(j / SUB, x[j]));
+    pack(bs.d_bits, &bs.scales, &codes, out);
 }

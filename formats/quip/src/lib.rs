@@ -10,6 +10,7 @@
 pub mod encode;
 pub mod kernel;
 pub mod layout;
+pub mod ldlq;
 pub mod rotation;
 
 use gguftool_core::activation::Q8Activations;
@@ -17,7 +18,9 @@ use gguftool_core::format::{
     Format, Kernel, PreparedRowTransform, Quantizer, RowTransform, SimdLevel,
 };
 use gguftool_core::register_format;
+use ldlq::Feedback;
 use rotation::Rotation;
+use std::sync::{Arc, Mutex};
 
 /// Type id of Q2+QuIP (gguftool private range).
 pub const Q2_QUIP_TYPE_ID: u32 = 0x4003;
@@ -76,20 +79,64 @@ impl Quantizer for Q2Quip {
 impl RowTransform for Q2Quip {
     fn prepare(&self, row_len: usize, seed: u64) -> Result<Box<dyn PreparedRowTransform>, String> {
         Rotation::new(row_len, seed)
-            .map(|r| Box::new(r) as Box<dyn PreparedRowTransform>)
+            .map(|rotation| {
+                Box::new(QuipRows {
+                    rotation,
+                    feedback: Mutex::new(None),
+                }) as Box<dyn PreparedRowTransform>
+            })
             .ok_or_else(|| "an empty row cannot be rotated".to_string())
     }
 }
 
-impl PreparedRowTransform for Rotation {
+/// The rotation of one tensor's rows, with the LDLQ factor of the last
+/// importance vector seen (rows of a matrix share one).
+pub struct QuipRows {
+    rotation: Rotation,
+    feedback: Mutex<Option<(Vec<f32>, Arc<Feedback>)>>,
+}
+
+impl QuipRows {
+    fn feedback_for(&self, imp: &[f32]) -> Arc<Feedback> {
+        // Held while building, so concurrent encoders of the tensor wait
+        // for one factorization instead of repeating it.
+        let mut slot = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((key, fb)) = slot.as_ref() {
+            if key.as_slice() == imp {
+                return fb.clone();
+            }
+        }
+        let fb = Arc::new(Feedback::new(&self.rotation, imp));
+        *slot = Some((imp.to_vec(), fb.clone()));
+        fb
+    }
+}
+
+impl PreparedRowTransform for QuipRows {
     fn forward(&self, row: &mut [f32]) {
-        Rotation::forward(self, row)
+        self.rotation.forward(row)
     }
     fn inverse(&self, row: &mut [f32]) {
-        Rotation::inverse(self, row)
+        self.rotation.inverse(row)
     }
     fn importance(&self, imp: &[f32]) -> Vec<f32> {
-        self.rotated_importance(imp)
+        self.rotation.rotated_importance(imp)
+    }
+    fn encode_weighted(&self, rows: &[f32], importance: &[f32], dst: &mut [u8]) -> bool {
+        let n = self.rotation.len();
+        let row_bytes = n / layout::BLOCK * layout::TYPE_SIZE;
+        let mut x = vec![0f32; n];
+        for ((w, imp), out) in rows
+            .chunks_exact(n)
+            .zip(importance.chunks_exact(n))
+            .zip(dst.chunks_exact_mut(row_bytes))
+        {
+            let fb = self.feedback_for(imp);
+            x.copy_from_slice(w);
+            self.rotation.forward(&mut x);
+            fb.encode_row(&x, out);
+        }
+        true
     }
 }
 

@@ -181,3 +181,36 @@ fn encoding_is_deterministic_and_all_zero_rows_decode_to_zero() {
     codec.decode(&z, &mut dec).unwrap();
     assert!(dec.iter().all(|&v| v == 0.0));
 }
+
+#[test]
+fn ldlq_uses_the_importance_through_the_rotation() {
+    // Importance spread over orders of magnitude, like an imatrix.
+    let (rows, n) = (16usize, 384usize);
+    let w = gaussian(rows * n, 21);
+    let mut r = SplitMix64::new(8);
+    let col_imp: Vec<f32> = (0..n)
+        .map(|_| (r.next_normal() as f32 * 1.5).exp())
+        .collect();
+    let imp: Vec<f32> = (0..rows * n).map(|i| col_imp[i % n]).collect();
+    let codec = RowCodec::new(&Q2Quip, n, Some(3)).unwrap();
+    let weighted = |importance: Option<&[f32]>| {
+        let mut enc = vec![0u8; rows * codec.row_bytes()];
+        codec.encode(&w, importance, &mut enc).unwrap();
+        let mut dec = vec![0f32; w.len()];
+        codec.decode(&enc, &mut dec).unwrap();
+        let e: f32 = w
+            .iter()
+            .zip(&dec)
+            .zip(&imp)
+            .map(|((a, b), i)| i * (a - b).powi(2))
+            .sum();
+        let s: f32 = w.iter().zip(&imp).map(|(a, i)| i * a * a).sum();
+        10.0 * (s / e).log10()
+    };
+    let (with, without) = (weighted(Some(&imp)), weighted(None));
+    eprintln!("LDLQ {with:.2} dB, plain {without:.2} dB");
+    assert!(
+        with > without + 1.5,
+        "weighted SQNR {with:.2} dB with LDLQ vs {without:.2} dB without"
+    );
+}
