@@ -106,8 +106,8 @@ pub fn block_scales(x: &[f32], w: &[f32]) -> BlockScales {
     };
     if df > 0.0 && df.is_finite() {
         out.d_bits = d.to_bits();
-        for k in 0..SUBS {
-            out.scales[k] = (s[k] / df).round().clamp(0.0, MAX_SCALE as f32) as u8;
+        for (k, &sk) in s.iter().enumerate() {
+            out.scales[k] = (sk / df).round().clamp(0.0, MAX_SCALE as f32) as u8;
             out.steps[k] = df * out.scales[k] as f32;
         }
     }
