@@ -199,6 +199,7 @@ pub trait PreparedRowTransform: Sync + Send {
 
 /// Straight-through estimator variants for the backward pass of rounding.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Ste {
     /// Gradient passes through rounding and clamping unchanged.
     Standard,

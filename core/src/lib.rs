@@ -10,6 +10,7 @@ pub mod error;
 pub mod format;
 pub mod ggml_type;
 pub mod gguf;
+pub mod hadamard;
 pub mod imatrix;
 pub mod integrity;
 pub mod output;
