@@ -18,7 +18,7 @@ use std::sync::Arc;
 const CHUNK_ELEMENTS: u64 = 16 << 20;
 
 /// What happens to one tensor.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub enum TensorAction {
     /// Bytes copied unchanged.
     Copy,
@@ -29,6 +29,8 @@ pub enum TensorAction {
         /// Target format (encoder).
         target: &'static dyn Format,
     },
+    /// Bytes already encoded by the caller (e.g. by QAT), written as they are.
+    Encoded(Arc<Vec<u8>>),
 }
 
 impl std::fmt::Debug for TensorAction {
@@ -38,6 +40,7 @@ impl std::fmt::Debug for TensorAction {
             TensorAction::Transcode { source, target } => {
                 write!(f, "{} -> {}", source.name(), target.name())
             }
+            TensorAction::Encoded(b) => write!(f, "encoded ({} bytes)", b.len()),
         }
     }
 }
@@ -246,14 +249,26 @@ fn execute_inner(
     for pt in &plan.tensors {
         let data = src.tensor_data(pt.source_index);
         let info = &src.header().tensors[pt.source_index];
-        match pt.action {
+        match &pt.action {
+            TensorAction::Encoded(bytes) => {
+                if bytes.len() as u64 != pt.spec.n_bytes {
+                    return Err(Error::Other(format!(
+                        "tensor {:?}: {} encoded bytes, expected {}",
+                        pt.spec.name,
+                        bytes.len(),
+                        pt.spec.n_bytes
+                    )));
+                }
+                w.write_tensor_data(bytes).map_err(wrap)?;
+                progress(data.len() as u64);
+            }
             TensorAction::Copy => {
                 for chunk in data.chunks(CHUNK_ELEMENTS as usize) {
                     w.write_tensor_data(chunk).map_err(wrap)?;
                     progress(chunk.len() as u64);
                 }
             }
-            TensorAction::Transcode { source, target } => {
+            &TensorAction::Transcode { source, target } => {
                 let imp = pt.importance.as_deref().map(Vec::as_slice);
                 let codecs = (source, seeds.0, target, seeds.1);
                 transcode_tensor(info, data, codecs, imp, &mut |bytes, src_done| {

@@ -119,7 +119,7 @@ fn print_plan(
         let info = &h.tensors[t.source_index];
         let to = gguftool_core::registry::by_type_id(t.spec.ggml_type)
             .map_or(info.type_name, |f| f.name());
-        if let TensorAction::Transcode { target, .. } = t.action {
+        if let TensorAction::Transcode { target, .. } = &t.action {
             if target.block_size() > 1 {
                 q_elems += info.n_elements;
                 q_bytes += t.spec.n_bytes;

@@ -5,6 +5,7 @@ mod cmd_convert;
 mod cmd_dequantize;
 mod cmd_formats;
 mod cmd_inspect;
+mod cmd_qat;
 mod cmd_quality;
 mod cmd_seal;
 mod cmd_verify;
@@ -87,6 +88,9 @@ enum Command {
     },
     /// Quantize a model to a registered format.
     Convert(Box<cmd_convert::ConvertArgs>),
+    /// Quantization-aware training of each matrix against its imatrix-weighted
+    /// reconstruction error, exported through the format's encoder.
+    Qat(Box<cmd_qat::QatArgs>),
     /// Compare a quantized file with its original: RMSE, SQNR, bpw per tensor.
     Quality {
         /// Original GGUF file.
@@ -140,6 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode, gguftool_core::Error> {
             no_seal,
         } => cmd_dequantize::run(&input, &output, to, force, !no_seal),
         Command::Convert(args) => cmd_convert::run(*args),
+        Command::Qat(args) => cmd_qat::run(*args),
         Command::Quality {
             original,
             quantized,
