@@ -37,8 +37,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let base = QatConfig {
-        epochs: if quick { 10 } else { 20 },
-        learning_rate: 1e-2,
+        epochs: if quick { 10 } else { 8 },
+        learning_rate: if quick { 1e-2 } else { 4e-3 },
         batch_size: 64,
         warmup_steps: 50,
         loss: LossWeights {
@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let cfg = QatConfig {
             format: fmt.into(),
             ste: Ste::LearnedStepSize,
-            epochs: if quick { 5 } else { 10 },
+            epochs: if quick { 5 } else { 4 },
             learning_rate: 2e-3,
             scale_learning_rate: Some(2e-3),
             loss: LossWeights {
