@@ -65,6 +65,13 @@ proptest! {
             let d8 = f.dot_q8_with(level, &src, &q).unwrap();
             prop_assert!((d8 - dq_ref).abs() <= 1e-5 * mag, "dot_q8 {:?}: {} vs {}", level, d8, dq_ref);
         }
+        // The AVX-512 8-bit kernel is not dispatched (AVX2 is faster here); test it directly.
+        #[cfg(target_arch = "x86_64")]
+        if simd::supported(SimdLevel::Avx512) {
+            // SAFETY: AVX-512F/BW, AVX2, FMA and F16C are present; whole blocks.
+            let d8 = unsafe { gguftool_ternary::kernel::avx512::dot_q8(&src, &q) };
+            prop_assert!((d8 - dq_ref).abs() <= 1e-5 * mag, "avx512 dot_q8: {} vs {}", d8, dq_ref);
+        }
     }
 }
 
