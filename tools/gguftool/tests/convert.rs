@@ -415,3 +415,20 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
     ]);
     assert_eq!(stray.status.code(), Some(1));
 }
+
+#[test]
+fn ternary_conversions_and_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sqnr = std::collections::BTreeMap::new();
+    for fmt in ["ternary", "ternary_mse"] {
+        let out = dir.path().join(format!("{fmt}.gguf"));
+        ok(&["convert", s(&tiny()), "-o", s(&out), "--format", fmt]);
+        ok(&["verify", s(&out)]);
+        let q = ok(&["quality", "--json", s(&tiny()), s(&out)]);
+        let v: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+        sqnr.insert(fmt, v["matrices"]["sqnr_db"].as_f64().unwrap());
+    }
+    // Gaussian weights: ternary keeps a few dB; the MSE-optimal scale beats absmean.
+    assert!(sqnr["ternary"] > 2.0, "{sqnr:?}");
+    assert!(sqnr["ternary_mse"] > sqnr["ternary"], "{sqnr:?}");
+}
