@@ -63,6 +63,13 @@ proptest! {
             let d8 = Q2Quip.dot_q8_with(level, &src, &q).unwrap();
             prop_assert!((d8 - dq_ref).abs() <= 1e-5 * scale, "dot_q8 at {:?}: {} vs {}", level, d8, dq_ref);
         }
+        // The AVX-512 8-bit kernel is not dispatched (AVX2 is faster here); test it directly.
+        #[cfg(target_arch = "x86_64")]
+        if simd::supported(SimdLevel::Avx512) {
+            // SAFETY: AVX-512F/BW, AVX2, FMA and F16C are present; whole blocks.
+            let d8 = unsafe { gguftool_quip::kernel::avx512::dot_q8(&src, &q) };
+            prop_assert!((d8 - dq_ref).abs() <= 1e-5 * scale, "avx512 dot_q8: {} vs {}", d8, dq_ref);
+        }
     }
 }
 
