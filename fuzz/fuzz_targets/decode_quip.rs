@@ -1,4 +1,4 @@
-//! Arbitrary Q2+QuIP blocks through the block kernels at every SIMD level,
+//! Arbitrary Q2+QuIP blocks (both variants) through the block kernels at every SIMD level,
 //! then whole rows through the row codec (rotation from an arbitrary seed
 //! and row length): no panic, no out-of-bounds read, SIMD decode == scalar.
 #![no_main]
@@ -13,7 +13,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (head, rest) = data.split_at(10);
-    let f: &dyn Format = registry::by_name("q2_quip").unwrap();
+    let name = if head[9] & 0x80 == 0 { "q2_quip" } else { "q2_quip_lite" };
+    let f: &dyn Format = registry::by_name(name).unwrap();
     common::exercise(f, rest);
     let seed = u64::from_le_bytes(head[..8].try_into().unwrap());
     let blocks_per_row = (u16::from_le_bytes([head[8], head[9]]) as usize % 16) + 1;

@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = args.get(1).ok_or("usage: incoherence MODEL.gguf [ROWS]")?;
     let max_rows: u64 = args.get(2).map_or(Ok(256), |s| s.parse())?;
     let file = GgufFile::open(path)?;
-    let quip: &dyn Format = &gguftool_quip::Q2Quip;
+    let quip: &dyn Format = &gguftool_quip::Q2_QUIP;
     let piq2 = registry::by_name("piq2").ok_or("piq2 not linked")?;
     let mut by_kind: BTreeMap<String, Sums> = BTreeMap::new();
     for (i, t) in file.header().tensors.iter().enumerate() {

@@ -2,7 +2,7 @@
 //! least-squares scale found by a sweep, then one f16 super-scale and 6-bit
 //! sub-scales, and the codes re-chosen for the quantized scales.
 
-use crate::layout::{pack, BLOCK, LEVEL_OFFSET, MAX_SCALE, SUB, SUBS, TYPE_SIZE};
+use crate::layout::{max_scale, pack, type_size, BLOCK, LEVEL_OFFSET, SUB, SUBS};
 
 /// Nearest code for `x` at scale `s > 0`.
 #[inline]
@@ -49,15 +49,15 @@ fn sub_scale(x: &[f32], w: &[f32]) -> f32 {
 }
 
 /// Encodes whole blocks of rotated weights; `importance` weights the error.
-pub fn encode(src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]) {
+pub fn encode<const SB: u32>(src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]) {
     let ones = [1f32; BLOCK];
     for (i, (x, out)) in src
         .chunks_exact(BLOCK)
-        .zip(dst.chunks_exact_mut(TYPE_SIZE))
+        .zip(dst.chunks_exact_mut(type_size::<SB>()))
         .enumerate()
     {
         let w = importance.map_or(&ones[..], |imp| &imp[i * BLOCK..(i + 1) * BLOCK]);
-        encode_block(x, w, out);
+        encode_block::<SB>(x, w, out);
     }
 }
 
@@ -93,11 +93,11 @@ impl BlockScales {
 }
 
 /// Chooses the scales of one block of values `x` with error weights `w`.
-pub fn block_scales(x: &[f32], w: &[f32]) -> BlockScales {
+pub fn block_scales<const SB: u32>(x: &[f32], w: &[f32]) -> BlockScales {
     let s: [f32; SUBS] =
         std::array::from_fn(|k| sub_scale(&x[k * SUB..(k + 1) * SUB], &w[k * SUB..(k + 1) * SUB]));
     let smax = s.iter().fold(0f32, |m, &v| m.max(v));
-    let d = half::f16::from_f32(smax / MAX_SCALE as f32);
+    let d = half::f16::from_f32(smax / max_scale::<SB>() as f32);
     let df = d.to_f32();
     let mut out = BlockScales {
         d_bits: 0,
@@ -107,15 +107,15 @@ pub fn block_scales(x: &[f32], w: &[f32]) -> BlockScales {
     if df > 0.0 && df.is_finite() {
         out.d_bits = d.to_bits();
         for (k, &sk) in s.iter().enumerate() {
-            out.scales[k] = (sk / df).round().clamp(0.0, MAX_SCALE as f32) as u8;
+            out.scales[k] = (sk / df).round().clamp(0.0, max_scale::<SB>() as f32) as u8;
             out.steps[k] = df * out.scales[k] as f32;
         }
     }
     out
 }
 
-fn encode_block(x: &[f32], w: &[f32], out: &mut [u8]) {
-    let bs = block_scales(x, w);
+fn encode_block<const SB: u32>(x: &[f32], w: &[f32], out: &mut [u8]) {
+    let bs = block_scales::<SB>(x, w);
     let codes: [u8; BLOCK] = std::array::from_fn(|j| bs.code(j / SUB, x[j]));
-    pack(bs.d_bits, &bs.scales, &codes, out);
+    pack::<SB>(bs.d_bits, &bs.scales, &codes, out);
 }

@@ -12,7 +12,7 @@
 //! the values with the feedback of earlier blocks applied.
 
 use crate::encode::{block_scales, BlockScales};
-use crate::layout::{pack, BLOCK, SUB, TYPE_SIZE};
+use crate::layout::{pack, type_size, BLOCK, SUB};
 use crate::rotation::Rotation;
 
 /// Relative diagonal damping added to `H` (as in GPTQ/QuIP).
@@ -79,11 +79,11 @@ impl Feedback {
     }
 
     /// Encodes one rotated row `x` with feedback into whole blocks.
-    pub fn encode_row(&self, x: &[f32], out: &mut [u8]) {
+    pub fn encode_row<const SB: u32>(&self, x: &[f32], out: &mut [u8]) {
         let n = self.n;
         let mut err = vec![0f32; n];
         let mut v = [0f32; BLOCK];
-        for (b, dst) in out.chunks_exact_mut(TYPE_SIZE).enumerate() {
+        for (b, dst) in out.chunks_exact_mut(type_size::<SB>()).enumerate() {
             let k0 = b * BLOCK;
             // Feedback from earlier blocks.
             for (t, vt) in v.iter_mut().enumerate() {
@@ -91,7 +91,7 @@ impl Feedback {
                 let row = &self.at[k * n..k * n + k0];
                 *vt = x[k] + row.iter().zip(&err[..k0]).map(|(a, e)| a * e).sum::<f32>();
             }
-            let bs: BlockScales = block_scales(&v, &self.diag[k0..k0 + BLOCK]);
+            let bs: BlockScales = block_scales::<SB>(&v, &self.diag[k0..k0 + BLOCK]);
             let mut codes = [0u8; BLOCK];
             for t in 0..BLOCK {
                 let k = k0 + t;
@@ -101,7 +101,7 @@ impl Feedback {
                 codes[t] = bs.code(t / SUB, vk);
                 err[k] = x[k] - bs.value(t / SUB, codes[t]);
             }
-            pack(bs.d_bits, &bs.scales, &codes, dst);
+            pack::<SB>(bs.d_bits, &bs.scales, &codes, dst);
         }
     }
 }

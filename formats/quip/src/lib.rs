@@ -22,27 +22,47 @@ use ldlq::Feedback;
 use rotation::Rotation;
 use std::sync::{Arc, Mutex};
 
-/// Type id of Q2+QuIP (gguftool private range).
+/// Type id of Q2+QuIP with 6-bit sub-scales (gguftool private range).
 pub const Q2_QUIP_TYPE_ID: u32 = 0x4003;
+/// Type id of Q2+QuIP with 4-bit sub-scales.
+pub const Q2_QUIP_LITE_TYPE_ID: u32 = 0x4006;
 
-/// The Q2+QuIP format.
-pub struct Q2Quip;
+/// A Q2+QuIP variant with `SB`-bit sub-scales (6: `q2_quip`, 2.625 bpw;
+/// 4: `q2_quip_lite`, 2.5 bpw).
+pub struct Q2Quip<const SB: u32> {
+    name: &'static str,
+    id: u32,
+    description: &'static str,
+}
 
-impl Format for Q2Quip {
+/// Q2+QuIP with 6-bit sub-scales.
+pub static Q2_QUIP: Q2Quip<6> = Q2Quip {
+    name: "q2_quip",
+    id: Q2_QUIP_TYPE_ID,
+    description: "randomized Hadamard rotation, then 2-bit, 6-bit scale per 16",
+};
+/// Q2+QuIP with 4-bit sub-scales.
+pub static Q2_QUIP_LITE: Q2Quip<4> = Q2Quip {
+    name: "q2_quip_lite",
+    id: Q2_QUIP_LITE_TYPE_ID,
+    description: "randomized Hadamard rotation, then 2-bit, 4-bit scale per 16",
+};
+
+impl<const SB: u32> Format for Q2Quip<SB> {
     fn name(&self) -> &'static str {
-        "q2_quip"
+        self.name
     }
     fn type_id(&self) -> u32 {
-        Q2_QUIP_TYPE_ID
+        self.id
     }
     fn block_size(&self) -> usize {
         layout::BLOCK
     }
     fn type_size(&self) -> usize {
-        layout::TYPE_SIZE
+        layout::type_size::<SB>()
     }
     fn description(&self) -> &'static str {
-        "randomized Hadamard rotation, then 2-bit, 6-bit scale per 16"
+        self.description
     }
     fn kernel(&self) -> &dyn Kernel {
         self
@@ -55,32 +75,32 @@ impl Format for Q2Quip {
     }
 }
 
-impl Kernel for Q2Quip {
+impl<const SB: u32> Kernel for Q2Quip<SB> {
     fn simd_levels(&self) -> &'static [SimdLevel] {
         kernel::LEVELS
     }
     fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
-        kernel::dequantize(level, src, dst)
+        kernel::dequantize::<SB>(level, src, dst)
     }
     fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
-        kernel::dot(level, src, x)
+        kernel::dot::<SB>(level, src, x)
     }
     fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
-        kernel::dot_q8(level, src, x)
+        kernel::dot_q8::<SB>(level, src, x)
     }
 }
 
-impl Quantizer for Q2Quip {
+impl<const SB: u32> Quantizer for Q2Quip<SB> {
     fn quantize_blocks(&self, src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]) {
-        encode::encode(src, importance, dst)
+        encode::encode::<SB>(src, importance, dst)
     }
 }
 
-impl RowTransform for Q2Quip {
+impl<const SB: u32> RowTransform for Q2Quip<SB> {
     fn prepare(&self, row_len: usize, seed: u64) -> Result<Box<dyn PreparedRowTransform>, String> {
         Rotation::new(row_len, seed)
             .map(|rotation| {
-                Box::new(QuipRows {
+                Box::new(QuipRows::<SB> {
                     rotation,
                     feedback: Mutex::new(None),
                 }) as Box<dyn PreparedRowTransform>
@@ -91,12 +111,12 @@ impl RowTransform for Q2Quip {
 
 /// The rotation of one tensor's rows, with the LDLQ factor of the last
 /// importance vector seen (rows of a matrix share one).
-pub struct QuipRows {
+pub struct QuipRows<const SB: u32> {
     rotation: Rotation,
     feedback: Mutex<Option<(Vec<f32>, Arc<Feedback>)>>,
 }
 
-impl QuipRows {
+impl<const SB: u32> QuipRows<SB> {
     fn feedback_for(&self, imp: &[f32]) -> Arc<Feedback> {
         // Held while building, so concurrent encoders of the tensor wait
         // for one factorization instead of repeating it.
@@ -112,7 +132,7 @@ impl QuipRows {
     }
 }
 
-impl PreparedRowTransform for QuipRows {
+impl<const SB: u32> PreparedRowTransform for QuipRows<SB> {
     fn forward(&self, row: &mut [f32]) {
         self.rotation.forward(row)
     }
@@ -124,7 +144,7 @@ impl PreparedRowTransform for QuipRows {
     }
     fn encode_weighted(&self, rows: &[f32], importance: &[f32], dst: &mut [u8]) -> bool {
         let n = self.rotation.len();
-        let row_bytes = n / layout::BLOCK * layout::TYPE_SIZE;
+        let row_bytes = n / layout::BLOCK * layout::type_size::<SB>();
         let mut x = vec![0f32; n];
         for ((w, imp), out) in rows
             .chunks_exact(n)
@@ -134,10 +154,11 @@ impl PreparedRowTransform for QuipRows {
             let fb = self.feedback_for(imp);
             x.copy_from_slice(w);
             self.rotation.forward(&mut x);
-            fb.encode_row(&x, out);
+            fb.encode_row::<SB>(&x, out);
         }
         true
     }
 }
 
-register_format!(Q2_QUIP_FORMAT, &Q2Quip);
+register_format!(Q2_QUIP_FORMAT, &Q2_QUIP);
+register_format!(Q2_QUIP_LITE_FORMAT, &Q2_QUIP_LITE);

@@ -7,8 +7,9 @@ use gguftool_core::format::{quantize, Format, SimdLevel};
 use gguftool_core::rows::RowCodec;
 use gguftool_core::simd;
 use gguftool_quip::rotation::SplitMix64;
-use gguftool_quip::Q2Quip;
+use gguftool_quip::{Q2_QUIP, Q2_QUIP_LITE};
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 
 fn gaussian(n: usize, seed: u64) -> Vec<f32> {
     let mut r = SplitMix64::new(seed);
@@ -31,7 +32,7 @@ fn heavy_tailed(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn levels() -> Vec<SimdLevel> {
-    Q2Quip
+    Q2_QUIP
         .simd_levels()
         .iter()
         .copied()
@@ -39,45 +40,95 @@ fn levels() -> Vec<SimdLevel> {
         .collect()
 }
 
+/// Decode, dots and 8-bit dots of one variant on arbitrary blocks: SIMD
+/// decode bit-identical to scalar, dots within rounding of the decoded dot.
+fn check_variant<const SB: u32>(
+    f: &gguftool_quip::Q2Quip<SB>,
+    bytes: &[u8],
+) -> Result<(), TestCaseError> {
+    let ts = f.type_size();
+    let mut src = bytes[..4 * ts].to_vec();
+    for b in src.chunks_exact_mut(ts) {
+        b[1] &= 0x3b; // finite f16 scales
+    }
+    let x = gaussian(256, 3);
+    let q = Q8Activations::quantize(&x);
+    let mut want = vec![0f32; 256];
+    f.dequantize_with(SimdLevel::Scalar, &src, &mut want)
+        .unwrap();
+    let dot_ref: f32 = want.iter().zip(&x).map(|(a, b)| a * b).sum();
+    let dq_ref: f32 = want.iter().zip(q.dequantized()).map(|(a, b)| a * b).sum();
+    let scale: f32 = want.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1e-6;
+    for level in levels() {
+        let mut got = vec![0f32; 256];
+        f.dequantize_with(level, &src, &mut got).unwrap();
+        prop_assert_eq!(&got, &want, "{} decode at {:?}", f.name(), level);
+        let d = f.dot_with(level, &src, &x).unwrap();
+        prop_assert!(
+            (d - dot_ref).abs() <= 1e-5 * scale,
+            "dot at {:?}: {} vs {}",
+            level,
+            d,
+            dot_ref
+        );
+        let d8 = f.dot_q8_with(level, &src, &q).unwrap();
+        prop_assert!(
+            (d8 - dq_ref).abs() <= 1e-5 * scale,
+            "dot_q8 at {:?}: {} vs {}",
+            level,
+            d8,
+            dq_ref
+        );
+    }
+    // The AVX-512 8-bit kernel is not dispatched (AVX2 is faster here); test it directly.
+    #[cfg(target_arch = "x86_64")]
+    if simd::supported(SimdLevel::Avx512) {
+        // SAFETY: AVX-512F/BW, AVX2, FMA and F16C are present; whole blocks.
+        let d8 = unsafe { gguftool_quip::kernel::avx512::dot_q8::<SB>(&src, &q) };
+        prop_assert!(
+            (d8 - dq_ref).abs() <= 1e-5 * scale,
+            "avx512 dot_q8: {} vs {}",
+            d8,
+            dq_ref
+        );
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn simd_decode_is_bit_identical_and_dots_agree(bytes in proptest::collection::vec(any::<u8>(), 21 * 4)) {
-        // Arbitrary blocks, but keep the f16 scales finite.
-        let mut src = bytes;
-        for b in src.chunks_exact_mut(21) {
-            b[1] &= 0x3b;
-        }
-        let x = gaussian(256, 3);
-        let q = Q8Activations::quantize(&x);
-        let mut want = vec![0f32; 256];
-        Q2Quip.dequantize_with(SimdLevel::Scalar, &src, &mut want).unwrap();
-        let dot_ref: f32 = want.iter().zip(&x).map(|(a, b)| a * b).sum();
-        let dq_ref: f32 = want.iter().zip(q.dequantized()).map(|(a, b)| a * b).sum();
-        let scale: f32 = want.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum::<f32>() + 1e-6;
-        for level in levels() {
-            let mut got = vec![0f32; 256];
-            Q2Quip.dequantize_with(level, &src, &mut got).unwrap();
-            prop_assert_eq!(&got, &want, "decode at {:?}", level);
-            let d = Q2Quip.dot_with(level, &src, &x).unwrap();
-            prop_assert!((d - dot_ref).abs() <= 1e-5 * scale, "dot at {:?}: {} vs {}", level, d, dot_ref);
-            let d8 = Q2Quip.dot_q8_with(level, &src, &q).unwrap();
-            prop_assert!((d8 - dq_ref).abs() <= 1e-5 * scale, "dot_q8 at {:?}: {} vs {}", level, d8, dq_ref);
-        }
-        // The AVX-512 8-bit kernel is not dispatched (AVX2 is faster here); test it directly.
-        #[cfg(target_arch = "x86_64")]
-        if simd::supported(SimdLevel::Avx512) {
-            // SAFETY: AVX-512F/BW, AVX2, FMA and F16C are present; whole blocks.
-            let d8 = unsafe { gguftool_quip::kernel::avx512::dot_q8(&src, &q) };
-            prop_assert!((d8 - dq_ref).abs() <= 1e-5 * scale, "avx512 dot_q8: {} vs {}", d8, dq_ref);
-        }
+        check_variant(&Q2_QUIP, &bytes)?;
+        check_variant(&Q2_QUIP_LITE, &bytes)?;
     }
+}
+
+#[test]
+fn the_lite_variant_packs_four_bit_scales_and_loses_little() {
+    let (rows, n) = (8usize, 1024usize);
+    let w = heavy_tailed(rows * n, 17);
+    let sq = |f: &dyn Format| {
+        let codec = RowCodec::new(f, n, Some(2)).unwrap();
+        let mut enc = vec![0u8; rows * codec.row_bytes()];
+        codec.encode(&w, None, &mut enc).unwrap();
+        let mut dec = vec![0f32; w.len()];
+        codec.decode(&enc, &mut dec).unwrap();
+        (sqnr(&w, &dec), enc.len())
+    };
+    let ((full, full_len), (lite, lite_len)) = (sq(&Q2_QUIP), sq(&Q2_QUIP_LITE));
+    assert_eq!(full_len, rows * n / 64 * 21);
+    assert_eq!(lite_len, rows * n / 64 * 20);
+    assert!(
+        lite < full && lite > full - 0.5,
+        "lite {lite:.2} dB vs {full:.2} dB"
+    );
 }
 
 #[test]
 fn matvec_through_rotated_activations_equals_dot_with_decoded_matrix() {
     let (rows, n) = (12usize, 640usize);
     let w = heavy_tailed(rows * n, 1);
-    let codec = RowCodec::new(&Q2Quip, n, Some(42)).unwrap();
+    let codec = RowCodec::new(&Q2_QUIP, n, Some(42)).unwrap();
     let mut enc = vec![0u8; rows * codec.row_bytes()];
     codec.encode(&w, None, &mut enc).unwrap();
     let mut dec = vec![0f32; rows * n];
@@ -119,16 +170,16 @@ fn sqnr(x: &[f32], y: &[f32]) -> f64 {
 fn rotation_beats_plain_two_bit_on_outlier_rows() {
     let (rows, n) = (16usize, 1024usize);
     let w = heavy_tailed(rows * n, 5);
-    let codec = RowCodec::new(&Q2Quip, n, Some(1)).unwrap();
+    let codec = RowCodec::new(&Q2_QUIP, n, Some(1)).unwrap();
     let mut enc = vec![0u8; rows * codec.row_bytes()];
     codec.encode(&w, None, &mut enc).unwrap();
     let mut dec = vec![0f32; w.len()];
     codec.decode(&enc, &mut dec).unwrap();
     // The same blocks without rotation.
     let mut plain = vec![0u8; enc.len()];
-    quantize(&Q2Quip, &w, None, &mut plain).unwrap();
+    quantize(&Q2_QUIP, &w, None, &mut plain).unwrap();
     let mut plain_dec = vec![0f32; w.len()];
-    Q2Quip.dequantize(&plain, &mut plain_dec).unwrap();
+    Q2_QUIP.dequantize(&plain, &mut plain_dec).unwrap();
     let (rot, unrot) = (sqnr(&w, &dec), sqnr(&w, &plain_dec));
     assert!(
         rot > unrot + 1.0,
@@ -145,7 +196,7 @@ fn importance_lowers_the_weighted_error() {
     let imp: Vec<f32> = (0..w.len())
         .map(|i| if i % n < 64 { 50.0 } else { 1.0 })
         .collect();
-    let codec = RowCodec::new(&Q2Quip, n, Some(3)).unwrap();
+    let codec = RowCodec::new(&Q2_QUIP, n, Some(3)).unwrap();
     let err = |importance: Option<&[f32]>| {
         let mut enc = vec![0u8; 8 * codec.row_bytes()];
         codec.encode(&w, importance, &mut enc).unwrap();
@@ -166,13 +217,16 @@ fn importance_lowers_the_weighted_error() {
 
 #[test]
 fn missing_seed_is_an_error_naming_the_key() {
-    let e = RowCodec::new(&Q2Quip, 128, None).err().unwrap().to_string();
+    let e = RowCodec::new(&Q2_QUIP, 128, None)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("gguftool.row_transform.seed"), "{e}");
 }
 
 #[test]
 fn encoding_is_deterministic_and_all_zero_rows_decode_to_zero() {
-    let codec = RowCodec::new(&Q2Quip, 128, Some(5)).unwrap();
+    let codec = RowCodec::new(&Q2_QUIP, 128, Some(5)).unwrap();
     let w = heavy_tailed(256, 4);
     let (mut a, mut b) = (
         vec![0u8; 2 * codec.row_bytes()],
@@ -199,7 +253,7 @@ fn ldlq_uses_the_importance_through_the_rotation() {
         .map(|_| (r.next_normal() as f32 * 1.5).exp())
         .collect();
     let imp: Vec<f32> = (0..rows * n).map(|i| col_imp[i % n]).collect();
-    let codec = RowCodec::new(&Q2Quip, n, Some(3)).unwrap();
+    let codec = RowCodec::new(&Q2_QUIP, n, Some(3)).unwrap();
     let weighted = |importance: Option<&[f32]>| {
         let mut enc = vec![0u8; rows * codec.row_bytes()];
         codec.encode(&w, importance, &mut enc).unwrap();

@@ -1,7 +1,9 @@
 //! AVX2 kernels. Decoding is bit-identical to the scalar reference; dot
 //! products differ only by summation order.
 
-use crate::layout::{sub_scales, BLOCK, CODES, LEVEL_OFFSET, SUB, TYPE_SIZE};
+use crate::layout::{
+    codes_offset, max_scale, scale_bits, sub_scales, type_size, BLOCK, LEVEL_OFFSET, SUB,
+};
 use gguftool_core::activation::Q8Activations;
 use std::arch::x86_64::*;
 
@@ -10,8 +12,8 @@ use std::arch::x86_64::*;
 /// # Safety
 /// The CPU must support AVX2; `b` holds a whole block.
 #[inline(always)]
-pub unsafe fn codes_epi8(b: &[u8]) -> (__m256i, __m256i) {
-    let v = _mm_loadu_si128(b.as_ptr().add(CODES) as *const __m128i);
+pub unsafe fn codes_epi8<const SB: u32>(b: &[u8]) -> (__m256i, __m256i) {
+    let v = _mm_loadu_si128(b.as_ptr().add(codes_offset::<SB>()) as *const __m128i);
     let m = _mm_set1_epi8(3);
     let c0 = _mm_and_si128(v, m);
     let c1 = _mm_and_si128(_mm_srli_epi16(v, 2), m);
@@ -22,8 +24,8 @@ pub unsafe fn codes_epi8(b: &[u8]) -> (__m256i, __m256i) {
 
 /// Sub-block `k`'s 16 codes as two vectors of 8 levels (`code - 1.5`).
 #[inline(always)]
-unsafe fn levels(b: &[u8], k: usize) -> (__m256, __m256) {
-    let v = _mm_loadu_si128(b.as_ptr().add(CODES) as *const __m128i);
+unsafe fn levels<const SB: u32>(b: &[u8], k: usize) -> (__m256, __m256) {
+    let v = _mm_loadu_si128(b.as_ptr().add(codes_offset::<SB>()) as *const __m128i);
     let c = match k {
         0 => v,
         1 => _mm_srli_epi16(v, 2),
@@ -46,12 +48,15 @@ unsafe fn levels(b: &[u8], k: usize) -> (__m256, __m256) {
 /// The CPU must support AVX2, FMA and F16C; `src` holds whole blocks and `dst` 64
 /// elements per block.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dequantize(src: &[u8], dst: &mut [f32]) {
-    for (b, out) in src.chunks_exact(TYPE_SIZE).zip(dst.chunks_exact_mut(BLOCK)) {
-        let (db, sc) = (d(b), sub_scales(b));
+pub unsafe fn dequantize<const SB: u32>(src: &[u8], dst: &mut [f32]) {
+    for (b, out) in src
+        .chunks_exact(type_size::<SB>())
+        .zip(dst.chunks_exact_mut(BLOCK))
+    {
+        let (db, sc) = (d(b), sub_scales::<SB>(b));
         for (k, &s) in sc.iter().enumerate() {
             let step = _mm256_set1_ps(db * s as f32);
-            let (lo, hi) = levels(b, k);
+            let (lo, hi) = levels::<SB>(b, k);
             let p = out.as_mut_ptr().add(k * SUB);
             _mm256_storeu_ps(p, _mm256_mul_ps(step, lo));
             _mm256_storeu_ps(p.add(8), _mm256_mul_ps(step, hi));
@@ -73,12 +78,15 @@ unsafe fn hsum(v: __m256) -> f32 {
 /// The CPU must support AVX2, FMA and F16C; `src` holds whole blocks and `x` 64
 /// elements per block.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot(src: &[u8], x: &[f32]) -> f32 {
+pub unsafe fn dot<const SB: u32>(src: &[u8], x: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    for (b, xb) in src.chunks_exact(TYPE_SIZE).zip(x.chunks_exact(BLOCK)) {
-        let (db, sc) = (d(b), sub_scales(b));
+    for (b, xb) in src
+        .chunks_exact(type_size::<SB>())
+        .zip(x.chunks_exact(BLOCK))
+    {
+        let (db, sc) = (d(b), sub_scales::<SB>(b));
         for (k, &s) in sc.iter().enumerate() {
-            let (lo, hi) = levels(b, k);
+            let (lo, hi) = levels::<SB>(b, k);
             let p = xb.as_ptr().add(k * SUB);
             let t = _mm256_fmadd_ps(
                 lo,
@@ -104,12 +112,13 @@ unsafe fn group_sums(codes: __m256i, q: __m256i) -> __m256i {
 
 /// The four sub-block factors `d * sc * x_scale / 2` of block `i` as a vector.
 #[inline(always)]
-unsafe fn block_factors(b: &[u8], xs: *const f32, i: usize) -> __m128 {
-    // Sub-scales: 24 bits -> four 6-bit integers -> floats.
-    let v = u32::from_le_bytes([b[2], b[3], b[4], 0]) as i32;
+unsafe fn block_factors<const SB: u32>(b: &[u8], xs: *const f32, i: usize) -> __m128 {
+    // Sub-scales: four SB-bit integers -> floats.
+    let v = scale_bits::<SB>(b) as i32;
+    let sb = SB as i32;
     let sc = _mm_and_si128(
-        _mm_srlv_epi32(_mm_set1_epi32(v), _mm_setr_epi32(0, 6, 12, 18)),
-        _mm_set1_epi32(63),
+        _mm_srlv_epi32(_mm_set1_epi32(v), _mm_setr_epi32(0, sb, 2 * sb, 3 * sb)),
+        _mm_set1_epi32(max_scale::<SB>() as i32),
     );
     // Activation scales of the block's two halves: [x0, x0, x1, x1].
     let x01 = _mm_castsi128_ps(_mm_loadl_epi64(xs.add(2 * i) as *const __m128i));
@@ -126,23 +135,23 @@ unsafe fn block_factors(b: &[u8], xs: *const f32, i: usize) -> __m128 {
 /// The CPU must support AVX2, FMA and F16C; `src` holds whole blocks and `x`
 /// 64 activations per block.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8(src: &[u8], x: &Q8Activations) -> f32 {
+pub unsafe fn dot_q8<const SB: u32>(src: &[u8], x: &Q8Activations) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let qs = x.qs.as_ptr();
     let xs = x.scales.as_ptr();
     let lo_idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     let hi_idx = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-    let n = src.len() / TYPE_SIZE;
+    let n = src.len() / type_size::<SB>();
     let mut i = 0;
     while i < n {
         let pair = if i + 2 <= n { 2 } else { 1 };
         for k in 0..pair {
-            let b = &src[(i + k) * TYPE_SIZE..(i + k + 1) * TYPE_SIZE];
-            let (c01, c23) = codes_epi8(b);
+            let b = &src[(i + k) * type_size::<SB>()..(i + k + 1) * type_size::<SB>()];
+            let (c01, c23) = codes_epi8::<SB>(b);
             let qp = qs.add((i + k) * BLOCK) as *const __m256i;
             let s01 = group_sums(c01, _mm256_loadu_si256(qp));
             let s23 = group_sums(c23, _mm256_loadu_si256(qp.add(1)));
-            let f = _mm256_castps128_ps256(block_factors(b, xs, i + k));
+            let f = _mm256_castps128_ps256(block_factors::<SB>(b, xs, i + k));
             acc[2 * k] = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(s01),
                 _mm256_permutevar8x32_ps(f, lo_idx),

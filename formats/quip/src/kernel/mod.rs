@@ -25,25 +25,25 @@ macro_rules! dispatch {
             if $level >= SimdLevel::Avx512 && supported(SimdLevel::Avx512) {
                 // SAFETY: the CPU supports AVX-512F/BW, AVX2, FMA and F16C; the
                 // caller checked the buffer lengths against the blocks.
-                return unsafe { avx512::$f($($arg),*) };
+                return unsafe { avx512::$f::<SB>($($arg),*) };
             }
             if $level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
                 // SAFETY: the CPU supports AVX2, FMA and F16C; lengths checked.
-                return unsafe { avx2::$f($($arg),*) };
+                return unsafe { avx2::$f::<SB>($($arg),*) };
             }
         }
         let _ = ($level, supported);
-        scalar::$f($($arg),*)
+        scalar::$f::<SB>($($arg),*)
     }};
 }
 
 /// Decodes whole blocks at `level` (falls back when unsupported).
-pub fn dequantize(level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+pub fn dequantize<const SB: u32>(level: SimdLevel, src: &[u8], dst: &mut [f32]) {
     dispatch!(level, dequantize(src, dst))
 }
 
 /// Dot product with f32 activations at `level`.
-pub fn dot(level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+pub fn dot<const SB: u32>(level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
     dispatch!(level, dot(src, x))
 }
 
@@ -51,6 +51,6 @@ pub fn dot(level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
 /// the AVX2 kernel, measured faster on this project's Zen 4 (512-bit byte
 /// multiply-adds run in two halves; docs/RESULTS.md); `avx512::dot_q8` is
 /// kept and tested directly.
-pub fn dot_q8(level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+pub fn dot_q8<const SB: u32>(level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
     dispatch!(level.min(SimdLevel::Avx2), dot_q8(src, x))
 }
