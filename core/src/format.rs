@@ -110,6 +110,14 @@ pub trait Format: Sync + Send {
         None
     }
 
+    /// Whether encoding a full-precision model's weights directly
+    /// (post-training) is a sensible use of the format. Formats meant for
+    /// weights trained for them (ternary) return false, and the
+    /// mixed-precision allocator leaves them out of its default candidates.
+    fn suits_post_training(&self) -> bool {
+        true
+    }
+
     /// Stored bits per weight, scales included.
     fn bits_per_weight(&self) -> f64 {
         self.type_size() as f64 * 8.0 / self.block_size() as f64

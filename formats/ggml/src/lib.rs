@@ -67,6 +67,11 @@ impl Format for StdType {
     fn kernel(&self) -> &dyn Kernel {
         self
     }
+    fn suits_post_training(&self) -> bool {
+        // Ternary types hold weights trained to be ternary (BitNet); PTQ of
+        // a float model into them destroys it (docs/RESULTS.md).
+        !matches!(self.name, "tq1_0" | "tq2_0")
+    }
     fn quantizer(&self) -> Option<&dyn Quantizer> {
         self.encoder.map(|q| q as &dyn Quantizer)
     }

@@ -65,6 +65,9 @@ impl Format for Ternary {
     fn differentiable(&self) -> Option<&dyn DifferentiableQuantizer> {
         Some(self)
     }
+    fn suits_post_training(&self) -> bool {
+        false
+    }
 }
 
 impl Kernel for Ternary {

@@ -31,7 +31,8 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "BITS")]
     pub bpw: Option<f64>,
     /// With `--format mixed`: candidate formats (comma-separated; default:
-    /// every registered block format that can encode).
+    /// every registered block format that can encode and suits post-training
+    /// quantization, so not the ternary ones).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub candidates: Vec<String>,
     /// With `--format mixed`: let the allocator choose output.weight (and a

@@ -16,7 +16,8 @@ use std::sync::Arc;
 pub struct MixedArgs<'a> {
     /// Average bits per weight allowed over the allocated tensors.
     pub bpw: f64,
-    /// Candidate format names (empty: every registered block format that can encode).
+    /// Candidate format names (empty: every registered block format that can
+    /// encode and suits post-training quantization).
     pub candidates: &'a [String],
     /// Rows sampled per tensor when measuring.
     pub sample_rows: u64,
@@ -34,7 +35,7 @@ pub fn candidates(names: &[String]) -> Result<Vec<&'static dyn Format>, Error> {
     if names.is_empty() {
         let mut v: Vec<&'static dyn Format> = registry::block_formats()
             .into_iter()
-            .filter(|f| f.quantizer().is_some())
+            .filter(|f| f.quantizer().is_some() && f.suits_post_training())
             .collect();
         v.sort_by_key(|f| f.type_id());
         return Ok(v);
