@@ -85,3 +85,31 @@ pub fn pick(offered: &[SimdLevel], cap: SimdLevel) -> SimdLevel {
         .max()
         .unwrap_or(SimdLevel::Scalar)
 }
+
+/// The levels of a format crate that implements scalar, AVX2 and AVX-512
+/// kernels (only scalar off x86-64).
+#[cfg(target_arch = "x86_64")]
+pub const SCALAR_AVX2_AVX512: &[SimdLevel] =
+    &[SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512];
+/// The levels of a format crate that implements scalar, AVX2 and AVX-512
+/// kernels (only scalar off x86-64).
+#[cfg(not(target_arch = "x86_64"))]
+pub const SCALAR_AVX2_AVX512: &[SimdLevel] = &[SimdLevel::Scalar];
+
+/// Small x86-64 helpers shared by the format crates' kernels.
+#[cfg(target_arch = "x86_64")]
+pub mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Sum of the eight lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX; call it from AVX2 kernels.
+    #[inline(always)]
+    pub unsafe fn hsum256(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+}

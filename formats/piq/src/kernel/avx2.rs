@@ -4,6 +4,7 @@
 use crate::kernel::scalar::block_step;
 use crate::layout::{PiqSpec, BLOCK};
 use gguftool_core::activation::Q8Activations;
+use gguftool_core::simd::x86::hsum256 as hsum;
 use std::arch::x86_64::*;
 
 /// The 32 codes of a block as bytes, in element order.
@@ -72,14 +73,6 @@ pub unsafe fn dequantize(spec: &PiqSpec, src: &[u8], dst: &mut [f32]) {
             );
         }
     }
-}
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
 }
 
 /// Dot product with f32 activations.

@@ -13,11 +13,7 @@ use gguftool_core::format::SimdLevel;
 use gguftool_core::simd::supported;
 
 /// Levels implemented on this architecture.
-#[cfg(target_arch = "x86_64")]
-pub const LEVELS: &[SimdLevel] = &[SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512];
-/// Levels implemented on this architecture.
-#[cfg(not(target_arch = "x86_64"))]
-pub const LEVELS: &[SimdLevel] = &[SimdLevel::Scalar];
+pub const LEVELS: &[SimdLevel] = gguftool_core::simd::SCALAR_AVX2_AVX512;
 
 /// Decodes whole blocks at `level` (falls back when unsupported).
 pub fn dequantize(spec: &PiqSpec, level: SimdLevel, src: &[u8], dst: &mut [f32]) {

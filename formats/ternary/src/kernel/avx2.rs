@@ -3,6 +3,7 @@
 
 use crate::layout::{BLOCK, CODES, TYPE_SIZE};
 use gguftool_core::activation::Q8Activations;
+use gguftool_core::simd::x86::hsum256 as hsum;
 use std::arch::x86_64::*;
 
 /// The 64 codes (0..3) of a block as bytes in element order: (0..32, 32..64).
@@ -55,14 +56,6 @@ pub unsafe fn dequantize(src: &[u8], dst: &mut [f32]) {
             _mm256_storeu_ps(p.add(32), _mm256_mul_ps(s, trits_ps(hi, g)));
         }
     }
-}
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
 }
 
 /// Dot product with f32 activations.
