@@ -29,14 +29,20 @@ pub fn run(as_json: bool) -> Result<ExitCode, gguftool_core::Error> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let w = formats
+        .iter()
+        .map(|f| f.name().len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     println!(
-        "{:<10} {:>7} {:>6} {:>6} {:>8} {:>8}  {:<18} description",
+        "{:<w$} {:>7} {:>6} {:>6} {:>8} {:>8}  {:<18} description",
         "name", "type_id", "block", "bytes", "bpw", "quantize", "simd"
     );
     for f in formats {
         let simd: Vec<_> = f.simd_levels().iter().map(|l| l.name()).collect();
         println!(
-            "{:<10} {:>7} {:>6} {:>6} {:>8.4} {:>8}  {:<18} {}",
+            "{:<w$} {:>7} {:>6} {:>6} {:>8.4} {:>8}  {:<18} {}",
             f.name(),
             f.type_id(),
             f.block_size(),

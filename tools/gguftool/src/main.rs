@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Inspect, verify, seal and convert GGUF model files.
+/// Inspect, verify, seal, quantize and train GGUF model files.
 #[derive(Parser)]
 #[command(name = "gguftool", version, about, propagate_version = true)]
 struct Cli {
