@@ -344,16 +344,12 @@ impl Linear {
         let mut v = Vec::new();
         match &mut self.mode {
             Mode::Float => {
-                v.push(Param {
-                    kind: ParamKind::Weight,
-                    values: &mut self.w,
-                    grads: &mut self.grad_w,
-                });
-                v.push(Param {
-                    kind: ParamKind::Weight,
-                    values: &mut self.bias,
-                    grads: &mut self.grad_bias,
-                });
+                v.push(Param::new(ParamKind::Weight, &mut self.w, &mut self.grad_w));
+                v.push(Param::new(
+                    ParamKind::Weight,
+                    &mut self.bias,
+                    &mut self.grad_bias,
+                ));
             }
             Mode::FakeQuant {
                 scales,
@@ -361,23 +357,15 @@ impl Linear {
                 learn_weights,
                 ..
             } => {
-                v.push(Param {
-                    kind: ParamKind::Scale,
-                    values: scales,
-                    grads: grad_s,
-                });
+                v.push(Param::new(ParamKind::Scale, scales, grad_s));
                 if *learn_weights {
-                    v.push(Param {
-                        kind: ParamKind::Weight,
-                        values: &mut self.w,
-                        grads: &mut self.grad_w,
-                    });
+                    v.push(Param::new(ParamKind::Weight, &mut self.w, &mut self.grad_w));
                 }
-                v.push(Param {
-                    kind: ParamKind::Weight,
-                    values: &mut self.bias,
-                    grads: &mut self.grad_bias,
-                });
+                v.push(Param::new(
+                    ParamKind::Weight,
+                    &mut self.bias,
+                    &mut self.grad_bias,
+                ));
             }
             Mode::Lora {
                 a,
@@ -386,16 +374,8 @@ impl Linear {
                 grad_b,
                 ..
             } => {
-                v.push(Param {
-                    kind: ParamKind::Adapter,
-                    values: a,
-                    grads: grad_a,
-                });
-                v.push(Param {
-                    kind: ParamKind::Adapter,
-                    values: b,
-                    grads: grad_b,
-                });
+                v.push(Param::new(ParamKind::Adapter, a, grad_a));
+                v.push(Param::new(ParamKind::Adapter, b, grad_b));
             }
         }
         v

@@ -162,17 +162,17 @@ impl Trainable for TensorReconstruction<'_> {
     }
 
     fn parameters(&mut self) -> Vec<Param<'_>> {
-        let mut v = vec![Param {
-            kind: ParamKind::Scale,
-            values: &mut self.scales,
-            grads: &mut self.grad_s,
-        }];
+        let mut v = vec![Param::new(
+            ParamKind::Scale,
+            &mut self.scales,
+            &mut self.grad_s,
+        )];
         if self.learn_weights {
-            v.push(Param {
-                kind: ParamKind::Weight,
-                values: &mut self.latent,
-                grads: &mut self.grad_w,
-            });
+            v.push(Param::new(
+                ParamKind::Weight,
+                &mut self.latent,
+                &mut self.grad_w,
+            ));
         }
         v
     }

@@ -27,6 +27,17 @@ pub struct Param<'a> {
     pub grads: &'a mut [f32],
 }
 
+impl<'a> Param<'a> {
+    /// A parameter group.
+    pub fn new(kind: ParamKind, values: &'a mut [f32], grads: &'a mut [f32]) -> Self {
+        Self {
+            kind,
+            values,
+            grads,
+        }
+    }
+}
+
 /// A model the driver can train.
 pub trait Trainable {
     /// Number of training examples.
