@@ -285,7 +285,7 @@ fn execute_inner(
 
 /// Importance of row `row` of `info`, from a per-column vector that holds
 /// one `row_len` slice per matrix (or one slice shared by all).
-fn row_importance<'a>(info: &TensorInfo, imp: &'a [f32], row: u64) -> &'a [f32] {
+pub fn row_importance<'a>(info: &TensorInfo, imp: &'a [f32], row: u64) -> &'a [f32] {
     let row_len = info.row_len() as usize;
     let rows_per_mat = info.dims.get(1).copied().unwrap_or(1).max(1);
     let mat = if imp.len() > row_len {

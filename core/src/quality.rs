@@ -2,9 +2,8 @@
 //! same tensors (an original and its quantized version), streamed in chunks.
 
 use crate::error::{Error, Result};
-use crate::gguf::{GgufFile, TensorInfo};
-use crate::registry;
-use crate::rows::{self, RowCodec};
+use crate::gguf::GgufFile;
+use crate::rows::{tensor_decoder, RowCodec};
 use rayon::prelude::*;
 
 /// Elements decoded per chunk per side.
@@ -54,27 +53,22 @@ fn sqnr(signal: f64, noise: f64) -> f64 {
     }
 }
 
-/// Decodes elements `start..start + out.len()` (whole rows) of tensor `i`.
+/// Decodes elements `start..start + out.len()` (whole rows) of tensor `i`
+/// with its decoder `codec`.
 fn decode_range(
     f: &GgufFile,
     i: usize,
-    t: &TensorInfo,
+    codec: &RowCodec,
     start: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    let fmt = registry::by_type_id(t.ggml_type).ok_or_else(|| Error::Unsupported {
-        tensor: t.name.clone(),
-        reason: format!("no decoder for {}", t.type_name),
-    })?;
-    let kernel_err = |source| Error::Kernel {
-        tensor: t.name.clone(),
+    let row_bytes = codec.row_bytes();
+    let bytes = &f.tensor_data(i)
+        [start / codec.row_len() * row_bytes..(start + out.len()) / codec.row_len() * row_bytes];
+    codec.decode(bytes, out).map_err(|source| Error::Kernel {
+        tensor: f.header().tensors[i].name.clone(),
         source,
-    };
-    let seed = rows::seed(&f.header().metadata).map_err(kernel_err)?;
-    let codec = RowCodec::new(fmt, t.row_len() as usize, seed).map_err(kernel_err)?;
-    let (bs, ts) = (fmt.block_size(), fmt.type_size());
-    let bytes = &f.tensor_data(i)[start / bs * ts..(start + out.len()) / bs * ts];
-    codec.decode(bytes, out).map_err(kernel_err)
+    })
 }
 
 fn compare_tensor(
@@ -97,16 +91,21 @@ fn compare_tensor(
     let step = CHUNK.div_ceil(row_len) * row_len;
     let (mut signal, mut noise) = (0f64, 0f64);
     let (mut a, mut b) = (vec![0f32; step.min(n)], vec![0f32; step.min(n)]);
-    let mut start = 0;
-    while start < n {
-        let len = step.min(n - start);
-        decode_range(orig, oi, to, start, &mut a[..len])?;
-        decode_range(quant, qi, tq, start, &mut b[..len])?;
-        for (x, y) in a[..len].iter().zip(&b[..len]) {
-            signal += (*x as f64).powi(2);
-            noise += (*x as f64 - *y as f64).powi(2);
+    // Decoders are built once per tensor (a row transform is prepared
+    // there), and only when there is something to decode.
+    if n > 0 {
+        let (ca, cb) = (tensor_decoder(orig, oi)?, tensor_decoder(quant, qi)?);
+        let mut start = 0;
+        while start < n {
+            let len = step.min(n - start);
+            decode_range(orig, oi, &ca, start, &mut a[..len])?;
+            decode_range(quant, qi, &cb, start, &mut b[..len])?;
+            for (x, y) in a[..len].iter().zip(&b[..len]) {
+                signal += (*x as f64).powi(2);
+                noise += (*x as f64 - *y as f64).powi(2);
+            }
+            start += len;
         }
-        start += len;
     }
     Ok(TensorQuality {
         name: tq.name.clone(),

@@ -6,8 +6,11 @@
 //! decodes the same everywhere.
 
 use crate::activation::Q8Activations;
+use crate::error::Error;
 use crate::format::{quantize, Format, KernelError, PreparedRowTransform};
 use crate::gguf::value::{Metadata, Value};
+use crate::gguf::GgufFile;
+use crate::registry;
 
 /// Metadata key holding the seed of every row transform in the file (u64).
 pub const SEED_KEY: &str = "gguftool.row_transform.seed";
@@ -25,6 +28,22 @@ pub fn seed(md: &Metadata) -> Result<Option<u64>, KernelError> {
             v.value_type().name()
         ))),
     }
+}
+
+/// The decoder of tensor `index` of `file`: its registered format, its row
+/// length and the file's seed.
+pub fn tensor_decoder(file: &GgufFile, index: usize) -> crate::Result<RowCodec<'static>> {
+    let t = &file.header().tensors[index];
+    let fmt = registry::by_type_id(t.ggml_type).ok_or_else(|| Error::Unsupported {
+        tensor: t.name.clone(),
+        reason: format!("no decoder for {}", t.type_name),
+    })?;
+    let kernel_err = |source| Error::Kernel {
+        tensor: t.name.clone(),
+        source,
+    };
+    let seed = seed(&file.header().metadata).map_err(kernel_err)?;
+    RowCodec::new(fmt, t.row_len() as usize, seed).map_err(kernel_err)
 }
 
 /// Decodes and encodes whole rows of one tensor in its original basis.

@@ -1,11 +1,11 @@
 //! Per-tensor error of each candidate format, measured on sampled rows.
 
+use gguftool_core::convert::row_importance;
 use gguftool_core::error::{Error, Result};
 use gguftool_core::format::Format;
 use gguftool_core::gguf::GgufFile;
 use gguftool_core::policy::fits;
-use gguftool_core::registry;
-use gguftool_core::rows::{self, RowCodec, DEFAULT_SEED};
+use gguftool_core::rows::{tensor_decoder, RowCodec, DEFAULT_SEED};
 use rayon::prelude::*;
 
 /// How a tensor's error is measured.
@@ -67,15 +67,9 @@ fn candidate_error(
         tensor: t.name.clone(),
         source,
     };
-    let source = registry::by_type_id(t.ggml_type).ok_or_else(|| Error::Unsupported {
-        tensor: t.name.clone(),
-        reason: format!("no decoder for {}", t.type_name),
-    })?;
-    let seed = rows::seed(&src.header().metadata).map_err(kernel_err)?;
-    let dec = RowCodec::new(source, row_len, seed).map_err(kernel_err)?;
+    let dec = tensor_decoder(src, index)?;
     let enc = RowCodec::new(target, row_len, Some(DEFAULT_SEED)).map_err(kernel_err)?;
     let data = src.tensor_data(index);
-    let rows_per_mat = t.dims.get(1).copied().unwrap_or(1).max(1);
     let mut w = vec![0f32; row_len];
     let mut q = vec![0f32; row_len];
     let mut bytes = vec![0u8; enc.row_bytes()];
@@ -84,14 +78,7 @@ fn candidate_error(
         let off = r as usize * dec.row_bytes();
         dec.decode(&data[off..off + dec.row_bytes()], &mut w)
             .map_err(kernel_err)?;
-        let imp = importance.map(|m| {
-            let mat = if m.len() > row_len {
-                (r / rows_per_mat) as usize
-            } else {
-                0
-            };
-            &m[mat * row_len..(mat + 1) * row_len]
-        });
+        let imp = importance.map(|m| row_importance(t, m, r));
         enc.encode(&w, imp, &mut bytes).map_err(kernel_err)?;
         enc.decode(&bytes, &mut q).map_err(kernel_err)?;
         for (j, (a, b)) in w.iter().zip(&q).enumerate() {

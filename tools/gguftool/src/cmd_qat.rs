@@ -14,8 +14,8 @@ use gguftool_core::policy::{self, format_by_name, Provenance, QuantPolicy};
 use gguftool_core::qat::config::QatConfig;
 use gguftool_core::qat::recon::TensorReconstruction;
 use gguftool_core::qat::train::train;
-use gguftool_core::rows::RowCodec;
-use gguftool_core::{registry, Error};
+use gguftool_core::rows::tensor_decoder;
+use gguftool_core::Error;
 use rayon::prelude::*;
 use serde_json::json;
 use std::path::PathBuf;
@@ -123,20 +123,14 @@ fn load_config(a: &QatArgs) -> Result<QatConfig, Error> {
 
 /// Decodes tensor `i` to f32 rows.
 fn decode(src: &GgufFile, i: usize, t: &TensorInfo) -> Result<Vec<f32>, Error> {
-    let kernel_err = |source| Error::Kernel {
-        tensor: t.name.clone(),
-        source,
-    };
-    let fmt = registry::by_type_id(t.ggml_type).ok_or_else(|| Error::Unsupported {
-        tensor: t.name.clone(),
-        reason: format!("no decoder for {}", t.type_name),
-    })?;
-    let seed = gguftool_core::rows::seed(&src.header().metadata).map_err(kernel_err)?;
-    let codec = RowCodec::new(fmt, t.row_len() as usize, seed).map_err(kernel_err)?;
+    let codec = tensor_decoder(src, i)?;
     let mut w = vec![0f32; t.n_elements as usize];
     codec
         .decode(src.tensor_data(i), &mut w)
-        .map_err(kernel_err)?;
+        .map_err(|source| Error::Kernel {
+            tensor: t.name.clone(),
+            source,
+        })?;
     Ok(w)
 }
 
