@@ -79,6 +79,59 @@ impl Grid {
     }
 }
 
+impl Grid {
+    /// Fake-quantizes groups of `group` weights: group `i` with step
+    /// `scales[i] * unit` (`unit` converts a stored scale to a step, e.g.
+    /// PiQ's `pi / k`; 1 when the scale is the step).
+    pub fn forward_groups(
+        &self,
+        group: usize,
+        unit: f32,
+        w: &[f32],
+        scales: &[f32],
+        out: &mut [f32],
+    ) {
+        for ((x, o), &a) in w
+            .chunks_exact(group)
+            .zip(out.chunks_exact_mut(group))
+            .zip(scales)
+        {
+            let s = a * unit;
+            for (v, ov) in x.iter().zip(o.iter_mut()) {
+                *ov = self.fake_quant(*v, s);
+            }
+        }
+    }
+
+    /// STE backward of [`Grid::forward_groups`]: weight gradients, and for
+    /// each group the gradient with respect to its stored scale (through
+    /// `unit`), scaled by LSQ's `1 / sqrt(group * reach)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_groups(
+        &self,
+        group: usize,
+        unit: f32,
+        w: &[f32],
+        scales: &[f32],
+        grad_out: &[f32],
+        ste: Ste,
+        grad_w: &mut [f32],
+        grad_scales: &mut [f32],
+    ) {
+        let lsq_scale = 1.0 / ((group as f32) * self.reach()).sqrt();
+        for (i, &a) in scales.iter().enumerate() {
+            let s = a * unit;
+            let mut gs = 0f32;
+            for j in i * group..(i + 1) * group {
+                let (gw, gsj) = self.backward(w[j], s, grad_out[j], ste);
+                grad_w[j] = gw;
+                gs += gsj;
+            }
+            grad_scales[i] = gs * unit * lsq_scale;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

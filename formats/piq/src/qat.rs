@@ -31,17 +31,8 @@ impl DifferentiableQuantizer for Piq {
     }
 
     fn forward(&self, w: &[f32], scales: &[f32], out: &mut [f32]) {
-        let g = self.grid();
-        for ((x, o), &a) in w
-            .chunks_exact(BLOCK)
-            .zip(out.chunks_exact_mut(BLOCK))
-            .zip(scales)
-        {
-            let s = a * self.spec.pi_over_k();
-            for (v, ov) in x.iter().zip(o.iter_mut()) {
-                *ov = g.fake_quant(*v, s);
-            }
-        }
+        self.grid()
+            .forward_groups(BLOCK, self.spec.pi_over_k(), w, scales, out)
     }
 
     fn backward(
@@ -53,20 +44,10 @@ impl DifferentiableQuantizer for Piq {
         grad_w: &mut [f32],
         grad_scales: &mut [f32],
     ) {
-        let g = self.grid();
+        // Step = alpha * pi / k: the chain rule to alpha goes through pi / k.
         let pik = self.spec.pi_over_k();
-        let lsq_scale = 1.0 / ((BLOCK as f32) * g.reach()).sqrt();
-        for (i, &a) in scales.iter().enumerate() {
-            let s = a * pik;
-            let mut gs = 0f32;
-            for j in i * BLOCK..(i + 1) * BLOCK {
-                let (gw, gsj) = g.backward(w[j], s, grad_out[j], ste);
-                grad_w[j] = gw;
-                gs += gsj;
-            }
-            // Chain rule to alpha, then LSQ's gradient scaling.
-            grad_scales[i] = gs * pik * lsq_scale;
-        }
+        self.grid()
+            .backward_groups(BLOCK, pik, w, scales, grad_out, ste, grad_w, grad_scales)
     }
 
     fn export(&self, w: &[f32], scales: &[f32], dst: &mut [u8]) {

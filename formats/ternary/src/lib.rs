@@ -34,10 +34,6 @@ impl Ternary {
     pub fn rule(&self) -> ScaleRule {
         self.rule
     }
-
-    fn type_size_bytes(&self) -> usize {
-        layout::TYPE_SIZE
-    }
 }
 
 impl Format for Ternary {

@@ -2,7 +2,7 @@
 //! 64 on the grid {-1, 0, 1} (BitNet b1.58's fake quantization).
 
 use crate::encode::{absmean, mse_optimal, ScaleRule};
-use crate::layout::{pack, BLOCK};
+use crate::layout::{pack, BLOCK, TYPE_SIZE};
 use crate::Ternary;
 use gguftool_core::format::{DifferentiableQuantizer, Ste};
 use gguftool_core::qat::ste::Grid;
@@ -33,15 +33,7 @@ impl DifferentiableQuantizer for Ternary {
     }
 
     fn forward(&self, w: &[f32], scales: &[f32], out: &mut [f32]) {
-        for ((x, o), &s) in w
-            .chunks_exact(BLOCK)
-            .zip(out.chunks_exact_mut(BLOCK))
-            .zip(scales)
-        {
-            for (v, ov) in x.iter().zip(o.iter_mut()) {
-                *ov = GRID.fake_quant(*v, s);
-            }
-        }
+        GRID.forward_groups(BLOCK, 1.0, w, scales, out)
     }
 
     fn backward(
@@ -53,22 +45,13 @@ impl DifferentiableQuantizer for Ternary {
         grad_w: &mut [f32],
         grad_scales: &mut [f32],
     ) {
-        let lsq_scale = 1.0 / ((BLOCK as f32) * GRID.reach()).sqrt();
-        for (i, &s) in scales.iter().enumerate() {
-            let mut gs = 0f32;
-            for j in i * BLOCK..(i + 1) * BLOCK {
-                let (gw, gsj) = GRID.backward(w[j], s, grad_out[j], ste);
-                grad_w[j] = gw;
-                gs += gsj;
-            }
-            grad_scales[i] = gs * lsq_scale;
-        }
+        GRID.backward_groups(BLOCK, 1.0, w, scales, grad_out, ste, grad_w, grad_scales)
     }
 
     fn export(&self, w: &[f32], scales: &[f32], dst: &mut [u8]) {
         for ((x, out), &s) in w
             .chunks_exact(BLOCK)
-            .zip(dst.chunks_exact_mut(self.type_size_bytes()))
+            .zip(dst.chunks_exact_mut(TYPE_SIZE))
             .zip(scales)
         {
             let d = f16::from_f32(s.max(0.0));
