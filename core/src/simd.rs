@@ -112,4 +112,23 @@ pub mod x86 {
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
     }
+
+    /// Bytes `8 * g .. 8 * g + 8` (`g` in 0..4) of `v`, zero-extended, as f32.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; call it from AVX2 kernels.
+    #[inline(always)]
+    pub unsafe fn u8x8_ps(v: __m256i, g: i32) -> __m256 {
+        let half = if g < 2 {
+            _mm256_castsi256_si128(v)
+        } else {
+            _mm256_extracti128_si256(v, 1)
+        };
+        let part = if g % 2 == 0 {
+            half
+        } else {
+            _mm_srli_si128(half, 8)
+        };
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part))
+    }
 }

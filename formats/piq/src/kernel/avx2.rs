@@ -4,7 +4,7 @@
 use crate::kernel::scalar::block_step;
 use crate::layout::{PiqSpec, BLOCK};
 use gguftool_core::activation::Q8Activations;
-use gguftool_core::simd::x86::hsum256 as hsum;
+use gguftool_core::simd::x86::{hsum256 as hsum, u8x8_ps};
 use std::arch::x86_64::*;
 
 /// The 32 codes of a block as bytes, in element order.
@@ -35,22 +35,6 @@ pub unsafe fn codes_epi8(spec: &PiqSpec, b: &[u8]) -> __m256i {
     codes
 }
 
-/// The 8 codes of `codes` starting at element `8 * g` as f32.
-#[inline(always)]
-unsafe fn codes_ps(codes: __m256i, g: i32) -> __m256 {
-    let half = if g < 2 {
-        _mm256_castsi256_si128(codes)
-    } else {
-        _mm256_extracti128_si256(codes, 1)
-    };
-    let part = if g % 2 == 0 {
-        half
-    } else {
-        _mm_srli_si128(half, 8)
-    };
-    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part))
-}
-
 /// Decodes whole blocks.
 ///
 /// # Safety
@@ -66,7 +50,7 @@ pub unsafe fn dequantize(spec: &PiqSpec, src: &[u8], dst: &mut [f32]) {
         let step = _mm256_set1_ps(block_step(spec, b));
         let codes = codes_epi8(spec, b);
         for g in 0..4 {
-            let level = _mm256_sub_ps(codes_ps(codes, g), off);
+            let level = _mm256_sub_ps(u8x8_ps(codes, g), off);
             _mm256_storeu_ps(
                 out.as_mut_ptr().add(8 * g as usize),
                 _mm256_mul_ps(step, level),
@@ -91,7 +75,7 @@ pub unsafe fn dot(spec: &PiqSpec, src: &[u8], x: &[f32]) -> f32 {
         let codes = codes_epi8(spec, b);
         let mut s = _mm256_setzero_ps();
         for g in 0..4 {
-            let level = _mm256_sub_ps(codes_ps(codes, g), off);
+            let level = _mm256_sub_ps(u8x8_ps(codes, g), off);
             s = _mm256_fmadd_ps(level, _mm256_loadu_ps(xb.as_ptr().add(8 * g as usize)), s);
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(block_step(spec, b)), s, acc);

@@ -3,7 +3,7 @@
 
 use crate::layout::{BLOCK, CODES, TYPE_SIZE};
 use gguftool_core::activation::Q8Activations;
-use gguftool_core::simd::x86::hsum256 as hsum;
+use gguftool_core::simd::x86::{hsum256 as hsum, u8x8_ps};
 use std::arch::x86_64::*;
 
 /// The 64 codes (0..3) of a block as bytes in element order: (0..32, 32..64).
@@ -24,20 +24,7 @@ pub unsafe fn codes_epi8(b: &[u8]) -> (__m256i, __m256i) {
 /// Eight trits starting at element `8 * g` of 32 codes, as f32.
 #[inline(always)]
 unsafe fn trits_ps(codes: __m256i, g: i32) -> __m256 {
-    let half = if g < 2 {
-        _mm256_castsi256_si128(codes)
-    } else {
-        _mm256_extracti128_si256(codes, 1)
-    };
-    let part = if g % 2 == 0 {
-        half
-    } else {
-        _mm_srli_si128(half, 8)
-    };
-    _mm256_sub_ps(
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part)),
-        _mm256_set1_ps(1.0),
-    )
+    _mm256_sub_ps(u8x8_ps(codes, g), _mm256_set1_ps(1.0))
 }
 
 /// Decodes whole blocks.
