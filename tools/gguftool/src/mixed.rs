@@ -33,12 +33,11 @@ pub struct MixedArgs<'a> {
 /// The candidate formats.
 pub fn candidates(names: &[String]) -> Result<Vec<&'static dyn Format>, Error> {
     if names.is_empty() {
-        let mut v: Vec<&'static dyn Format> = registry::block_formats()
+        // `block_formats` is already ordered by type id.
+        return Ok(registry::block_formats()
             .into_iter()
             .filter(|f| f.quantizer().is_some() && f.suits_post_training())
-            .collect();
-        v.sort_by_key(|f| f.type_id());
-        return Ok(v);
+            .collect());
     }
     names.iter().map(|n| format_by_name(n)).collect()
 }
