@@ -3,13 +3,10 @@
 //! formats with SIMD kernels. Single-threaded, 64 x 4096 matrix (in cache).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::bench::{test_matrix, ROW};
-use gguftool_core::{registry, simd};
-use gguftool_ggml as _;
-use gguftool_piq as _;
-use gguftool_quip as _;
-use gguftool_ternary as _;
+use gguftool_benches::kernels::{test_matrix, ROW};
+use gguftool_formats as _;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::{registry, simd};
 
 const ROWS: usize = 64;
 

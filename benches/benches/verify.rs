@@ -2,8 +2,7 @@
 //! against `sha256sum` of the same 250 MB file, in the same run.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::integrity;
+use gguftool_gguf::integrity;
 use std::process::Command;
 
 fn bench_verify(c: &mut Criterion) {
@@ -16,7 +15,7 @@ fn bench_verify(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(size));
     g.bench_function("gguftool_verify", |b| {
         b.iter(|| {
-            let f = GgufFile::open(&path).unwrap();
+            let f = gguftool_quant::registry::open(&path).unwrap();
             let r = integrity::check(&f);
             assert!(r.passed());
         })

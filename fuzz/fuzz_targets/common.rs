@@ -1,11 +1,8 @@
 //! Shared body of the decoder targets.
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::{Format, SimdLevel};
-use gguftool_core::simd;
-use gguftool_ggml as _;
-use gguftool_piq as _;
-use gguftool_quip as _;
-use gguftool_ternary as _;
+use gguftool_formats as _;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::format::{Format, SimdLevel};
+use gguftool_quant::simd;
 
 /// Decodes `bytes` (any length: wrong lengths must be refused, not read
 /// past) with `f` at every SIMD level and checks decoders agree bit for bit.

@@ -2,8 +2,8 @@
 //! products: no panic, no out-of-bounds read, lengths checked.
 #![no_main]
 
-use gguftool_core::format::Format;
-use gguftool_core::registry;
+use gguftool_quant::format::Format;
+use gguftool_quant::registry;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let formats: Vec<&dyn Format> = registry::all()
         .iter()
         .copied()
-        .filter(|f| gguftool_core::ggml_type::ggml_type(f.type_id()).is_some())
+        .filter(|f| gguftool_gguf::ggml_type::ggml_type(f.type_id()).is_some())
         .collect();
     common::exercise(formats[sel as usize % formats.len()], rest);
 });

@@ -2,8 +2,8 @@
 //! SIMD level: no panic, no out-of-bounds read, SIMD decode == scalar.
 #![no_main]
 
-use gguftool_core::format::Format;
-use gguftool_core::registry;
+use gguftool_quant::format::Format;
+use gguftool_quant::registry;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

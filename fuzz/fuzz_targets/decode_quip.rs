@@ -3,9 +3,9 @@
 //! and row length): no panic, no out-of-bounds read, SIMD decode == scalar.
 #![no_main]
 
-use gguftool_core::format::Format;
-use gguftool_core::registry;
-use gguftool_core::rows::RowCodec;
+use gguftool_quant::format::Format;
+use gguftool_quant::registry;
+use gguftool_quant::rows::RowCodec;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let (head, rest) = data.split_at(10);
-    let name = if head[9] & 0x80 == 0 { "q2_quip" } else { "q2_quip_lite" };
+    let name = if head[9] & 0x80 == 0 {
+        "q2_quip"
+    } else {
+        "q2_quip_lite"
+    };
     let f: &dyn Format = registry::by_name(name).unwrap();
     common::exercise(f, rest);
     let seed = u64::from_le_bytes(head[..8].try_into().unwrap());
@@ -33,7 +37,10 @@ fuzz_target!(|data: &[u8]| {
     let mut y = vec![0f32; rows];
     codec.matvec(src, &x, &mut y).expect("matvec");
     codec.matvec_q8(src, &x, &mut y).expect("matvec q8");
-    assert!(codec.decode(src, &mut out[1..]).is_err(), "partial row accepted");
+    assert!(
+        codec.decode(src, &mut out[1..]).is_err(),
+        "partial row accepted"
+    );
 });
 
 #[path = "common.rs"]

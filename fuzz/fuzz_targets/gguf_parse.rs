@@ -2,14 +2,14 @@
 //! data, hash it, and decode it with its registered format.
 #![no_main]
 
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::{integrity, registry};
-use gguftool_ggml as _;
-use gguftool_piq as _;
+use gguftool_formats as _;
+use gguftool_gguf::integrity;
+use gguftool_gguf::GgufFile;
+use gguftool_quant::registry;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(file) = GgufFile::from_bytes("fuzz", data.to_vec()) else {
+    let Ok(file) = GgufFile::from_bytes("fuzz", data.to_vec(), &registry::TYPES) else {
         return;
     };
     let _ = integrity::check(&file);

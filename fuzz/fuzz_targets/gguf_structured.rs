@@ -5,10 +5,10 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use gguftool_core::gguf::value::{Array, Metadata, Value};
-use gguftool_core::gguf::write::{GgufWriter, TensorSpec, WriteOptions};
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::integrity;
+use gguftool_gguf::integrity;
+use gguftool_gguf::value::{Array, Metadata, Value};
+use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::GgufFile;
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;
 
@@ -70,8 +70,13 @@ fuzz_target!(|m: Model| {
         .into_iter()
         .take(8)
         .filter_map(|t| {
-            let ty =
-                gguftool_core::gguf::validate::tensor_type(&t.name, (t.ty % 44) as u32, 0).ok()?;
+            let ty = gguftool_gguf::validate::tensor_type(
+                &t.name,
+                (t.ty % 44) as u32,
+                0,
+                &gguftool_quant::registry::TYPES,
+            )
+            .ok()?;
             let mut dims: Vec<u64> = t.dims.iter().take(4).map(|&d| (d % 64) as u64).collect();
             if let Some(d0) = dims.first_mut() {
                 *d0 *= ty.block_size;
@@ -93,7 +98,10 @@ fuzz_target!(|m: Model| {
         Cursor::new(Vec::new()),
         &md,
         specs.clone(),
-        WriteOptions { seal: m.seal },
+        WriteOptions {
+            seal: m.seal,
+            types: &gguftool_quant::registry::TYPES,
+        },
     ) else {
         return;
     };
@@ -114,7 +122,7 @@ fuzz_target!(|m: Model| {
         }
     }
     let mutated = bytes != clean;
-    match GgufFile::from_bytes("fuzz", bytes) {
+    match GgufFile::from_bytes("fuzz", bytes, &gguftool_quant::registry::TYPES) {
         Ok(f) => {
             let r = integrity::check(&f);
             if m.seal && !mutated {

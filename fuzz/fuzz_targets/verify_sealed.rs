@@ -2,9 +2,9 @@
 //! passes a file whose tensor bytes differ from what was sealed.
 #![no_main]
 
-use gguftool_core::gguf::write::{rewrite, WriteOptions};
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::integrity;
+use gguftool_gguf::integrity;
+use gguftool_gguf::write::{rewrite, WriteOptions};
+use gguftool_gguf::GgufFile;
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;
 use std::sync::OnceLock;
@@ -14,13 +14,22 @@ fn sealed() -> &'static (Vec<u8>, GgufFile) {
     static SEALED: OnceLock<(Vec<u8>, GgufFile)> = OnceLock::new();
     SEALED.get_or_init(|| {
         let src = include_bytes!("../../fixtures/tiny-llama-f32.gguf").to_vec();
-        let f = GgufFile::from_bytes("tiny", src).expect("fixture parses");
-        let bytes = rewrite(&f, Cursor::new(Vec::new()), WriteOptions { seal: true })
-            .expect("seal")
-            .into_inner();
+        let f = GgufFile::from_bytes("tiny", src, &gguftool_quant::registry::TYPES)
+            .expect("fixture parses");
+        let bytes = rewrite(
+            &f,
+            Cursor::new(Vec::new()),
+            WriteOptions {
+                seal: true,
+                types: &gguftool_quant::registry::TYPES,
+            },
+        )
+        .expect("seal")
+        .into_inner();
         (
             bytes.clone(),
-            GgufFile::from_bytes("sealed", bytes).expect("sealed parses"),
+            GgufFile::from_bytes("sealed", bytes, &gguftool_quant::registry::TYPES)
+                .expect("sealed parses"),
         )
     })
 }
@@ -32,7 +41,7 @@ fuzz_target!(|edits: Vec<(u32, u8)>| {
         let i = pos as usize % bytes.len();
         bytes[i] ^= x;
     }
-    let Ok(f) = GgufFile::from_bytes("mutated", bytes) else {
+    let Ok(f) = GgufFile::from_bytes("mutated", bytes, &gguftool_quant::registry::TYPES) else {
         return;
     };
     let report = integrity::check(&f);

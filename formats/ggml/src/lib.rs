@@ -13,8 +13,8 @@ pub mod legacy;
 pub mod nvfp4;
 pub mod ternary;
 
-use gguftool_core::format::{Format, Kernel, Quantizer, SimdLevel};
-use gguftool_core::register_format;
+use gguftool_quant::format::{Format, Kernel, Quantizer, SimdLevel};
+use gguftool_quant::register_format;
 
 type BlockDecoder = fn(&[u8], &mut [f32]);
 type BlockEncoder = fn(&[f32], &mut [u8]);

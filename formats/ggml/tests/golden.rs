@@ -1,17 +1,17 @@
 //! Bit-exact comparison with gguf-py 0.19 on the committed golden fixtures
 //! (`fixtures/types/*.gguf`, made by `fixtures/generate.py`).
 
-use gguftool_core::format::{quantize, Format};
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::registry;
 use gguftool_ggml as _;
+use gguftool_gguf::GgufFile;
+use gguftool_quant::format::{quantize, Format};
+use gguftool_quant::registry;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> GgufFile {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures/types")
         .join(name);
-    GgufFile::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    gguftool_quant::registry::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn tensor<'a>(f: &'a GgufFile, name: &str) -> (usize, &'a [u8]) {

@@ -1,11 +1,11 @@
 //! Per-tensor error of each candidate format, measured on sampled rows.
 
-use gguftool_core::convert::row_importance;
-use gguftool_core::error::{Error, Result};
-use gguftool_core::format::Format;
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::policy::fits;
-use gguftool_core::rows::{tensor_decoder, RowCodec, DEFAULT_SEED};
+use gguftool_gguf::error::{Error, Result};
+use gguftool_gguf::GgufFile;
+use gguftool_quant::format::Format;
+use gguftool_quant::rows::fits;
+use gguftool_quant::rows::row_importance;
+use gguftool_quant::rows::{tensor_decoder, RowCodec, DEFAULT_SEED};
 use rayon::prelude::*;
 
 /// How a tensor's error is measured.
@@ -63,9 +63,9 @@ fn candidate_error(
 ) -> Result<f64> {
     let t = &src.header().tensors[index];
     let row_len = t.row_len() as usize;
-    let kernel_err = |source| Error::Kernel {
+    let kernel_err = |source: gguftool_quant::KernelError| Error::Kernel {
         tensor: t.name.clone(),
-        source,
+        source: source.into(),
     };
     let dec = tensor_decoder(src, index)?;
     let enc = RowCodec::new(target, row_len, Some(DEFAULT_SEED)).map_err(kernel_err)?;

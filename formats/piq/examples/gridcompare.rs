@@ -4,12 +4,11 @@
 //!
 //! `cargo run --release -p gguftool-piq --example gridcompare -- model-f32.gguf`
 
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::registry;
 use gguftool_ggml as _;
 use gguftool_piq::encode::encode;
 use gguftool_piq::kernel::scalar::dequantize;
 use gguftool_piq::layout::{PiqSpec, BLOCK};
+use gguftool_quant::registry;
 use std::collections::BTreeMap;
 use std::f32::consts::PI;
 
@@ -56,7 +55,7 @@ fn main() {
     let path = std::env::args()
         .nth(1)
         .expect("usage: gridcompare MODEL-F32.gguf");
-    let f = GgufFile::open(&path).expect("open");
+    let f = gguftool_quant::registry::open(&path).expect("open");
     let variants: Vec<(&str, Variant)> = vec![
         (
             "piq3 half-int -3.5..3.5",

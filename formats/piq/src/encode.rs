@@ -150,7 +150,7 @@ unsafe fn encode_all_avx2(spec: &PiqSpec, src: &[f32], importance: Option<&[f32]
 /// arithmetic is identical, so the output is too).
 pub fn encode(spec: &PiqSpec, src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if gguftool_core::simd::supported(gguftool_core::format::SimdLevel::Avx2) {
+    if gguftool_quant::simd::supported(gguftool_quant::format::SimdLevel::Avx2) {
         // SAFETY: AVX2 and FMA are present.
         return unsafe { encode_all_avx2(spec, src, importance, dst) };
     }

@@ -13,9 +13,9 @@ pub mod kernel;
 pub mod layout;
 pub mod qat;
 
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::{DifferentiableQuantizer, Format, Kernel, Quantizer, SimdLevel};
-use gguftool_core::register_format;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::format::{DifferentiableQuantizer, Format, Kernel, Quantizer, SimdLevel};
+use gguftool_quant::register_format;
 use layout::{PiqSpec, BLOCK};
 
 /// Type id of PiQ3 (gguftool private range).

@@ -4,8 +4,8 @@
 use crate::encode;
 use crate::layout::{pack_codes, BLOCK};
 use crate::Piq;
-use gguftool_core::format::{DifferentiableQuantizer, Ste};
-use gguftool_core::qat::ste::Grid;
+use gguftool_quant::format::{DifferentiableQuantizer, Ste};
+use gguftool_quant::ste::Grid;
 use half::f16;
 
 impl Piq {

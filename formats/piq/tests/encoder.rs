@@ -1,9 +1,9 @@
 //! Encoder quality: error bounds on Gaussian data, near-optimal scale
 //! search, importance weighting, QAT consistency and registration.
 
-use gguftool_core::format::{quantize, DifferentiableQuantizer, Format, Ste};
-use gguftool_core::registry;
 use gguftool_piq as _;
+use gguftool_quant::format::{quantize, DifferentiableQuantizer, Format, Ste};
+use gguftool_quant::registry;
 
 /// Deterministic standard normal samples (Box-Muller on an LCG).
 fn gaussian(n: usize, mut seed: u64) -> Vec<f32> {

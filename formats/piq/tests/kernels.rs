@@ -1,9 +1,9 @@
 //! Every SIMD level against the scalar reference, on random blocks.
 
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::{Format, SimdLevel};
-use gguftool_core::{registry, simd};
 use gguftool_piq as _;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::format::{Format, SimdLevel};
+use gguftool_quant::{registry, simd};
 use proptest::prelude::*;
 
 fn formats() -> [&'static dyn Format; 2] {
@@ -68,7 +68,7 @@ fn q8_dot_approximates_f32_dot() {
             .map(|i| ((i * 104_729) % 997) as f32 / 498.0 - 1.0)
             .collect();
         let mut src = vec![0u8; n * f.type_size()];
-        gguftool_core::format::quantize(f, &w, None, &mut src).unwrap();
+        gguftool_quant::format::quantize(f, &w, None, &mut src).unwrap();
         let exact = f.dot_with(SimdLevel::Scalar, &src, &x).unwrap();
         let q8 = f.dot_q8(&src, &Q8Activations::quantize(&x)).unwrap();
         let mut dec = vec![0f32; x.len()];

@@ -4,12 +4,11 @@
 //! `cargo run --release -p gguftool-quip --example incoherence -- MODEL.gguf [ROWS]`
 //! (ROWS: rows sampled per tensor, evenly spaced; default 256).
 
-use gguftool_core::format::{quantize, Format};
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::registry;
-use gguftool_core::rows::RowCodec;
 use gguftool_ggml as _;
 use gguftool_piq as _;
+use gguftool_quant::format::{quantize, Format};
+use gguftool_quant::registry;
+use gguftool_quant::rows::RowCodec;
 use std::collections::BTreeMap;
 
 /// Signal and noise sums for: rotated, unrotated, PiQ2.
@@ -35,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).ok_or("usage: incoherence MODEL.gguf [ROWS]")?;
     let max_rows: u64 = args.get(2).map_or(Ok(256), |s| s.parse())?;
-    let file = GgufFile::open(path)?;
+    let file = gguftool_quant::registry::open(path)?;
     let quip: &dyn Format = &gguftool_quip::Q2_QUIP;
     let piq2 = registry::by_name("piq2").ok_or("piq2 not linked")?;
     let mut by_kind: BTreeMap<String, Sums> = BTreeMap::new();
@@ -48,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let dec = RowCodec::new(src, row_len, None)?;
-        let rot = RowCodec::new(quip, row_len, Some(gguftool_core::rows::DEFAULT_SEED))?;
+        let rot = RowCodec::new(quip, row_len, Some(gguftool_quant::rows::DEFAULT_SEED))?;
         let n_rows = t.n_rows();
         let rows: Vec<u64> = (0..n_rows.min(max_rows))
             .map(|k| k * n_rows / n_rows.min(max_rows))

@@ -3,7 +3,7 @@
 //! rotated weights are close to Gaussian, then quantized to 2 bits with a
 //! 6-bit scale per 16 weights (2.625 bpw). The seed lives in the file
 //! (`gguftool.row_transform.seed`); decoding to the original basis and
-//! matrix-vector products go through `gguftool_core::rows::RowCodec`, which
+//! matrix-vector products go through `gguftool_quant::rows::RowCodec`, which
 //! rotates the activations once per product. Layout in docs/FORMATS.md.
 #![warn(missing_docs)]
 
@@ -13,11 +13,11 @@ pub mod layout;
 pub mod ldlq;
 pub mod rotation;
 
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::{
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::format::{
     Format, Kernel, PreparedRowTransform, Quantizer, RowTransform, SimdLevel,
 };
-use gguftool_core::register_format;
+use gguftool_quant::register_format;
 use ldlq::Feedback;
 use rotation::Rotation;
 use std::sync::{Arc, Mutex};

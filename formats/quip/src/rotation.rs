@@ -1,3 +1,3 @@
 //! The row rotation (kept in the core, shared with QAT's incoherence option).
 
-pub use gguftool_core::hadamard::*;
+pub use gguftool_quant::hadamard::*;

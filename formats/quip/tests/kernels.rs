@@ -2,10 +2,10 @@
 //! matvec through the rotated activations equals the dot with the decoded
 //! matrix, and incoherence beats plain 2-bit on outlier-heavy rows.
 
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::{quantize, Format, SimdLevel};
-use gguftool_core::rows::RowCodec;
-use gguftool_core::simd;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::format::{quantize, Format, SimdLevel};
+use gguftool_quant::rows::RowCodec;
+use gguftool_quant::simd;
 use gguftool_quip::rotation::SplitMix64;
 use gguftool_quip::{Q2_QUIP, Q2_QUIP_LITE};
 use proptest::prelude::*;

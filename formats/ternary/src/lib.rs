@@ -12,9 +12,9 @@ pub mod layout;
 pub mod qat;
 
 use encode::ScaleRule;
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::{DifferentiableQuantizer, Format, Kernel, Quantizer, SimdLevel};
-use gguftool_core::register_format;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::format::{DifferentiableQuantizer, Format, Kernel, Quantizer, SimdLevel};
+use gguftool_quant::register_format;
 
 /// Type id of `ternary` (absmean scale; gguftool private range).
 pub const TERNARY_TYPE_ID: u32 = 0x4004;

@@ -4,8 +4,8 @@
 use crate::encode::{absmean, mse_optimal, ScaleRule};
 use crate::layout::{pack, BLOCK, TYPE_SIZE};
 use crate::Ternary;
-use gguftool_core::format::{DifferentiableQuantizer, Ste};
-use gguftool_core::qat::ste::Grid;
+use gguftool_quant::format::{DifferentiableQuantizer, Ste};
+use gguftool_quant::ste::Grid;
 use half::f16;
 
 /// Levels -1, 0, 1.

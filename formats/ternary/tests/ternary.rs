@@ -2,10 +2,10 @@
 //! reproduced exactly, the MSE rule optimal, QAT export == fake quant, and
 //! lossless export to llama.cpp's TQ1_0/TQ2_0 when scales agree.
 
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::{quantize, Format, SimdLevel};
-use gguftool_core::{registry, simd};
 use gguftool_ggml as _;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::format::{quantize, Format, SimdLevel};
+use gguftool_quant::{registry, simd};
 use gguftool_ternary::encode::mse_optimal;
 use proptest::prelude::*;
 

@@ -1,8 +1,8 @@
 //! `gguftool bench`: kernel throughput per format and SIMD level.
 
-use gguftool_core::bench::measure;
-use gguftool_core::policy::format_by_name;
-use gguftool_core::{registry, simd};
+use gguftool_benches::kernels::measure;
+use gguftool_convert::policy::format_by_name;
+use gguftool_quant::{registry, simd};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ pub fn run(
     formats: &[String],
     millis: u64,
     as_json: bool,
-) -> Result<ExitCode, gguftool_core::Error> {
+) -> Result<ExitCode, gguftool_gguf::Error> {
     let selected: Vec<_> = if formats.is_empty() {
         registry::block_formats()
     } else {

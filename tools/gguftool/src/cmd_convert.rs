@@ -2,13 +2,13 @@
 
 use crate::mixed::{self, MixedArgs};
 use crate::progress::bytes_bar;
-use gguftool_core::convert::{self, Plan, TensorAction};
-use gguftool_core::gguf::write::WriteOptions;
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::imatrix::Imatrix;
-use gguftool_core::integrity::sha256_hex;
-use gguftool_core::policy::{self, format_by_name, parse_tensor_type, Provenance, QuantPolicy};
-use gguftool_core::Error;
+use gguftool_calib::imatrix::Imatrix;
+use gguftool_convert::policy::{self, format_by_name, parse_tensor_type, Provenance, QuantPolicy};
+use gguftool_convert::{self, Plan, TensorAction};
+use gguftool_gguf::integrity::sha256_hex;
+use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::Error;
+use gguftool_gguf::GgufFile;
 use regex::Regex;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -102,7 +102,7 @@ fn regexes(args: &[String]) -> Result<Vec<Regex>, Error> {
 
 fn optional_format(
     name: &Option<String>,
-) -> Result<Option<&'static dyn gguftool_core::format::Format>, Error> {
+) -> Result<Option<&'static dyn gguftool_quant::format::Format>, Error> {
     name.as_deref().map(format_by_name).transpose()
 }
 
@@ -118,7 +118,7 @@ fn print_plan(
     let mut rows = Vec::new();
     for t in &plan.tensors {
         let info = &h.tensors[t.source_index];
-        let to = gguftool_core::registry::by_type_id(t.spec.ggml_type)
+        let to = gguftool_quant::registry::by_type_id(t.spec.ggml_type)
             .map_or(info.type_name, |f| f.name());
         if let TensorAction::Transcode { target, .. } = &t.action {
             if target.block_size() > 1 {
@@ -175,7 +175,7 @@ fn print_plan(
 }
 
 pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
-    let src = GgufFile::open(&a.input)?;
+    let src = gguftool_quant::registry::open(&a.input)?;
     let imatrix = a
         .imatrix
         .as_deref()
@@ -261,7 +261,10 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
             );
         }
     }
-    let opts = WriteOptions { seal: !a.no_seal };
+    let opts = WriteOptions {
+        seal: !a.no_seal,
+        types: &gguftool_quant::registry::TYPES,
+    };
     if a.dry_run {
         if let Some(alloc) = &allocation {
             if !a.json {
@@ -275,7 +278,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
     let total: u64 = src.header().tensors.iter().map(|t| t.n_bytes).sum();
     let pb = bytes_bar(total, &format!("converting to {}", a.format));
     let start = std::time::Instant::now();
-    convert::execute_with_source_hash(
+    gguftool_convert::execute_with_source_hash(
         &src,
         &plan,
         &a.output,

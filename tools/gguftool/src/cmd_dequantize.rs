@@ -1,11 +1,12 @@
 //! `gguftool dequantize`: decode every tensor to f32, f16 or bf16.
 
 use crate::progress::bytes_bar;
-use gguftool_core::convert::{self, Plan};
-use gguftool_core::ggml_type::ids;
-use gguftool_core::gguf::write::WriteOptions;
-use gguftool_core::gguf::{GgufFile, Value};
-use gguftool_core::{registry, Error};
+use gguftool_convert::{self, Plan};
+use gguftool_gguf::ggml_type::ids;
+use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::Error;
+use gguftool_gguf::Value;
+use gguftool_quant::registry;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -49,7 +50,7 @@ pub fn run(
     force: bool,
     seal: bool,
 ) -> Result<ExitCode, Error> {
-    let src = GgufFile::open(input)?;
+    let src = gguftool_quant::registry::open(input)?;
     let h = src.header();
     let lookup = |id| {
         registry::by_type_id(id)
@@ -61,9 +62,9 @@ pub fn run(
         let want = if t.dims.len() <= 1 { f32_fmt } else { target };
         tensors.push(
             if INTEGER_TYPES.contains(&t.ggml_type) || t.ggml_type == want.type_id() {
-                convert::copy(t, i)
+                gguftool_convert::copy(t, i)
             } else {
-                convert::transcode(t, i, want)?
+                gguftool_convert::transcode(t, i, want)?
             },
         );
     }
@@ -72,9 +73,17 @@ pub fn run(
     let plan = Plan { metadata, tensors };
     let total: u64 = h.tensors.iter().map(|t| t.n_bytes).sum();
     let pb = bytes_bar(total, "dequantizing");
-    convert::execute(&src, &plan, output, force, WriteOptions { seal }, &|n| {
-        pb.inc(n)
-    })?;
+    gguftool_convert::execute(
+        &src,
+        &plan,
+        output,
+        force,
+        WriteOptions {
+            seal,
+            types: &gguftool_quant::registry::TYPES,
+        },
+        &|n| pb.inc(n),
+    )?;
     pb.finish_and_clear();
     println!(
         "wrote {} ({} tensors, {} bytes of tensor data)",

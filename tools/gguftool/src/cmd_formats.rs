@@ -1,10 +1,10 @@
 //! `gguftool formats`: the registry.
 
-use gguftool_core::registry;
+use gguftool_quant::registry;
 use serde_json::json;
 use std::process::ExitCode;
 
-pub fn run(as_json: bool) -> Result<ExitCode, gguftool_core::Error> {
+pub fn run(as_json: bool) -> Result<ExitCode, gguftool_gguf::Error> {
     let mut formats: Vec<_> = registry::all().to_vec();
     formats.sort_by_key(|f| f.type_id());
     if as_json {

@@ -1,7 +1,7 @@
 //! `gguftool inspect`: header, metadata and tensor table.
 
 use crate::json::{value_json, value_text};
-use gguftool_core::gguf::{GgufFile, TensorInfo};
+use gguftool_gguf::TensorInfo;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,8 +24,8 @@ fn type_summary(tensors: &[TensorInfo]) -> BTreeMap<&'static str, (usize, u64, u
     m
 }
 
-pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_core::Error> {
-    let file = GgufFile::open(path)?;
+pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_gguf::Error> {
+    let file = gguftool_quant::registry::open(path)?;
     let h = file.header();
     let n_params: u64 = h.tensors.iter().map(|t| t.n_elements).sum();
     let n_bytes: u64 = h.tensors.iter().map(|t| t.n_bytes).sum();

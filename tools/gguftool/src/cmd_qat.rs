@@ -4,18 +4,18 @@
 //! through the format's encoder; the rest is converted as `convert` would.
 
 use crate::progress::count_bar;
-use gguftool_core::convert::{self, TensorAction};
-use gguftool_core::format::Format;
-use gguftool_core::gguf::write::WriteOptions;
-use gguftool_core::gguf::{GgufFile, TensorInfo};
-use gguftool_core::imatrix::Imatrix;
-use gguftool_core::integrity::sha256_hex;
-use gguftool_core::policy::{self, format_by_name, Provenance, QuantPolicy};
-use gguftool_core::qat::config::QatConfig;
-use gguftool_core::qat::recon::TensorReconstruction;
-use gguftool_core::qat::train::train;
-use gguftool_core::rows::tensor_decoder;
-use gguftool_core::Error;
+use gguftool_calib::imatrix::Imatrix;
+use gguftool_convert::policy::{self, format_by_name, Provenance, QuantPolicy};
+use gguftool_convert::{self, TensorAction};
+use gguftool_gguf::integrity::sha256_hex;
+use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::Error;
+use gguftool_gguf::{GgufFile, TensorInfo};
+use gguftool_qat::config::QatConfig;
+use gguftool_qat::recon::TensorReconstruction;
+use gguftool_qat::train::train;
+use gguftool_quant::format::Format;
+use gguftool_quant::rows::tensor_decoder;
 use rayon::prelude::*;
 use serde_json::json;
 use std::path::PathBuf;
@@ -85,7 +85,7 @@ fn load_config(a: &QatArgs) -> Result<QatConfig, Error> {
             learning_rate: 1e-2,
             epochs: 4,
             batch_size: 64,
-            loss: gguftool_core::qat::config::LossWeights {
+            loss: gguftool_qat::config::LossWeights {
                 distill: 1.0,
                 task: 0.0,
             },
@@ -127,9 +127,9 @@ fn decode(src: &GgufFile, i: usize, t: &TensorInfo) -> Result<Vec<f32>, Error> {
     let mut w = vec![0f32; t.n_elements as usize];
     codec
         .decode(src.tensor_data(i), &mut w)
-        .map_err(|source| Error::Kernel {
+        .map_err(|source: gguftool_quant::KernelError| Error::Kernel {
             tensor: t.name.clone(),
-            source,
+            source: source.into(),
         })?;
     Ok(w)
 }
@@ -144,14 +144,14 @@ fn train_tensor(
     cfg: &QatConfig,
 ) -> Result<(Vec<u8>, TensorReport), Error> {
     let start = std::time::Instant::now();
-    let kernel_err = |source| Error::Kernel {
+    let kernel_err = |source: gguftool_quant::KernelError| Error::Kernel {
         tensor: name.to_string(),
-        source,
+        source: source.into(),
     };
     let elements = w.len() as u64;
     let full_imp: Option<Vec<f32>> = imp.map(|m| (0..w.len()).map(|k| m[k % row_len]).collect());
     let mut ptq = vec![0u8; w.len() / format.block_size() * format.type_size()];
-    gguftool_core::format::quantize(format, &w, full_imp.as_deref(), &mut ptq)
+    gguftool_quant::format::quantize(format, &w, full_imp.as_deref(), &mut ptq)
         .map_err(kernel_err)?;
     let mut prob = TensorReconstruction::new(
         format,
@@ -207,7 +207,7 @@ fn train_tensor(
 pub fn run(a: QatArgs) -> Result<ExitCode, Error> {
     let cfg = load_config(&a)?;
     let format = format_by_name(&cfg.format)?;
-    let src = GgufFile::open(&a.input)?;
+    let src = gguftool_quant::registry::open(&a.input)?;
     let imatrix = a
         .imatrix
         .as_deref()
@@ -289,10 +289,13 @@ pub fn run(a: QatArgs) -> Result<ExitCode, Error> {
     }
     plan.metadata.set(
         "gguftool.qat.config",
-        gguftool_core::gguf::Value::String(cfg.to_toml()),
+        gguftool_gguf::Value::String(cfg.to_toml()),
     );
-    let opts = WriteOptions { seal: !a.no_seal };
-    convert::execute_with_source_hash(
+    let opts = WriteOptions {
+        seal: !a.no_seal,
+        types: &gguftool_quant::registry::TYPES,
+    };
+    gguftool_convert::execute_with_source_hash(
         &src,
         &plan,
         &a.output,

@@ -1,13 +1,15 @@
 //! `gguftool quality`: per-tensor and overall RMSE, SQNR and bpw.
 
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::quality::{compare, summarize};
+use gguftool_convert::quality::{compare, summarize};
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(orig: &Path, quant: &Path, as_json: bool) -> Result<ExitCode, gguftool_core::Error> {
-    let (o, q) = (GgufFile::open(orig)?, GgufFile::open(quant)?);
+pub fn run(orig: &Path, quant: &Path, as_json: bool) -> Result<ExitCode, gguftool_gguf::Error> {
+    let (o, q) = (
+        gguftool_quant::registry::open(orig)?,
+        gguftool_quant::registry::open(quant)?,
+    );
     let rows = compare(&o, &q)?;
     // Overall figures cover the weight matrices (norms and biases are 1-D and kept exact).
     let matrices = summarize(&rows, |r| {

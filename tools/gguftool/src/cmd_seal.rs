@@ -2,14 +2,13 @@
 //! are copied unchanged.
 
 use crate::progress::bytes_bar;
-use gguftool_core::convert::{self, Plan};
-use gguftool_core::gguf::write::WriteOptions;
-use gguftool_core::gguf::GgufFile;
+use gguftool_convert::{self, Plan};
+use gguftool_gguf::write::WriteOptions;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(input: &Path, output: &Path, force: bool) -> Result<ExitCode, gguftool_core::Error> {
-    let src = GgufFile::open(input)?;
+pub fn run(input: &Path, output: &Path, force: bool) -> Result<ExitCode, gguftool_gguf::Error> {
+    let src = gguftool_quant::registry::open(input)?;
     let h = src.header();
     let plan = Plan {
         metadata: h.metadata.clone(),
@@ -17,16 +16,19 @@ pub fn run(input: &Path, output: &Path, force: bool) -> Result<ExitCode, gguftoo
             .tensors
             .iter()
             .enumerate()
-            .map(|(i, t)| convert::copy(t, i))
+            .map(|(i, t)| gguftool_convert::copy(t, i))
             .collect(),
     };
     let pb = bytes_bar(plan.output_bytes(), "sealing");
-    convert::execute(
+    gguftool_convert::execute(
         &src,
         &plan,
         output,
         force,
-        WriteOptions { seal: true },
+        WriteOptions {
+            seal: true,
+            types: &gguftool_quant::registry::TYPES,
+        },
         &|n| pb.inc(n),
     )?;
     pb.finish_and_clear();

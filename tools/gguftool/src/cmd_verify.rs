@@ -1,9 +1,9 @@
 //! `gguftool verify`: structural validation, integrity manifest check,
 //! chat-template scan.
 
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::integrity::{self, IntegrityReport};
-use gguftool_core::template_scan;
+use gguftool_gguf::integrity::{self, IntegrityReport};
+use gguftool_gguf::template_scan;
+use gguftool_gguf::GgufFile;
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
@@ -53,8 +53,8 @@ pub fn run(
     as_json: bool,
     sha256sum: bool,
     strict: bool,
-) -> Result<ExitCode, gguftool_core::Error> {
-    let file = GgufFile::open(path)?;
+) -> Result<ExitCode, gguftool_gguf::Error> {
+    let file = gguftool_quant::registry::open(path)?;
     let report = integrity::check(&file);
     let warns = warnings(&file);
     let fails = failures(&report);

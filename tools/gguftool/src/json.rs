@@ -1,7 +1,7 @@
 //! Rendering metadata values as JSON or one-line text, summarizing long
 //! arrays and strings unless asked for everything.
 
-use gguftool_core::gguf::{Array, Value};
+use gguftool_gguf::{Array, Value};
 use serde_json::{json, Value as Json};
 
 /// Elements shown before an array is summarized.

@@ -14,10 +14,6 @@ mod mixed;
 mod progress;
 
 // Link every format plugin so its registration is kept by the linker.
-use gguftool_ggml as _;
-use gguftool_piq as _;
-use gguftool_quip as _;
-use gguftool_ternary as _;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -121,8 +117,11 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> Result<ExitCode, gguftool_core::Error> {
-    gguftool_core::registry::check().map_err(gguftool_core::Error::Other)?;
+fn run(cli: Cli) -> Result<ExitCode, gguftool_gguf::Error> {
+    if gguftool_formats::link() == 0 {
+        return Err(gguftool_gguf::Error::Other("no formats linked".into()));
+    }
+    gguftool_quant::registry::check().map_err(gguftool_gguf::Error::Other)?;
     match cli.command {
         Command::Inspect { file, json, full } => cmd_inspect::run(&file, json, full),
         Command::Verify {
@@ -169,6 +168,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        Err(e @ gguftool_gguf::Error::OutputExists(_)) => {
+            eprintln!("error: {e} (use --force to overwrite)");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

@@ -2,13 +2,14 @@
 //! tensor, allocate formats under the bits-per-weight budget, and turn the
 //! allocation into per-tensor overrides of the ordinary policy.
 
-use gguftool_core::convert::{Plan, TensorAction};
-use gguftool_core::format::Format;
-use gguftool_core::gguf::value::Value;
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::policy::{self, format_by_name, Provenance, QuantPolicy};
-use gguftool_core::{registry, Error};
+use gguftool_convert::policy::{self, format_by_name, Provenance, QuantPolicy};
+use gguftool_convert::{Plan, TensorAction};
+use gguftool_gguf::value::Value;
+use gguftool_gguf::Error;
+use gguftool_gguf::GgufFile;
 use gguftool_mixed::{allocate, sensitivity, Allocation, Objective};
+use gguftool_quant::format::Format;
+use gguftool_quant::registry;
 use regex::Regex;
 use std::sync::Arc;
 

@@ -1,6 +1,5 @@
 //! End-to-end tests of the `gguftool` binary.
 
-use gguftool_core::gguf::GgufFile;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -122,8 +121,8 @@ fn sealed_copy(dir: &Path) -> PathBuf {
 fn seal_keeps_tensor_bytes_and_verify_passes() {
     let dir = tempfile::tempdir().unwrap();
     let sealed = sealed_copy(dir.path());
-    let orig = GgufFile::open(fixtures().join("tiny-llama-f32.gguf")).unwrap();
-    let new = GgufFile::open(&sealed).unwrap();
+    let orig = gguftool_quant::registry::open(fixtures().join("tiny-llama-f32.gguf")).unwrap();
+    let new = gguftool_quant::registry::open(&sealed).unwrap();
     for i in 0..orig.header().tensors.len() {
         assert_eq!(orig.tensor_data(i), new.tensor_data(i));
     }
@@ -148,7 +147,7 @@ fn seal_keeps_tensor_bytes_and_verify_passes() {
 fn verify_names_exactly_the_changed_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let sealed = sealed_copy(dir.path());
-    let f = GgufFile::open(&sealed).unwrap();
+    let f = gguftool_quant::registry::open(&sealed).unwrap();
     let n = f.header().tensors.len();
     let offsets: Vec<(String, u64)> = f
         .header()
@@ -237,13 +236,13 @@ fn dequantize_matches_gguf_py_and_preserves_metadata() {
         let out = dir.path().join(format!("{ty}-f32.gguf"));
         let o = run(&["dequantize", p(&src), "-o", p(&out), "--to", "f32"]);
         assert!(o.status.success(), "{ty}: {}", stderr(&o));
-        let f = GgufFile::open(&out).unwrap();
+        let f = gguftool_quant::registry::open(&out).unwrap();
         let h = f.header();
         let b = h.tensor_index("blocks").unwrap();
         let e = h.tensor_index("expected").unwrap();
         assert_eq!(h.tensors[b].type_name, "F32");
         assert_eq!(f.tensor_data(b), f.tensor_data(e), "{ty}");
-        let src = GgufFile::open(&src).unwrap();
+        let src = gguftool_quant::registry::open(&src).unwrap();
         assert_eq!(
             h.metadata.get("gguftool.golden.type"),
             src.header().metadata.get("gguftool.golden.type")
@@ -265,7 +264,7 @@ fn dequantize_to_f16_keeps_norms_f32() {
         "f16",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let f = GgufFile::open(&out).unwrap();
+    let f = gguftool_quant::registry::open(&out).unwrap();
     let h = f.header();
     for t in &h.tensors {
         let want = if t.dims.len() == 1 { "F32" } else { "F16" };
@@ -273,11 +272,11 @@ fn dequantize_to_f16_keeps_norms_f32() {
     }
     assert_eq!(
         h.metadata.get("general.file_type"),
-        Some(&gguftool_core::gguf::Value::U32(1))
+        Some(&gguftool_gguf::Value::U32(1))
     );
     assert_eq!(
         h.metadata.get("tokenizer.chat_template"),
-        GgufFile::open(fixtures().join("tiny-llama-f32.gguf"))
+        gguftool_quant::registry::open(fixtures().join("tiny-llama-f32.gguf"))
             .unwrap()
             .header()
             .metadata

@@ -1,11 +1,8 @@
 //! `gguftool convert` and `gguftool quality` end to end on the tiny fixture.
 
-use gguftool_core::gguf::{GgufFile, Value};
-use gguftool_core::integrity::sha256_hex;
-use gguftool_ggml as _;
-use gguftool_piq as _;
-use gguftool_quip as _;
-use gguftool_ternary as _;
+use gguftool_formats as _;
+use gguftool_gguf::integrity::sha256_hex;
+use gguftool_gguf::{GgufFile, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -40,7 +37,7 @@ fn piq_conversion_follows_the_policy_and_records_provenance() {
     for fmt in ["piq3", "piq2"] {
         let out = dir.path().join(format!("{fmt}.gguf"));
         ok(&["convert", s(&tiny()), "-o", s(&out), "--format", fmt]);
-        let f = GgufFile::open(&out).unwrap();
+        let f = gguftool_quant::registry::open(&out).unwrap();
         let h = f.header();
         for t in &h.tensors {
             let want = match (t.dims.len(), t.name.as_str()) {
@@ -48,7 +45,7 @@ fn piq_conversion_follows_the_policy_and_records_provenance() {
                 (_, "output.weight") => "Q8_0",
                 _ => fmt,
             };
-            let got = gguftool_core::registry::by_type_id(t.ggml_type)
+            let got = gguftool_quant::registry::by_type_id(t.ggml_type)
                 .unwrap()
                 .name();
             assert!(
@@ -71,7 +68,7 @@ fn piq_conversion_follows_the_policy_and_records_provenance() {
             md.get("general.file_type").is_none(),
             "no llama.cpp file type for {fmt}"
         );
-        let orig = GgufFile::open(tiny()).unwrap();
+        let orig = gguftool_quant::registry::open(tiny()).unwrap();
         assert_eq!(
             md.get("tokenizer.chat_template"),
             orig.header().metadata.get("tokenizer.chat_template")
@@ -209,9 +206,9 @@ fn imatrix_weights_the_encoder() {
         s(&im),
     ]);
     let (o, a, b) = (
-        GgufFile::open(tiny()).unwrap(),
-        GgufFile::open(&plain).unwrap(),
-        GgufFile::open(&weighted).unwrap(),
+        gguftool_quant::registry::open(tiny()).unwrap(),
+        gguftool_quant::registry::open(&plain).unwrap(),
+        gguftool_quant::registry::open(&weighted).unwrap(),
     );
     assert!(b
         .header()
@@ -220,7 +217,7 @@ fn imatrix_weights_the_encoder() {
         .is_some());
     let err_col0 = |f: &GgufFile| -> f64 {
         let i = f.header().tensor_index(name).unwrap();
-        let fmt = gguftool_core::registry::by_type_id(f.header().tensors[i].ggml_type).unwrap();
+        let fmt = gguftool_quant::registry::by_type_id(f.header().tensors[i].ggml_type).unwrap();
         let mut dec = vec![0f32; 64 * 128];
         fmt.dequantize(f.tensor_data(i), &mut dec).unwrap();
         let oi = o.header().tensor_index(name).unwrap();
@@ -275,10 +272,10 @@ fn quip_conversion_stores_its_seed_and_decodes_in_the_original_basis() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("quip.gguf");
     ok(&["convert", s(&tiny()), "-o", s(&out), "--format", "q2_quip"]);
-    let f = GgufFile::open(&out).unwrap();
+    let f = gguftool_quant::registry::open(&out).unwrap();
     let md = &f.header().metadata;
     assert!(matches!(
-        md.get(gguftool_core::rows::SEED_KEY),
+        md.get(gguftool_quant::rows::SEED_KEY),
         Some(Value::U64(_))
     ));
     ok(&["verify", s(&out)]);
@@ -353,7 +350,7 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
         ]);
     }
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-    let f = GgufFile::open(&a).unwrap();
+    let f = gguftool_quant::registry::open(&a).unwrap();
     let h = f.header();
     let (bits, elems) = h
         .tensors

@@ -2,13 +2,9 @@
 //! Ignored by default; run after `fixtures/fetch-real-models.sh` with
 //! `cargo test --release -p gguftool --test real_models -- --ignored`.
 
-use gguftool_core::gguf::write::{rewrite, WriteOptions};
-use gguftool_core::gguf::GgufFile;
-use gguftool_core::registry;
-use gguftool_ggml as _;
-use gguftool_piq as _;
-use gguftool_quip as _;
-use gguftool_ternary as _;
+use gguftool_formats as _;
+use gguftool_gguf::write::{rewrite, WriteOptions};
+use gguftool_quant::registry;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -53,7 +49,7 @@ fn parse_then_write_is_byte_identical() {
     for name in MODELS {
         let path = model(name);
         let original = std::fs::read(&path).unwrap();
-        let f = GgufFile::open(&path).unwrap();
+        let f = gguftool_quant::registry::open(&path).unwrap();
         let out = rewrite(
             &f,
             std::io::Cursor::new(Vec::new()),
@@ -84,8 +80,8 @@ fn inspect_verify_seal_dequantize() {
         assert_eq!(v["sealed"], true);
         assert_eq!(v["ok"], true);
         let (a, b) = (
-            GgufFile::open(&path).unwrap(),
-            GgufFile::open(&sealed).unwrap(),
+            gguftool_quant::registry::open(&path).unwrap(),
+            gguftool_quant::registry::open(&sealed).unwrap(),
         );
         for i in 0..a.header().tensors.len() {
             assert!(
@@ -97,7 +93,7 @@ fn inspect_verify_seal_dequantize() {
         let f32_path = dir.path().join(format!("f32-{name}"));
         gguftool(&["dequantize", s(&path), "-o", s(&f32_path), "--to", "f32"]);
         gguftool(&["verify", s(&f32_path)]);
-        let d = GgufFile::open(&f32_path).unwrap();
+        let d = gguftool_quant::registry::open(&f32_path).unwrap();
         assert_eq!(d.header().tensors.len(), a.header().tensors.len());
         // Spot-check: each tensor decodes to the same values the registry gives.
         for (i, t) in a.header().tensors.iter().enumerate().step_by(17) {
@@ -148,7 +144,7 @@ fn every_matrix_converts_to_piq_within_budget() {
                 "--output-tensor-type",
                 fmt,
             ]);
-            let f = GgufFile::open(&out).unwrap();
+            let f = gguftool_quant::registry::open(&out).unwrap();
             let (mut bits, mut elems) = (0f64, 0u64);
             for t in &f.header().tensors {
                 if t.dims.len() >= 2 && t.row_len() % 32 == 0 {

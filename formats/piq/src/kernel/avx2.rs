@@ -3,8 +3,8 @@
 
 use crate::kernel::scalar::block_step;
 use crate::layout::{PiqSpec, BLOCK};
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::simd::x86::{hsum256 as hsum, u8x8_ps};
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::simd::x86::{hsum256 as hsum, u8x8_ps};
 use std::arch::x86_64::*;
 
 /// The 32 codes of a block as bytes, in element order.

@@ -8,12 +8,12 @@ pub mod avx512;
 pub mod scalar;
 
 use crate::layout::PiqSpec;
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::SimdLevel;
-use gguftool_core::simd::supported;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::format::SimdLevel;
+use gguftool_quant::simd::supported;
 
 /// Levels implemented on this architecture.
-pub const LEVELS: &[SimdLevel] = gguftool_core::simd::SCALAR_AVX2_AVX512;
+pub const LEVELS: &[SimdLevel] = gguftool_quant::simd::SCALAR_AVX2_AVX512;
 
 /// Decodes whole blocks at `level` (falls back when unsupported).
 pub fn dequantize(spec: &PiqSpec, level: SimdLevel, src: &[u8], dst: &mut [f32]) {

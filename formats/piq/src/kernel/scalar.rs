@@ -1,7 +1,7 @@
 //! Portable reference kernels.
 
 use crate::layout::{unpack_codes, PiqSpec, BLOCK};
-use gguftool_core::activation::Q8Activations;
+use gguftool_quant::activation::Q8Activations;
 use half::f16;
 
 /// The block's decode step (alpha * pi / k) from its first two bytes.

@@ -4,8 +4,8 @@
 use crate::layout::{
     codes_offset, max_scale, scale_bits, sub_scales, type_size, BLOCK, LEVEL_OFFSET, SUB,
 };
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::simd::x86::hsum256 as hsum;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::simd::x86::hsum256 as hsum;
 use std::arch::x86_64::*;
 
 /// The 64 codes of a block as bytes in element order: (elements 0..32, 32..64).

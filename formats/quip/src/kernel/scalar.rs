@@ -1,7 +1,7 @@
 //! Scalar reference kernels.
 
 use crate::layout::{code, d, sub_scales, type_size, BLOCK, LEVEL_OFFSET, SUB};
-use gguftool_core::activation::{Q8Activations, Q8_BLOCK};
+use gguftool_quant::activation::{Q8Activations, Q8_BLOCK};
 
 /// Decodes whole blocks (rotated basis).
 pub fn dequantize<const SB: u32>(src: &[u8], dst: &mut [f32]) {

@@ -2,8 +2,8 @@
 //! products differ only by summation order.
 
 use crate::layout::{BLOCK, CODES, TYPE_SIZE};
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::simd::x86::{hsum256 as hsum, u8x8_ps};
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::simd::x86::{hsum256 as hsum, u8x8_ps};
 use std::arch::x86_64::*;
 
 /// The 64 codes (0..3) of a block as bytes in element order: (0..32, 32..64).

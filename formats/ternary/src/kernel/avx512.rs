@@ -2,7 +2,7 @@
 
 use crate::kernel::avx2::d;
 use crate::layout::{BLOCK, TYPE_SIZE};
-use gguftool_core::activation::Q8Activations;
+use gguftool_quant::activation::Q8Activations;
 use std::arch::x86_64::*;
 
 /// The 64 codes of a block as bytes in element order.

@@ -7,12 +7,12 @@ pub mod avx2;
 pub mod avx512;
 pub mod scalar;
 
-use gguftool_core::activation::Q8Activations;
-use gguftool_core::format::SimdLevel;
-use gguftool_core::simd::supported;
+use gguftool_quant::activation::Q8Activations;
+use gguftool_quant::format::SimdLevel;
+use gguftool_quant::simd::supported;
 
 /// Levels implemented on this architecture.
-pub const LEVELS: &[SimdLevel] = gguftool_core::simd::SCALAR_AVX2_AVX512;
+pub const LEVELS: &[SimdLevel] = gguftool_quant::simd::SCALAR_AVX2_AVX512;
 
 macro_rules! dispatch {
     ($level:expr, $f:ident($($arg:expr),*)) => {{

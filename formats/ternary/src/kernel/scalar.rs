@@ -1,7 +1,7 @@
 //! Scalar reference kernels.
 
 use crate::layout::{d, trit, BLOCK, TYPE_SIZE};
-use gguftool_core::activation::Q8Activations;
+use gguftool_quant::activation::Q8Activations;
 
 /// Decodes whole blocks.
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {

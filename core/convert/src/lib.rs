@@ -1,0 +1,11 @@
+//! The conversion pipeline: per-tensor plan from a quantization policy,
+//! execution in bounded chunks into an atomically committed output, and
+//! the quality report.
+#![warn(missing_docs)]
+
+pub mod output;
+mod pipeline;
+pub mod policy;
+pub mod quality;
+
+pub use pipeline::*;

@@ -1,0 +1,340 @@
+//! The conversion pipeline: a per-tensor plan (copy or transcode) executed
+//! tensor by tensor, in bounded row chunks, in parallel within each chunk,
+//! streaming into an atomically committed output file.
+
+use crate::output::AtomicOutput;
+use gguftool_gguf::error::{Error, Result};
+use gguftool_gguf::value::Metadata;
+use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::{GgufFile, TensorInfo};
+use gguftool_quant::format::Format;
+use gguftool_quant::registry;
+use gguftool_quant::rows::row_importance;
+use gguftool_quant::rows::RowCodec;
+use rayon::prelude::*;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Decoded elements processed per chunk (bounds memory to ~64 MiB of f32).
+const CHUNK_ELEMENTS: u64 = 16 << 20;
+
+/// What happens to one tensor.
+#[derive(Clone)]
+pub enum TensorAction {
+    /// Bytes copied unchanged.
+    Copy,
+    /// Decoded with the source format and re-encoded with `target`.
+    Transcode {
+        /// Source format (decoder).
+        source: &'static dyn Format,
+        /// Target format (encoder).
+        target: &'static dyn Format,
+    },
+    /// Bytes already encoded by the caller (e.g. by QAT), written as they are.
+    Encoded(Arc<Vec<u8>>),
+}
+
+impl std::fmt::Debug for TensorAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TensorAction::Copy => write!(f, "copy"),
+            TensorAction::Transcode { source, target } => {
+                write!(f, "{} -> {}", source.name(), target.name())
+            }
+            TensorAction::Encoded(b) => write!(f, "encoded ({} bytes)", b.len()),
+        }
+    }
+}
+
+/// One tensor of the plan.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    /// Index of the source tensor.
+    pub source_index: usize,
+    /// The output tensor.
+    pub spec: TensorSpec,
+    /// How its bytes are produced.
+    pub action: TensorAction,
+    /// Importance per input column (`row_len` values, or `row_len` per
+    /// matrix of a stacked tensor), weighting the encoder's error.
+    pub importance: Option<Arc<Vec<f32>>>,
+    /// Why the planner chose this (shown by `--dry-run`).
+    pub note: Option<String>,
+}
+
+/// A full conversion plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Output metadata.
+    pub metadata: Metadata,
+    /// Output tensors in order.
+    pub tensors: Vec<PlannedTensor>,
+}
+
+impl Plan {
+    /// Total output tensor-data bytes (padding excluded).
+    pub fn output_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.spec.n_bytes).sum()
+    }
+
+    /// The metadata handed to the writer: without sealing, any manifest is
+    /// dropped, since it describes the file it was made for.
+    fn output_metadata(&self, opts: WriteOptions) -> Metadata {
+        let mut md = self.metadata.clone();
+        if !opts.seal {
+            md.remove_where(gguftool_gguf::integrity::is_integrity_key);
+        }
+        md
+    }
+
+    /// Exact size of the file [`execute`] would write.
+    pub fn output_file_size(&self, opts: WriteOptions) -> Result<u64> {
+        let specs: Vec<TensorSpec> = self.tensors.iter().map(|t| t.spec.clone()).collect();
+        let w = GgufWriter::begin(
+            std::io::Cursor::new(Vec::new()),
+            &self.output_metadata(opts),
+            specs,
+            opts,
+        )
+        .map_err(|e| Error::Other(e.to_string()))?;
+        let alignment = gguftool_gguf::validate::alignment(&self.metadata)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let data: u64 = self
+            .tensors
+            .iter()
+            .map(|t| t.spec.n_bytes.div_ceil(alignment) * alignment)
+            .sum();
+        Ok(w.header_len() + data)
+    }
+}
+
+/// Plans transcoding of `t` to `target`, checking both sides are possible.
+pub fn transcode(
+    t: &TensorInfo,
+    index: usize,
+    target: &'static dyn Format,
+) -> Result<PlannedTensor> {
+    let unsupported = |reason: String| Error::Unsupported {
+        tensor: t.name.clone(),
+        reason,
+    };
+    let source = registry::by_type_id(t.ggml_type)
+        .ok_or_else(|| unsupported(format!("no decoder for type {}", t.type_name)))?;
+    if target.quantizer().is_none() {
+        return Err(unsupported(format!("{} cannot be encoded", target.name())));
+    }
+    let bs = target.block_size() as u64;
+    if !t.row_len().is_multiple_of(bs) {
+        return Err(unsupported(format!(
+            "row length {} is not a multiple of the {} block size {bs}",
+            t.row_len(),
+            target.name()
+        )));
+    }
+    if let Some(rt) = target.row_transform() {
+        rt.prepare(t.row_len() as usize, gguftool_quant::rows::DEFAULT_SEED)
+            .map_err(unsupported)?;
+    }
+    Ok(PlannedTensor {
+        source_index: index,
+        spec: TensorSpec {
+            name: t.name.clone(),
+            ggml_type: target.type_id(),
+            dims: t.dims.clone(),
+            n_bytes: t.n_elements / bs * target.type_size() as u64,
+        },
+        action: TensorAction::Transcode { source, target },
+        importance: None,
+        note: None,
+    })
+}
+
+/// Plans an unchanged copy of `t`.
+pub fn copy(t: &TensorInfo, index: usize) -> PlannedTensor {
+    PlannedTensor {
+        source_index: index,
+        spec: TensorSpec::from(t),
+        action: TensorAction::Copy,
+        importance: None,
+        note: None,
+    }
+}
+
+/// Executes `plan` against `src`, writing `out` atomically. `progress` is
+/// called with the number of source bytes finished after each chunk.
+pub fn execute(
+    src: &GgufFile,
+    plan: &Plan,
+    out: &Path,
+    force: bool,
+    opts: WriteOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    execute_with_source_hash(src, plan, out, force, opts, None, progress)
+}
+
+/// [`execute`], also hashing the whole source file on a separate thread
+/// while converting and writing the hex SHA-256 into the string value of
+/// `source_sha256_key` (which must hold a 64-byte placeholder).
+pub fn execute_with_source_hash(
+    src: &GgufFile,
+    plan: &Plan,
+    out: &Path,
+    force: bool,
+    opts: WriteOptions,
+    source_sha256_key: Option<&str>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let hasher = source_sha256_key
+            .map(|_| scope.spawn(|| gguftool_gguf::integrity::sha256_hex(src.bytes())));
+        let finish = |w: GgufWriter<_>| -> Result<_> {
+            let wrap = |e| Error::Gguf {
+                path: out.to_path_buf(),
+                source: e,
+            };
+            match (source_sha256_key, hasher) {
+                (Some(key), Some(h)) => {
+                    let hex = h
+                        .join()
+                        .map_err(|_| Error::Other("source hashing thread panicked".into()))?;
+                    w.finish_deferred(&[(key, &hex)]).map_err(wrap)
+                }
+                _ => w.finish().map_err(wrap),
+            }
+        };
+        execute_inner(
+            src,
+            plan,
+            out,
+            force,
+            opts,
+            source_sha256_key,
+            progress,
+            finish,
+        )
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute_inner(
+    src: &GgufFile,
+    plan: &Plan,
+    out: &Path,
+    force: bool,
+    opts: WriteOptions,
+    deferred_key: Option<&str>,
+    progress: &(dyn Fn(u64) + Sync),
+    finish: impl FnOnce(
+        GgufWriter<std::io::BufWriter<std::fs::File>>,
+    ) -> Result<std::io::BufWriter<std::fs::File>>,
+) -> Result<()> {
+    let output = AtomicOutput::create(out, force)?;
+    let specs = plan.tensors.iter().map(|t| t.spec.clone()).collect();
+    let metadata = plan.output_metadata(opts);
+    let wrap = |e| Error::Gguf {
+        path: out.to_path_buf(),
+        source: e,
+    };
+    let deferred: Vec<&str> = deferred_key.into_iter().collect();
+    let seed_err = |source: gguftool_quant::KernelError| Error::Kernel {
+        tensor: gguftool_quant::rows::SEED_KEY.into(),
+        source: source.into(),
+    };
+    let seeds = (
+        gguftool_quant::rows::seed(&src.header().metadata).map_err(seed_err)?,
+        gguftool_quant::rows::seed(&plan.metadata).map_err(seed_err)?,
+    );
+    let mut w = GgufWriter::begin_deferred(output.writer()?, &metadata, specs, opts, &deferred)
+        .map_err(wrap)?;
+    for pt in &plan.tensors {
+        let data = src.tensor_data(pt.source_index);
+        let info = &src.header().tensors[pt.source_index];
+        match &pt.action {
+            TensorAction::Encoded(bytes) => {
+                if bytes.len() as u64 != pt.spec.n_bytes {
+                    return Err(Error::Other(format!(
+                        "tensor {:?}: {} encoded bytes, expected {}",
+                        pt.spec.name,
+                        bytes.len(),
+                        pt.spec.n_bytes
+                    )));
+                }
+                w.write_tensor_data(bytes).map_err(wrap)?;
+                progress(data.len() as u64);
+            }
+            TensorAction::Copy => {
+                for chunk in data.chunks(CHUNK_ELEMENTS as usize) {
+                    w.write_tensor_data(chunk).map_err(wrap)?;
+                    progress(chunk.len() as u64);
+                }
+            }
+            &TensorAction::Transcode { source, target } => {
+                let imp = pt.importance.as_deref().map(Vec::as_slice);
+                let codecs = (source, seeds.0, target, seeds.1);
+                transcode_tensor(info, data, codecs, imp, &mut |bytes, src_done| {
+                    w.write_tensor_data(bytes).map_err(wrap)?;
+                    progress(src_done);
+                    Ok(())
+                })?;
+            }
+        }
+    }
+    finish(w)?;
+    output.commit()
+}
+
+/// Source format and its file's row-transform seed, then the same for the target.
+pub type CodecPair<'a> = (&'a dyn Format, Option<u64>, &'a dyn Format, Option<u64>);
+
+/// Decodes and re-encodes one tensor chunk by chunk, handing each encoded
+/// chunk (and the source bytes it consumed) to `sink`.
+pub fn transcode_tensor(
+    info: &TensorInfo,
+    data: &[u8],
+    (source, source_seed, target, target_seed): CodecPair,
+    importance: Option<&[f32]>,
+    sink: &mut dyn FnMut(&[u8], u64) -> Result<()>,
+) -> Result<()> {
+    let row_len = info.row_len();
+    let n_rows = info.n_rows();
+    if n_rows == 0 || row_len == 0 {
+        return Ok(());
+    }
+    let kernel_err = |source: gguftool_quant::KernelError| Error::Kernel {
+        tensor: info.name.clone(),
+        source: source.into(),
+    };
+    let decoder = RowCodec::new(source, row_len as usize, source_seed).map_err(kernel_err)?;
+    let encoder = RowCodec::new(target, row_len as usize, target_seed).map_err(kernel_err)?;
+    let (src_row, dst_row) = (decoder.row_bytes(), encoder.row_bytes());
+    let rows_per_chunk = (CHUNK_ELEMENTS / row_len).clamp(1, n_rows) as usize;
+    let rows_per_task = rows_per_chunk
+        .div_ceil(rayon::current_num_threads() * 4)
+        .max(1);
+    let mut out = vec![0u8; rows_per_chunk * dst_row];
+    for (c, src_chunk) in data.chunks(rows_per_chunk * src_row).enumerate() {
+        let rows = src_chunk.len() / src_row;
+        let first_row = (c * rows_per_chunk) as u64;
+        let dst_chunk = &mut out[..rows * dst_row];
+        dst_chunk
+            .par_chunks_mut(rows_per_task * dst_row)
+            .zip(src_chunk.par_chunks(rows_per_task * src_row))
+            .enumerate()
+            .try_for_each(|(t, (d, s))| {
+                let task_rows = s.len() / src_row;
+                let mut tmp = vec![0f32; task_rows * row_len as usize];
+                decoder.decode(s, &mut tmp)?;
+                let imp: Option<Vec<f32>> = importance.map(|imp| {
+                    let first = first_row + (t * rows_per_task) as u64;
+                    (0..task_rows as u64)
+                        .flat_map(|r| row_importance(info, imp, first + r).iter().copied())
+                        .collect()
+                });
+                encoder.encode(&tmp, imp.as_deref(), d)
+            })
+            .map_err(kernel_err)?;
+        sink(dst_chunk, src_chunk.len() as u64)?;
+    }
+    Ok(())
+}

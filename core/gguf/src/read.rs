@@ -1,0 +1,349 @@
+//! Parsing the GGUF header (metadata and tensor infos) from a byte slice.
+//!
+//! Every count is checked against the bytes that remain before anything is
+//! allocated, so memory use is proportional to the metadata actually
+//! present, never to what a count claims.
+
+use super::validate;
+use super::value::{Array, Metadata, Value, ValueType};
+use super::{GgufHeader, TensorInfo};
+use crate::error::{GgufError, GgufResult};
+use std::collections::HashSet;
+
+/// The four magic bytes.
+pub const MAGIC: [u8; 4] = *b"GGUF";
+/// Longest metadata key accepted, in bytes.
+pub const MAX_KEY_LEN: u64 = 65_535;
+/// Longest tensor name accepted (llama.cpp's `GGML_MAX_NAME` minus the NUL).
+pub const MAX_TENSOR_NAME_LEN: u64 = 63;
+/// Deepest array nesting accepted.
+pub const MAX_ARRAY_DEPTH: u32 = 8;
+/// Most dimensions a tensor may have.
+pub const MAX_DIMS: u32 = 4;
+
+/// A bounds-checked little-endian cursor that knows where it is.
+pub(crate) struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
+    }
+
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos as u64
+    }
+
+    pub(crate) fn remaining(&self) -> u64 {
+        (self.bytes.len() - self.pos) as u64
+    }
+
+    fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> GgufResult<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(GgufError::Truncated {
+                what: what(),
+                offset: self.pos(),
+                needed: n,
+                available: self.remaining(),
+            });
+        }
+        let start = self.pos;
+        self.pos += n as usize;
+        Ok(&self.bytes[start..self.pos])
+    }
+
+    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> GgufResult<[u8; N]> {
+        let s = self.take(N as u64, what)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(s);
+        Ok(out)
+    }
+
+    pub(crate) fn u32(&mut self, what: &dyn Fn() -> String) -> GgufResult<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    pub(crate) fn u64(&mut self, what: &dyn Fn() -> String) -> GgufResult<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// Reads a count and checks that `count * min_size` bytes remain.
+    fn count(&mut self, min_size: u64, what: &dyn Fn() -> String) -> GgufResult<u64> {
+        let offset = self.pos();
+        let count = self.u64(what)?;
+        let max = self.remaining() / min_size.max(1);
+        if count > max {
+            return Err(GgufError::CountTooLarge {
+                what: what(),
+                offset,
+                count,
+                max,
+                available: self.remaining(),
+            });
+        }
+        Ok(count)
+    }
+
+    /// Reads a length-prefixed UTF-8 string of at most `limit` bytes.
+    fn string(&mut self, limit: u64, what: &dyn Fn() -> String) -> GgufResult<String> {
+        let offset = self.pos();
+        let len = self.u64(&|| format!("{} length", what()))?;
+        if len > limit {
+            return Err(GgufError::StringTooLong {
+                what: what(),
+                offset,
+                len,
+                limit,
+            });
+        }
+        let data_offset = self.pos();
+        let raw = self.take(len, what)?;
+        String::from_utf8(raw.to_vec()).map_err(|_| GgufError::InvalidUtf8 {
+            what: what(),
+            offset: data_offset,
+        })
+    }
+}
+
+/// Parses and validates a complete GGUF header from `bytes`, which must be
+/// the whole file (tensor data ranges are checked against its length).
+/// Private tensor type ids are resolved through `types`.
+pub fn parse_header(bytes: &[u8], types: &dyn validate::TypeResolver) -> GgufResult<GgufHeader> {
+    let mut c = Cursor::new(bytes);
+    let magic: [u8; 4] = c.array(&|| "magic".into())?;
+    if magic != MAGIC {
+        return Err(GgufError::BadMagic { found: magic });
+    }
+    let version = c.u32(&|| "version".into())?;
+    match version {
+        2 | 3 => {}
+        v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
+            return Err(GgufError::BigEndian { raw: v })
+        }
+        v => return Err(GgufError::UnsupportedVersion { version: v }),
+    }
+    let n_tensors_offset = c.pos();
+    let n_tensors_raw = c.u64(&|| "tensor count".into())?;
+    let n_kv = c.count(13, &|| "metadata count".into())?;
+
+    let metadata = read_metadata(&mut c, n_kv)?;
+    // Tensor infos need at least 24 bytes each; check only now, once the
+    // metadata has consumed its share of the file.
+    let max_tensors = c.remaining() / 24;
+    if n_tensors_raw > max_tensors {
+        return Err(GgufError::CountTooLarge {
+            what: "tensor count".into(),
+            offset: n_tensors_offset,
+            count: n_tensors_raw,
+            max: max_tensors,
+            available: c.remaining(),
+        });
+    }
+    let alignment = validate::alignment(&metadata)?;
+    let tensors = read_tensor_infos(&mut c, n_tensors_raw, types)?;
+    let infos_end = c.pos();
+    let data_offset = infos_end.div_ceil(alignment) * alignment;
+    let header = GgufHeader {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        infos_end,
+        data_offset,
+    };
+    validate::tensor_layout(&header, bytes.len() as u64)?;
+    Ok(header)
+}
+
+fn read_metadata(c: &mut Cursor<'_>, n_kv: u64) -> GgufResult<Metadata> {
+    let mut entries = Vec::with_capacity(n_kv as usize);
+    let mut seen: HashSet<String> = HashSet::with_capacity(n_kv as usize);
+    for i in 0..n_kv {
+        let key_offset = c.pos();
+        let key = c.string(MAX_KEY_LEN, &|| format!("metadata[{i}] key"))?;
+        if key.is_empty() {
+            return Err(GgufError::EmptyKey { offset: key_offset });
+        }
+        if !seen.insert(key.clone()) {
+            return Err(GgufError::DuplicateKey {
+                key,
+                offset: key_offset,
+            });
+        }
+        let what = || format!("metadata key {key:?}");
+        let type_offset = c.pos();
+        let raw = c.u32(&|| format!("{} value type", what()))?;
+        let vt = ValueType::from_u32(raw).ok_or_else(|| GgufError::UnknownValueType {
+            what: what(),
+            offset: type_offset,
+            raw,
+        })?;
+        let value = read_value(c, vt, &what, 0)?;
+        entries.push((key, value));
+    }
+    Ok(Metadata::from_entries(entries))
+}
+
+fn read_scalar_bool(c: &mut Cursor<'_>, what: &dyn Fn() -> String) -> GgufResult<bool> {
+    let offset = c.pos();
+    let [b] = c.array::<1>(what)?;
+    match b {
+        0 => Ok(false),
+        1 => Ok(true),
+        value => Err(GgufError::InvalidBool {
+            what: what(),
+            offset,
+            value,
+        }),
+    }
+}
+
+fn read_value(
+    c: &mut Cursor<'_>,
+    vt: ValueType,
+    what: &dyn Fn() -> String,
+    depth: u32,
+) -> GgufResult<Value> {
+    Ok(match vt {
+        ValueType::U8 => Value::U8(u8::from_le_bytes(c.array(what)?)),
+        ValueType::I8 => Value::I8(i8::from_le_bytes(c.array(what)?)),
+        ValueType::U16 => Value::U16(u16::from_le_bytes(c.array(what)?)),
+        ValueType::I16 => Value::I16(i16::from_le_bytes(c.array(what)?)),
+        ValueType::U32 => Value::U32(u32::from_le_bytes(c.array(what)?)),
+        ValueType::I32 => Value::I32(i32::from_le_bytes(c.array(what)?)),
+        ValueType::F32 => Value::F32(f32::from_le_bytes(c.array(what)?)),
+        ValueType::U64 => Value::U64(u64::from_le_bytes(c.array(what)?)),
+        ValueType::I64 => Value::I64(i64::from_le_bytes(c.array(what)?)),
+        ValueType::F64 => Value::F64(f64::from_le_bytes(c.array(what)?)),
+        ValueType::Bool => Value::Bool(read_scalar_bool(c, what)?),
+        ValueType::String => Value::String(c.string(u64::MAX, what)?),
+        ValueType::Array => Value::Array(read_array(c, what, depth + 1)?),
+    })
+}
+
+fn read_fixed<T, const N: usize>(
+    c: &mut Cursor<'_>,
+    count: u64,
+    what: &dyn Fn() -> String,
+    conv: fn([u8; N]) -> T,
+) -> GgufResult<Vec<T>> {
+    let raw = c.take(count * N as u64, what)?;
+    Ok(raw
+        .chunks_exact(N)
+        .map(|ch| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(ch);
+            conv(a)
+        })
+        .collect())
+}
+
+fn read_array(c: &mut Cursor<'_>, what: &dyn Fn() -> String, depth: u32) -> GgufResult<Array> {
+    let start = c.pos();
+    if depth > MAX_ARRAY_DEPTH {
+        return Err(GgufError::NestingTooDeep {
+            what: what(),
+            offset: start,
+            limit: MAX_ARRAY_DEPTH,
+        });
+    }
+    let raw = c.u32(&|| format!("{} array element type", what()))?;
+    let et = ValueType::from_u32(raw).ok_or_else(|| GgufError::UnknownValueType {
+        what: format!("{} array element", what()),
+        offset: start,
+        raw,
+    })?;
+    let n = c.count(et.min_encoded_size(), &|| {
+        format!("{} array length", what())
+    })?;
+    let elem = |i: u64| format!("{}[{i}]", what());
+    Ok(match et {
+        ValueType::U8 => Array::U8(read_fixed(c, n, what, u8::from_le_bytes)?),
+        ValueType::I8 => Array::I8(read_fixed(c, n, what, i8::from_le_bytes)?),
+        ValueType::U16 => Array::U16(read_fixed(c, n, what, u16::from_le_bytes)?),
+        ValueType::I16 => Array::I16(read_fixed(c, n, what, i16::from_le_bytes)?),
+        ValueType::U32 => Array::U32(read_fixed(c, n, what, u32::from_le_bytes)?),
+        ValueType::I32 => Array::I32(read_fixed(c, n, what, i32::from_le_bytes)?),
+        ValueType::F32 => Array::F32(read_fixed(c, n, what, f32::from_le_bytes)?),
+        ValueType::U64 => Array::U64(read_fixed(c, n, what, u64::from_le_bytes)?),
+        ValueType::I64 => Array::I64(read_fixed(c, n, what, i64::from_le_bytes)?),
+        ValueType::F64 => Array::F64(read_fixed(c, n, what, f64::from_le_bytes)?),
+        ValueType::Bool => {
+            let mut v = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                v.push(read_scalar_bool(c, &|| elem(i))?);
+            }
+            Array::Bool(v)
+        }
+        ValueType::String => {
+            let mut v = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                v.push(c.string(u64::MAX, &|| elem(i))?);
+            }
+            Array::String(v)
+        }
+        ValueType::Array => {
+            let mut v = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                v.push(read_array(c, &|| elem(i), depth + 1)?);
+            }
+            Array::Array(v)
+        }
+    })
+}
+
+fn read_tensor_infos(
+    c: &mut Cursor<'_>,
+    n: u64,
+    types: &dyn validate::TypeResolver,
+) -> GgufResult<Vec<TensorInfo>> {
+    let mut tensors = Vec::with_capacity(n as usize);
+    let mut seen: HashSet<String> = HashSet::with_capacity(n as usize);
+    for i in 0..n {
+        let info_offset = c.pos();
+        let name = c.string(MAX_TENSOR_NAME_LEN, &|| format!("tensor[{i}] name"))?;
+        if name.is_empty() {
+            return Err(GgufError::EmptyTensorName {
+                offset: info_offset,
+            });
+        }
+        if !seen.insert(name.clone()) {
+            return Err(GgufError::DuplicateTensor {
+                tensor: name,
+                offset: info_offset,
+            });
+        }
+        let what = |field: &str| format!("tensor {name:?} {field}");
+        let dims_offset = c.pos();
+        let n_dims = c.u32(&|| what("n_dims"))?;
+        if n_dims > MAX_DIMS {
+            return Err(GgufError::TooManyDims {
+                tensor: name,
+                offset: dims_offset,
+                n_dims,
+            });
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for d in 0..n_dims {
+            dims.push(c.u64(&|| what(&format!("ne[{d}]")))?);
+        }
+        let type_offset = c.pos();
+        let ggml_type = c.u32(&|| what("type"))?;
+        let offset = c.u64(&|| what("data offset"))?;
+        let geometry = validate::tensor_type(&name, ggml_type, type_offset, types)?;
+        let (n_elements, n_bytes) = validate::tensor_size(&name, &dims, &geometry, dims_offset)?;
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ggml_type,
+            type_name: geometry.name,
+            offset,
+            n_elements,
+            n_bytes,
+            info_offset,
+        });
+    }
+    Ok(tensors)
+}

@@ -1,0 +1,20 @@
+//! Quantization-aware training. The core orchestrates; formats supply the
+//! fake-quant forward and STE backward (`DifferentiableQuantizer`).
+//!
+//! - [`config`]: the validated configuration (JSON/TOML);
+//! - [`optim`]: AdamW, warm-up + cosine schedule, gradient clipping;
+//! - [`loss`]: task cross-entropy and knowledge distillation;
+//! - [`train`]: the loop, generic over [`train::Trainable`];
+//! - [`recon`]: per-tensor reconstruction QAT for real GGUF models;
+//!
+//! The straight-through estimators on uniform grids live in `gguftool_quant::ste`
+//! (the formats use them). The character-level reference model is a test
+//! fixture (`tests/support/mlp.rs`), shared with the `qat_reference` example.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod loss;
+pub mod optim;
+pub mod recon;
+pub mod train;
