@@ -15,7 +15,7 @@ fn bench_kernels(c: &mut Criterion) {
     g.sample_size(20);
     for f in registry::block_formats() {
         let (enc, x) = test_matrix(f, ROWS);
-        let q8 = Q8Activations::quantize(&x);
+        let q8 = Q8Activations::quantize(&x).expect("whole blocks");
         let row_bytes = enc.len() / ROWS;
         let mut out = vec![0f32; ROWS * ROW];
         g.throughput(Throughput::Bytes(enc.len() as u64));

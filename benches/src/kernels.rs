@@ -62,7 +62,7 @@ pub fn measure(f: &dyn Format, level: SimdLevel, budget: Duration) -> Vec<Kernel
     let rows = 64;
     let (enc, x) = test_matrix(f, rows);
     let row_bytes = enc.len() / rows;
-    let q8 = Q8Activations::quantize(&x);
+    let q8 = Q8Activations::quantize(&x).expect("whole blocks");
     let mut out = vec![0f32; rows * ROW];
     let weights = (rows * ROW) as f64;
     let bytes = enc.len() as f64;

@@ -4,6 +4,7 @@
 //! This crate knows no format registry: ids in the private range reach the
 //! validator through a [`validate::TypeResolver`] the caller passes.
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod error;
 mod file;

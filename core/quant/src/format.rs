@@ -6,29 +6,9 @@
 //! train with a [`DifferentiableQuantizer`], and register with
 //! [`crate::register_format!`].
 
-use crate::activation::Q8Activations;
-
-/// A SIMD instruction-set level a kernel can run at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub enum SimdLevel {
-    /// Portable reference code.
-    Scalar,
-    /// x86-64 AVX2 + FMA + F16C.
-    Avx2,
-    /// x86-64 AVX-512F/BW.
-    Avx512,
-}
-
-impl SimdLevel {
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            SimdLevel::Scalar => "scalar",
-            SimdLevel::Avx2 => "avx2",
-            SimdLevel::Avx512 => "avx512",
-        }
-    }
-}
+use crate::activation::{Q8Activations, Q8KActivations, VecDotType};
+pub use crate::simd::SimdLevel;
+use std::cell::RefCell;
 
 /// Errors a kernel raises on inputs of the wrong shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,36 +23,118 @@ pub enum KernelError {
         /// What was expected.
         expected: String,
     },
-    /// The format cannot encode this input.
+    /// The format cannot encode this input, or has no kernel for it.
     #[error("{0}")]
     Unsupported(String),
 }
 
+thread_local! {
+    /// Per-thread scratch for the decode-then-dot fallbacks (grown, never
+    /// shrunk, so the fallbacks do not allocate per call).
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with two per-thread f32 buffers of `a` and `b` elements
+/// (fresh ones when called re-entrantly).
+pub fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let Ok(mut s) = s.try_borrow_mut() else {
+            return f(&mut vec![0.0; a], &mut vec![0.0; b]);
+        };
+        let (x, y) = &mut *s;
+        if x.len() < a {
+            x.resize(a, 0.0);
+        }
+        if y.len() < b {
+            y.resize(b, 0.0);
+        }
+        f(&mut x[..a], &mut y[..b])
+    })
+}
+
 /// Decoding and dot-product kernels of a format, per SIMD level.
 ///
-/// Implementations must be sound for any `level`: run SIMD code only when
-/// [`crate::simd::supported`] says the CPU has it, else fall back.
+/// The methods are `unsafe`: kernels index their buffers without checking
+/// them against each other. Every caller must uphold the **kernel
+/// contract**: `src` holds `n` whole blocks (`n * type_size` bytes), every
+/// other buffer holds exactly `n * block_size` elements, and `level` is one
+/// of [`Kernel::simd_levels`] that [`crate::simd::supported`] reports for
+/// this CPU. The safe entry points ([`Format::dequantize_with`],
+/// [`Format::dot_q8_with`], [`crate::kernels::KernelTable`]) check all three.
 pub trait Kernel: Sync + Send {
     /// SIMD levels implemented (scalar always).
     fn simd_levels(&self) -> &'static [SimdLevel] {
         &[SimdLevel::Scalar]
     }
 
-    /// Decodes whole blocks at `level`; lengths are checked by the caller.
-    fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]);
-
-    /// Dot product of whole encoded blocks with `x` at `level`; lengths are
-    /// checked by the caller. The default decodes and sums in f32.
-    fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
-        let mut tmp = vec![0f32; x.len()];
-        self.dequantize_at(level, src, &mut tmp);
-        tmp.iter().zip(x).map(|(a, b)| a * b).sum()
+    /// The activation block type of the fast dot ([`Kernel::dot_q8_at`] for
+    /// [`VecDotType::Q8_0`], [`Kernel::dot_q8k_at`] for [`VecDotType::Q8K`],
+    /// [`Kernel::dot_at`] for [`VecDotType::F32`]).
+    fn vec_dot_type(&self) -> VecDotType {
+        VecDotType::Q8_0
     }
 
-    /// Dot product of whole encoded blocks with 8-bit activations (the fast
-    /// path for matvec). The default decodes both sides to f32.
-    fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
-        self.dot_at(level, src, &x.dequantized())
+    /// Decodes whole blocks at `level`.
+    ///
+    /// # Safety
+    /// The kernel contract (see [`Kernel`]).
+    unsafe fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]);
+
+    /// Dot product of whole encoded blocks with `x` at `level`. The default
+    /// decodes into per-thread scratch and sums in f32.
+    ///
+    /// # Safety
+    /// The kernel contract (see [`Kernel`]), with `x` as the other buffer.
+    unsafe fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+        with_scratch(x.len(), 0, |tmp, _| {
+            // SAFETY: forwarded contract; tmp has x.len() elements.
+            unsafe { self.dequantize_at(level, src, tmp) };
+            tmp.iter().zip(x).map(|(a, b)| a * b).sum()
+        })
+    }
+
+    /// Dot product of whole encoded blocks with 8-bit activations in blocks
+    /// of 32. The default decodes both sides to f32.
+    ///
+    /// # Safety
+    /// The kernel contract (see [`Kernel`]), with `x.len()` elements.
+    unsafe fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+        with_scratch(x.len(), x.len(), |w, a| {
+            // SAFETY: forwarded contract; w has x.len() elements.
+            unsafe { self.dequantize_at(level, src, w) };
+            dequantize_q8(x, a);
+            w.iter().zip(a.iter()).map(|(p, q)| p * q).sum()
+        })
+    }
+
+    /// Dot product of whole encoded blocks with 8-bit activations in blocks
+    /// of 256. The default decodes both sides to f32.
+    ///
+    /// # Safety
+    /// The kernel contract (see [`Kernel`]), with `x.len()` elements.
+    unsafe fn dot_q8k_at(&self, level: SimdLevel, src: &[u8], x: &Q8KActivations) -> f32 {
+        with_scratch(x.len(), x.len(), |w, a| {
+            // SAFETY: forwarded contract; w has x.len() elements.
+            unsafe { self.dequantize_at(level, src, w) };
+            for ((o, q), d) in a
+                .chunks_exact_mut(crate::activation::Q8K_BLOCK)
+                .zip(x.qs().chunks_exact(crate::activation::Q8K_BLOCK))
+                .zip(x.d())
+            {
+                o.iter_mut().zip(q).for_each(|(o, &q)| *o = q as f32 * d);
+            }
+            w.iter().zip(a.iter()).map(|(p, q)| p * q).sum()
+        })
+    }
+}
+
+fn dequantize_q8(x: &Q8Activations, out: &mut [f32]) {
+    for ((o, q), d) in out
+        .chunks_exact_mut(crate::activation::Q8_BLOCK)
+        .zip(x.qs().chunks_exact(crate::activation::Q8_BLOCK))
+        .zip(x.scales())
+    {
+        o.iter_mut().zip(q).for_each(|(o, &q)| *o = q as f32 * d);
     }
 }
 
@@ -142,7 +204,9 @@ pub trait Format: Sync + Send {
     ) -> Result<(), KernelError> {
         check_lengths(self, src.len(), dst.len())?;
         let k = self.kernel();
-        k.dequantize_at(crate::simd::pick(k.simd_levels(), cap), src, dst);
+        // SAFETY: lengths checked above; `pick` returns a supported level
+        // among the kernel's own.
+        unsafe { k.dequantize_at(crate::simd::pick(k.simd_levels(), cap), src, dst) };
         Ok(())
     }
 
@@ -155,7 +219,8 @@ pub trait Format: Sync + Send {
     fn dot_with(&self, cap: SimdLevel, src: &[u8], x: &[f32]) -> Result<f32, KernelError> {
         check_lengths(self, src.len(), x.len())?;
         let k = self.kernel();
-        Ok(k.dot_at(crate::simd::pick(k.simd_levels(), cap), src, x))
+        // SAFETY: lengths checked above; `pick` returns a supported level.
+        Ok(unsafe { k.dot_at(crate::simd::pick(k.simd_levels(), cap), src, x) })
     }
 
     /// Dot product with 8-bit activations at the active SIMD level.
@@ -163,8 +228,11 @@ pub trait Format: Sync + Send {
         self.dot_q8_with(crate::simd::active(), src, x)
     }
 
-    /// Dot product with 8-bit activations at the highest implemented level
-    /// not above `cap`. The row length must be a multiple of 32.
+    /// Dot product with 8-bit activations in blocks of 32 at the highest
+    /// implemented level `cap` allows.
+    ///
+    /// # Errors
+    /// `src` is not whole blocks, or `x` does not have as many elements.
     fn dot_q8_with(
         &self,
         cap: SimdLevel,
@@ -173,7 +241,26 @@ pub trait Format: Sync + Send {
     ) -> Result<f32, KernelError> {
         check_lengths(self, src.len(), x.len())?;
         let k = self.kernel();
-        Ok(k.dot_q8_at(crate::simd::pick(k.simd_levels(), cap), src, x))
+        // SAFETY: lengths checked above (the activation invariant ties its
+        // scales and sums to its codes); `pick` returns a supported level.
+        Ok(unsafe { k.dot_q8_at(crate::simd::pick(k.simd_levels(), cap), src, x) })
+    }
+
+    /// Dot product with 8-bit activations in blocks of 256 at the highest
+    /// implemented level `cap` allows.
+    ///
+    /// # Errors
+    /// `src` is not whole blocks, or `x` does not have as many elements.
+    fn dot_q8k_with(
+        &self,
+        cap: SimdLevel,
+        src: &[u8],
+        x: &Q8KActivations,
+    ) -> Result<f32, KernelError> {
+        check_lengths(self, src.len(), x.len())?;
+        let k = self.kernel();
+        // SAFETY: as for `dot_q8_with`.
+        Ok(unsafe { k.dot_q8k_at(crate::simd::pick(k.simd_levels(), cap), src, x) })
     }
 }
 

@@ -3,10 +3,12 @@
 //! SIMD levels, row transforms and the shared rounding grid.
 //! It names no concrete format; plugins register themselves.
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod activation;
 pub mod format;
 pub mod hadamard;
+pub mod kernels;
 pub mod registry;
 pub mod rows;
 pub mod simd;

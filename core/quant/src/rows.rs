@@ -117,6 +117,16 @@ impl<'a> RowCodec<'a> {
         self.row_len
     }
 
+    /// The format.
+    pub fn format(&self) -> &'a dyn Format {
+        self.format
+    }
+
+    /// The prepared row transform, if the format has one.
+    pub fn transform(&self) -> Option<&dyn PreparedRowTransform> {
+        self.transform.as_deref()
+    }
+
     /// Encoded bytes per row.
     pub fn row_bytes(&self) -> usize {
         self.row_len / self.format.block_size() * self.format.type_size()
@@ -207,7 +217,7 @@ impl<'a> RowCodec<'a> {
     /// [`RowCodec::matvec`] with the (rotated) activations quantized to 8 bits once.
     pub fn matvec_q8(&self, src: &[u8], x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
         self.check_matvec(src.len(), x.len(), y.len())?;
-        let q = Q8Activations::quantize(&self.rotate_activations(x));
+        let q = Q8Activations::quantize(&self.rotate_activations(x))?;
         for (row, out) in src.chunks_exact(self.row_bytes()).zip(y.iter_mut()) {
             *out = self.format.dot_q8(row, &q)?;
         }

@@ -5,6 +5,7 @@
 //! and TQ2_0. All results are bit-identical to gguf-py (golden fixtures in
 //! `fixtures/golden`).
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod float;
 pub mod half_bits;
@@ -78,7 +79,7 @@ impl Format for StdType {
 }
 
 impl Kernel for StdType {
-    fn dequantize_at(&self, _level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+    unsafe fn dequantize_at(&self, _level: SimdLevel, src: &[u8], dst: &mut [f32]) {
         if self.id == 0 {
             // F32: a plain little-endian copy, without a call per element.
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {

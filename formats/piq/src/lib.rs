@@ -7,6 +7,7 @@
 //! reparameterization of a plain uniform step; docs/RESULTS.md reports
 //! what it measures against a uniform grid with an MSE-optimal scale.
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod encode;
 pub mod kernel;
@@ -84,13 +85,13 @@ impl Kernel for Piq {
     fn simd_levels(&self) -> &'static [SimdLevel] {
         kernel::LEVELS
     }
-    fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+    unsafe fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
         kernel::dequantize(&self.spec, level, src, dst)
     }
-    fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+    unsafe fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
         kernel::dot(&self.spec, level, src, x)
     }
-    fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+    unsafe fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
         kernel::dot_q8(&self.spec, level, src, x)
     }
 }

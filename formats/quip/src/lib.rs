@@ -6,6 +6,7 @@
 //! matrix-vector products go through `gguftool_quant::rows::RowCodec`, which
 //! rotates the activations once per product. Layout in docs/FORMATS.md.
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod encode;
 pub mod kernel;
@@ -79,13 +80,13 @@ impl<const SB: u32> Kernel for Q2Quip<SB> {
     fn simd_levels(&self) -> &'static [SimdLevel] {
         kernel::LEVELS
     }
-    fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+    unsafe fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
         kernel::dequantize::<SB>(level, src, dst)
     }
-    fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+    unsafe fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
         kernel::dot::<SB>(level, src, x)
     }
-    fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+    unsafe fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
         kernel::dot_q8::<SB>(level, src, x)
     }
 }

@@ -5,6 +5,7 @@
 //! llama.cpp's TQ1_0/TQ2_0 (blocks of 256) are written by the `ggml` crate,
 //! byte-identical to gguf-py. Layout in docs/FORMATS.md.
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod encode;
 pub mod kernel;
@@ -70,13 +71,13 @@ impl Kernel for Ternary {
     fn simd_levels(&self) -> &'static [SimdLevel] {
         kernel::LEVELS
     }
-    fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+    unsafe fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
         kernel::dequantize(level, src, dst)
     }
-    fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+    unsafe fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
         kernel::dot(level, src, x)
     }
-    fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+    unsafe fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
         kernel::dot_q8(level, src, x)
     }
 }

@@ -25,7 +25,7 @@ pub fn run(
         // Every implemented level up to the active one (GGUFTOOL_SIMD caps it).
         for level in simd::available()
             .into_iter()
-            .filter(|l| *l <= simd::active())
+            .filter(|l| simd::active().allows(*l))
         {
             if f.simd_levels().contains(&level) {
                 rows.extend(measure(f, level, budget));

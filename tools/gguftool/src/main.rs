@@ -1,4 +1,5 @@
 //! `gguftool`: inspect, verify, seal and convert GGUF model files.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod cmd_bench;
 mod cmd_convert;
@@ -166,6 +167,11 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // A bad GGUFTOOL_SIMD is a usage error, reported before any work.
+    if let Err(e) = gguftool_quant::simd::init() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e @ gguftool_gguf::Error::OutputExists(_)) => {

@@ -257,7 +257,7 @@ fn simd_override_caps_the_kernels() {
         .iter()
         .map(|r| r["level"].as_str().unwrap())
         .collect();
-    assert_eq!(levels, ["Scalar"; 3]);
+    assert_eq!(levels, ["scalar"; 3]);
     let kernels: Vec<&str> = rows
         .as_array()
         .unwrap()
@@ -265,6 +265,20 @@ fn simd_override_caps_the_kernels() {
         .map(|r| r["kernel"].as_str().unwrap())
         .collect();
     assert_eq!(kernels, ["dequantize", "dot_f32", "dot_q8"]);
+}
+
+#[test]
+fn unknown_simd_override_is_a_usage_error() {
+    for bad in ["bogus", "neon2", ""] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+            .args(["formats"])
+            .env("GGUFTOOL_SIMD", bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "GGUFTOOL_SIMD={bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("GGUFTOOL_SIMD") && err.contains("scalar"), "{err}");
+    }
 }
 
 #[test]

@@ -19,11 +19,11 @@ pub const LEVELS: &[SimdLevel] = gguftool_quant::simd::SCALAR_AVX2_AVX512;
 pub fn dequantize(spec: &PiqSpec, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if level >= SimdLevel::Avx512 && supported(SimdLevel::Avx512) {
+        if level.allows(SimdLevel::Avx512) && supported(SimdLevel::Avx512) {
             // SAFETY: the CPU supports AVX-512F/BW, AVX2 and FMA.
             return unsafe { avx512::dequantize(spec, src, dst) };
         }
-        if level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
+        if level.allows(SimdLevel::Avx2) && supported(SimdLevel::Avx2) {
             // SAFETY: the CPU supports AVX2 and FMA.
             return unsafe { avx2::dequantize(spec, src, dst) };
         }
@@ -36,11 +36,11 @@ pub fn dequantize(spec: &PiqSpec, level: SimdLevel, src: &[u8], dst: &mut [f32])
 pub fn dot(spec: &PiqSpec, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if level >= SimdLevel::Avx512 && supported(SimdLevel::Avx512) {
+        if level.allows(SimdLevel::Avx512) && supported(SimdLevel::Avx512) {
             // SAFETY: the CPU supports AVX-512F/BW, AVX2 and FMA.
             return unsafe { avx512::dot(spec, src, x) };
         }
-        if level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
+        if level.allows(SimdLevel::Avx2) && supported(SimdLevel::Avx2) {
             // SAFETY: the CPU supports AVX2 and FMA.
             return unsafe { avx2::dot(spec, src, x) };
         }
@@ -53,7 +53,7 @@ pub fn dot_q8(spec: &PiqSpec, level: SimdLevel, src: &[u8], x: &Q8Activations) -
     #[cfg(target_arch = "x86_64")]
     {
         // AVX-512 uses the AVX2 kernel here (see the avx512 module).
-        if level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
+        if level.allows(SimdLevel::Avx2) && supported(SimdLevel::Avx2) {
             // SAFETY: the CPU supports AVX2, FMA and F16C.
             return unsafe { avx2::dot_q8(spec, src, x) };
         }

@@ -59,9 +59,9 @@ pub fn dot_q8(spec: &PiqSpec, src: &[u8], x: &Q8Activations) -> f32 {
             dot_q8_block(
                 spec,
                 b,
-                &x.qs[i * BLOCK..(i + 1) * BLOCK],
-                x.scales[i],
-                x.sums[i],
+                &x.qs()[i * BLOCK..(i + 1) * BLOCK],
+                x.scales()[i],
+                x.sums()[i],
             )
         })
         .sum()

@@ -41,12 +41,12 @@ pub fn dot_q8<const SB: u32>(src: &[u8], x: &Q8Activations) -> f32 {
     let mut acc = 0f32;
     for (i, b) in src.chunks_exact(type_size::<SB>()).enumerate() {
         let (db, sc) = (d(b), sub_scales::<SB>(b));
-        let q = &x.qs[i * BLOCK..(i + 1) * BLOCK];
+        let q = &x.qs()[i * BLOCK..(i + 1) * BLOCK];
         for (k, &sck) in sc.iter().enumerate() {
             let isum: i32 = (k * SUB..(k + 1) * SUB)
                 .map(|j| (2 * code::<SB>(b, j) as i32 - 3) * q[j] as i32)
                 .sum();
-            let xs = x.scales[(i * BLOCK + k * SUB) / Q8_BLOCK];
+            let xs = x.scales()[(i * BLOCK + k * SUB) / Q8_BLOCK];
             acc += db * sck as f32 * xs * 0.5 * isum as f32;
         }
     }

@@ -18,12 +18,12 @@ macro_rules! dispatch {
     ($level:expr, $f:ident($($arg:expr),*)) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if $level >= SimdLevel::Avx512 && supported(SimdLevel::Avx512) {
+            if $level.allows(SimdLevel::Avx512) && supported(SimdLevel::Avx512) {
                 // SAFETY: the CPU supports AVX-512F/BW, AVX2, FMA and F16C; the
                 // caller checked the buffer lengths against the blocks.
                 return unsafe { avx512::$f($($arg),*) };
             }
-            if $level >= SimdLevel::Avx2 && supported(SimdLevel::Avx2) {
+            if $level.allows(SimdLevel::Avx2) && supported(SimdLevel::Avx2) {
                 // SAFETY: the CPU supports AVX2, FMA and F16C; lengths checked.
                 return unsafe { avx2::$f($($arg),*) };
             }

@@ -33,9 +33,9 @@ pub fn dot_q8(src: &[u8], x: &Q8Activations) -> f32 {
     for (i, b) in src.chunks_exact(TYPE_SIZE).enumerate() {
         for h in 0..2 {
             let isum: i32 = (32 * h..32 * h + 32)
-                .map(|j| trit(b, j) as i32 * x.qs[i * BLOCK + j] as i32)
+                .map(|j| trit(b, j) as i32 * x.qs()[i * BLOCK + j] as i32)
                 .sum();
-            acc += d(b) * x.scales[2 * i + h] * isum as f32;
+            acc += d(b) * x.scales()[2 * i + h] * isum as f32;
         }
     }
     acc
