@@ -41,6 +41,9 @@ fn tables() -> &'static Tables {
     })
 }
 
+/// A queued merge: (rank, left, right, left length, right length).
+type Candidate = (u32, usize, usize, usize, usize);
+
 #[derive(Clone, Copy)]
 struct Symbol {
     start: usize,
@@ -79,7 +82,7 @@ pub(crate) fn tokenize_piece(
     let text = |s: &Symbol| &word[s.start..s.start + s.len];
 
     // (rank, left) ordered smallest first; the lengths detect stale entries.
-    let mut queue: BinaryHeap<Reverse<(u32, usize, usize, usize, usize)>> = BinaryHeap::new();
+    let mut queue: BinaryHeap<Reverse<Candidate>> = BinaryHeap::new();
     let push = |queue: &mut BinaryHeap<_>, syms: &[Symbol], l: usize, r: usize| {
         if let Some(rank) = vocab.rank(text(&syms[l]), text(&syms[r])) {
             queue.push(Reverse((rank, l, r, syms[l].len, syms[r].len)));

@@ -368,14 +368,14 @@ impl Vocab {
         let find_eog = |want: &[&str]| -> Option<TokenId> {
             eog.iter()
                 .copied()
-                .filter(|&id| want.contains(&texts[id as usize].as_str()))
-                .last()
+                .rev()
+                .find(|&id| want.contains(&texts[id as usize].as_str()))
         };
         let has_return = find_eog(&["<|return|>"]).is_some();
         let has_call = find_eog(&["<|call|>", "<|calls|>"]).is_some();
         let has_flush = find_eog(&["<|flush|>"]).is_some();
         if let Some(end) = find_eog(&["<|end|>"]) {
-            if (has_return && has_call) || (has_call && has_flush) {
+            if has_call && (has_return || has_flush) {
                 attrs[end as usize] = attr::USER_DEFINED;
             }
         }
