@@ -9,6 +9,7 @@ mod cmd_inspect;
 mod cmd_qat;
 mod cmd_quality;
 mod cmd_seal;
+mod cmd_tokenize;
 mod cmd_verify;
 mod json;
 mod mixed;
@@ -110,6 +111,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tokenize a text with a model's tokenizer, as llama.cpp's llama-tokenize does.
+    Tokenize(Box<cmd_tokenize::TokenizeArgs>),
     /// List registered formats.
     Formats {
         /// Machine-readable output.
@@ -156,6 +159,7 @@ fn run(cli: Cli) -> Result<ExitCode, gguftool_gguf::Error> {
             json,
         } => cmd_bench::run(&formats, millis, json),
         Command::Formats { json } => cmd_formats::run(json),
+        Command::Tokenize(args) => cmd_tokenize::run(*args),
     }
 }
 

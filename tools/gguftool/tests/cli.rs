@@ -283,3 +283,40 @@ fn dequantize_to_f16_keeps_norms_f32() {
             .get("tokenizer.chat_template")
     );
 }
+
+#[test]
+fn tokenize_prints_llama_tokenize_ids_and_pieces() {
+    let vocab = fixtures().join("tokenizer/smollm2-vocab.gguf");
+    let text = fixtures().join("tokenizer/texts/spaces.txt");
+    let o = run(&["tokenize", p(&vocab), "-f", p(&text), "--ids"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let golden = std::fs::read_to_string(fixtures().join("tokenizer/smollm2_spaces.ids")).unwrap();
+    assert_eq!(stdout(&o), golden);
+    // Escapes are processed by default; control tokens are parsed; pieces escape control characters.
+    let o = run(&["tokenize", p(&vocab), "-p", "<|im_start|>a\\nb"]);
+    assert_eq!(
+        stdout(&o),
+        "     1 -> '<|im_start|>'\n    81 -> 'a'\n   198 -> '\\n'\n    82 -> 'b'\n"
+    );
+    let o = run(&[
+        "tokenize",
+        p(&vocab),
+        "-p",
+        "<|im_start|>",
+        "--no-parse-special",
+        "--ids",
+    ]);
+    assert_ne!(stdout(&o), "[1]\n");
+    let o = run(&[
+        "tokenize",
+        p(&fixtures().join("valid-minimal.gguf")),
+        "-p",
+        "x",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("tokenizer.ggml.model"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -277,7 +277,10 @@ fn unknown_simd_override_is_a_usage_error() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "GGUFTOOL_SIMD={bad:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("GGUFTOOL_SIMD") && err.contains("scalar"), "{err}");
+        assert!(
+            err.contains("GGUFTOOL_SIMD") && err.contains("scalar"),
+            "{err}"
+        );
     }
 }
 
