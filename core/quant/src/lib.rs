@@ -6,6 +6,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod activation;
+pub mod error;
 pub mod format;
 pub mod hadamard;
 pub mod kernels;
@@ -14,6 +15,6 @@ pub mod rows;
 pub mod simd;
 pub mod ste;
 
-pub use format::KernelError;
+pub use error::KernelError;
 #[doc(hidden)]
 pub use linkme;
