@@ -3,6 +3,7 @@
 //! any format.
 #![warn(missing_docs)]
 
+pub mod calib_file;
 pub mod gptq;
 pub mod imatrix;
 pub mod linalg;

@@ -116,3 +116,40 @@ fn dead_columns_and_bad_shapes() {
     assert!(h.accumulate(&[1.0; 3]).is_err());
     assert!(Hessian::from_matrix(2, vec![1.0, f64::NAN, 0.0, 1.0], 1).is_err());
 }
+
+#[test]
+fn calibration_file_round_trips_and_rejects_bad_matrices() {
+    use gguftool_calib::calib_file::{CalibInput, Calibration};
+    use gguftool_gguf::write::WriteOptions;
+    use gguftool_gguf::GgufFile;
+    let mut h = Hessian::new(4);
+    h.accumulate(&[1.0, 2.0, 0.0, -1.0, 0.5, 0.0, 3.0, 1.0])
+        .unwrap();
+    let cal = Calibration {
+        datasets: vec!["brown.txt:1".into()],
+        inputs: vec![CalibInput {
+            site: "blk.0.attn_q.weight".into(),
+            consumers: vec!["blk.0.attn_q.weight".into(), "blk.0.attn_k.weight".into()],
+            hessian: h.clone(),
+        }],
+    };
+    let bytes = cal
+        .write(std::io::Cursor::new(Vec::new()), WriteOptions::default())
+        .unwrap()
+        .into_inner();
+    let f = GgufFile::from_bytes("calib", bytes.clone(), &gguftool_quant::registry::TYPES).unwrap();
+    let back = Calibration::from_gguf(&f).unwrap();
+    assert_eq!(back, cal);
+    assert_eq!(back.hessian_for("blk.0.attn_k.weight"), Some(&h));
+    assert!(back.hessian_for("blk.0.attn_v.weight").is_none());
+    // A NaN in the matrix is refused, naming the site.
+    let mut bad = bytes.clone();
+    let at = bad.len() - 4;
+    bad[at..].copy_from_slice(&f32::NAN.to_le_bytes());
+    let f = GgufFile::from_bytes("calib", bad, &gguftool_quant::registry::TYPES).unwrap();
+    let e = Calibration::from_gguf(&f).unwrap_err().to_string();
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("not finite"),
+        "{e}"
+    );
+}
