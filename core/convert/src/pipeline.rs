@@ -3,6 +3,8 @@
 //! streaming into an atomically committed output file.
 
 use crate::output::AtomicOutput;
+use gguftool_calib::calib_file::Calibration;
+use gguftool_calib::gptq::{gptq, GptqOptions, Hessian};
 use gguftool_gguf::error::{Error, Result};
 use gguftool_gguf::value::Metadata;
 use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
@@ -32,6 +34,16 @@ pub enum TensorAction {
     },
     /// Bytes already encoded by the caller (e.g. by QAT), written as they are.
     Encoded(Arc<Vec<u8>>),
+    /// Decoded with the source format and rounded with GPTQ under the
+    /// Hessian of the tensor's input (`gguftool_calib::gptq`).
+    Gptq {
+        /// Source format (decoder).
+        source: &'static dyn Format,
+        /// Target format (encoder).
+        target: &'static dyn Format,
+        /// `X^T X` of the tensor's input (row length square).
+        hessian: Arc<Hessian>,
+    },
 }
 
 impl std::fmt::Debug for TensorAction {
@@ -42,6 +54,9 @@ impl std::fmt::Debug for TensorAction {
                 write!(f, "{} -> {}", source.name(), target.name())
             }
             TensorAction::Encoded(b) => write!(f, "encoded ({} bytes)", b.len()),
+            TensorAction::Gptq { source, target, .. } => {
+                write!(f, "{} -> {} (GPTQ)", source.name(), target.name())
+            }
         }
     }
 }
@@ -269,6 +284,15 @@ fn execute_inner(
                     progress(chunk.len() as u64);
                 }
             }
+            TensorAction::Gptq {
+                source,
+                target,
+                hessian,
+            } => {
+                let bytes = gptq_tensor(info, data, (*source, seeds.0, *target, seeds.1), hessian)?;
+                w.write_tensor_data(&bytes).map_err(wrap)?;
+                progress(data.len() as u64);
+            }
             &TensorAction::Transcode { source, target } => {
                 let imp = pt.importance.as_deref().map(Vec::as_slice);
                 let codecs = (source, seeds.0, target, seeds.1);
@@ -282,6 +306,72 @@ fn execute_inner(
     }
     finish(w)?;
     output.commit()
+}
+
+/// Turns every planned transcode whose tensor has a Hessian in `cal` (of
+/// the tensor's row length) into GPTQ rounding; returns how many.
+pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> usize {
+    let mut cache: Vec<(usize, Arc<Hessian>)> = Vec::new();
+    let mut n = 0;
+    for pt in &mut plan.tensors {
+        let TensorAction::Transcode { source, target } = pt.action else {
+            continue;
+        };
+        let info = &src.header().tensors[pt.source_index];
+        let Some(h) = cal.hessian_for(&info.name) else {
+            continue;
+        };
+        if h.n() as u64 != info.row_len() {
+            continue;
+        }
+        let key = h as *const Hessian as usize;
+        let hessian = match cache.iter().find(|(k, _)| *k == key) {
+            Some((_, a)) => a.clone(),
+            None => {
+                let a = Arc::new(h.clone());
+                cache.push((key, a.clone()));
+                a
+            }
+        };
+        pt.action = TensorAction::Gptq {
+            source,
+            target,
+            hessian,
+        };
+        pt.note = Some("GPTQ with the calibration Hessian".into());
+        n += 1;
+    }
+    n
+}
+
+/// Decodes a whole tensor and rounds it with GPTQ, matrix by matrix (the
+/// matrices of a stacked tensor share the Hessian).
+fn gptq_tensor(
+    info: &TensorInfo,
+    data: &[u8],
+    (source, source_seed, target, target_seed): CodecPair,
+    hessian: &Hessian,
+) -> Result<Vec<u8>> {
+    let kernel_err = |e: String| Error::Unsupported {
+        tensor: info.name.clone(),
+        reason: e,
+    };
+    let row_len = info.row_len() as usize;
+    let decoder =
+        RowCodec::new(source, row_len, source_seed).map_err(|e| kernel_err(e.to_string()))?;
+    let n = info.n_elements as usize;
+    let mut w = vec![0f32; n];
+    decoder
+        .decode(data, &mut w)
+        .map_err(|e| kernel_err(e.to_string()))?;
+    let rows_per_mat = info.dims.get(1).copied().unwrap_or(1).max(1) as usize;
+    let mut out = Vec::new();
+    for m in w.chunks(rows_per_mat * row_len) {
+        let (bytes, _report) = gptq(target, m, hessian, target_seed, GptqOptions::default())
+            .map_err(|e| kernel_err(format!("GPTQ: {e}")))?;
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
 }
 
 /// Source format and its file's row-transform seed, then the same for the target.

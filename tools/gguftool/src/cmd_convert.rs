@@ -71,6 +71,10 @@ pub struct ConvertArgs {
     /// llama.cpp importance matrix (GGUF from llama-imatrix, or legacy .dat).
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
+    /// Calibration file from `gguftool calibrate` (input Hessians): matrices
+    /// whose input it covers are rounded with GPTQ.
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
     /// Print the plan and the resulting size; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -258,6 +262,19 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
         if weighted == 0 && quantized > 0 {
             eprintln!(
                 "warning: the imatrix names none of this model's tensors (made for another model?)"
+            );
+        }
+    }
+    let mut plan = plan;
+    if let Some(path) = &a.calibration {
+        let f = gguftool_quant::registry::open(path)?;
+        let cal = gguftool_calib::calib_file::Calibration::from_gguf(&f)
+            .map_err(|e| gguftool_gguf::Error::Other(format!("{}: {e}", path.display())))?;
+        let n = gguftool_convert::apply_calibration(&mut plan, &src, &cal);
+        eprintln!("calibration: {n} matrices rounded with GPTQ");
+        if n == 0 {
+            eprintln!(
+                "warning: the calibration file covers none of this model's quantized matrices"
             );
         }
     }
