@@ -6,4 +6,5 @@
 pub mod calib_file;
 pub mod gptq;
 pub mod imatrix;
+pub mod imatrix_write;
 pub mod linalg;
