@@ -82,7 +82,7 @@ impl Imatrix {
             return Err("no <tensor>.in_sum2 entries".into());
         }
         let datasets = match h.metadata.get("imatrix.datasets") {
-            Some(Value::Array(gguftool_gguf::Array::String(v))) => v.clone(),
+            Some(Value::Array(gguftool_gguf::Array::String(v))) => v.to_vec(),
             _ => Vec::new(),
         };
         Ok(Self { entries, datasets })

@@ -206,7 +206,7 @@ fn converted_metadata(
             Value::U64(gguftool_quant::rows::DEFAULT_SEED),
         );
     }
-    md.set("gguftool.formats", Value::Array(Array::String(custom)));
+    md.set("gguftool.formats", Value::Array(Array::String(custom.into())));
     md.set("gguftool.convert.format", Value::String(main.name().into()));
     md.set(
         KEY_SOURCE_SHA256,
@@ -219,7 +219,7 @@ fn converted_metadata(
         );
         md.set(
             "gguftool.convert.imatrix_datasets",
-            Value::Array(Array::String(datasets.clone())),
+            Value::Array(Array::String(datasets.clone().into())),
         );
     }
     md
