@@ -1,7 +1,7 @@
 //! Synthetic GGUF files for the verify benches.
 
-use gguftool_gguf::value::{Metadata, Value};
 use gguftool_gguf::seal::{OutputWriter, WriteOptions};
+use gguftool_gguf::value::{Metadata, Value};
 use gguftool_gguf::write::TensorSpec;
 use std::path::Path;
 

@@ -4,8 +4,8 @@
 
 use crate::output::AtomicOutput;
 use gguftool_gguf::error::{Error, Result};
-use gguftool_gguf::value::Metadata;
 use gguftool_gguf::seal::{OutputWriter, WriteOptions};
+use gguftool_gguf::value::Metadata;
 use gguftool_gguf::write::TensorSpec;
 use gguftool_gguf::{GgufFile, TensorInfo};
 use gguftool_quant::format::Format;

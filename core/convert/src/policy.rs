@@ -206,7 +206,10 @@ fn converted_metadata(
             Value::U64(gguftool_quant::rows::DEFAULT_SEED),
         );
     }
-    md.set("gguftool.formats", Value::Array(Array::String(custom.into())));
+    md.set(
+        "gguftool.formats",
+        Value::Array(Array::String(custom.into())),
+    );
     md.set("gguftool.convert.format", Value::String(main.name().into()));
     md.set(
         KEY_SOURCE_SHA256,

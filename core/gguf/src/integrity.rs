@@ -91,10 +91,11 @@ pub fn is_integrity_key(key: &str) -> bool {
 /// Lower-case hex of bytes.
 pub fn hex(d: &[u8]) -> String {
     use std::fmt::Write;
-    d.iter().fold(String::with_capacity(d.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    d.iter()
+        .fold(String::with_capacity(d.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// SHA-256 (hex) of a whole byte string, e.g. a source file.
@@ -254,9 +255,7 @@ impl Manifest {
                 Some(Value::Array(Array::String(v))) if v.iter().all(|s| is_hex(s, len)) => {
                     Ok(v.to_vec())
                 }
-                Some(_) => Err(format!(
-                    "{key} is not an array of {len}-digit hex strings"
-                )),
+                Some(_) => Err(format!("{key} is not an array of {len}-digit hex strings")),
                 None => Err(format!("{key} is missing")),
             }
         };

@@ -174,21 +174,13 @@ pub fn parse_header(bytes: &[u8], types: &dyn validate::TypeResolver) -> GgufRes
 }
 
 fn read_metadata(c: &mut Cursor<'_>, n_kv: u64) -> GgufResult<Metadata> {
-    let cap = bounded_capacity(n_kv, Metadata::ENTRY_BYTES + 16, c.remaining());
+    let cap = bounded_capacity(n_kv, Metadata::ENTRY_BYTES + 8, c.remaining());
     let mut md = Metadata::with_capacity(cap, 0);
-    // Keys borrowed from the input: the set costs no copies of them.
-    let mut seen: HashSet<&str> = HashSet::with_capacity(cap);
     for i in 0..n_kv {
         let key_offset = c.pos();
         let key = c.str(MAX_KEY_LEN, &|| format!("metadata[{i}] key"))?;
         if key.is_empty() {
             return Err(GgufError::EmptyKey { offset: key_offset });
-        }
-        if !seen.insert(key) {
-            return Err(GgufError::DuplicateKey {
-                key: key.to_string(),
-                offset: key_offset,
-            });
         }
         let what = || format!("metadata key {key:?}");
         let type_offset = c.pos();
@@ -201,8 +193,22 @@ fn read_metadata(c: &mut Cursor<'_>, n_kv: u64) -> GgufResult<Metadata> {
         let value = read_value(c, vt, &what, 0)?;
         md.push_unchecked(key, value);
     }
-    drop(seen);
+    // Duplicates are found through the key-sorted index (no hash set of
+    // keys); the offset is recovered by walking the keys again.
     md.finish_index();
+    if let Some(dup) = md.first_duplicate() {
+        let mut w = Cursor::new(c.bytes);
+        w.pos = 24;
+        for _ in 0..dup {
+            let _ = w.str(MAX_KEY_LEN, &String::new)?;
+            let raw = w.u32(&String::new)?;
+            let vt = ValueType::from_u32(raw).unwrap_or(ValueType::U8);
+            read_value(&mut w, vt, &String::new, 0)?;
+        }
+        let offset = w.pos();
+        let key = w.str(MAX_KEY_LEN, &String::new)?.to_string();
+        return Err(GgufError::DuplicateKey { key, offset });
+    }
     Ok(md)
 }
 

@@ -87,7 +87,10 @@ impl<W: Write + Seek> SealingWriter<W> {
             .iter()
             .map(|t| ig::tensor_info_entry(&t.name, t.ggml_type, &t.dims))
             .collect();
-        md.set(ig::KEY_TENSOR_INFO, Value::Array(crate::value::Array::String(infos)));
+        md.set(
+            ig::KEY_TENSOR_INFO,
+            Value::Array(crate::value::Array::String(infos)),
+        );
         md.set(ig::KEY_TENSOR_SHA256, placeholders(n, 64));
         md.set(ig::KEY_MANIFEST_SHA256, Value::String("0".repeat(64)));
         let mut all_deferred: Vec<&str> = deferred.to_vec();
@@ -257,11 +260,7 @@ impl<W: Write + Seek> OutputWriter<W> {
 
 /// Writes `file` again: its metadata and every tensor's bytes, in the
 /// canonical layout (sealed if `opts.seal`).
-pub fn rewrite<W: Write + Seek>(
-    file: &crate::GgufFile,
-    w: W,
-    opts: WriteOptions,
-) -> GgufResult<W> {
+pub fn rewrite<W: Write + Seek>(file: &crate::GgufFile, w: W, opts: WriteOptions) -> GgufResult<W> {
     let h = file.header();
     let specs = h.tensors.iter().map(TensorSpec::from).collect();
     let mut writer = OutputWriter::begin(w, &h.metadata, specs, opts)?;

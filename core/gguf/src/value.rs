@@ -219,7 +219,10 @@ impl std::ops::Index<usize> for StrArray {
     fn index(&self, i: usize) -> &str {
         match self.get(i) {
             Some(s) => s,
-            None => panic!("index {i} out of range for StrArray of length {}", self.len()),
+            None => panic!(
+                "index {i} out of range for StrArray of length {}",
+                self.len()
+            ),
         }
     }
 }
@@ -528,11 +531,19 @@ pub struct Metadata {
     sorted: Vec<u32>,
 }
 
+/// One pair: the key's span in the arena packed into 8 bytes (start in the
+/// high 48 bits, length, at most 65535, in the low 16), and the value.
 #[derive(Clone)]
 struct Entry {
-    key_start: usize,
-    key_end: usize,
+    key: u64,
     value: Value,
+}
+
+impl Entry {
+    fn span(&self) -> std::ops::Range<usize> {
+        let start = (self.key >> 16) as usize;
+        start..start + (self.key & 0xffff) as usize
+    }
 }
 
 impl Metadata {
@@ -565,14 +576,30 @@ impl Metadata {
 
     /// Appends a pair without checking for a duplicate key; the caller
     /// checks (the parser does) and then calls [`Metadata::finish_index`].
+    ///
+    /// Keys must be at most 65535 bytes (the parser's limit) and the arena
+    /// under 2^48 bytes; longer keys are cut (the writer refuses them).
     pub(crate) fn push_unchecked(&mut self, key: &str, value: Value) {
-        let key_start = self.keys.len();
-        self.keys.push_str(key);
+        let mut len = key.len().min(0xffff);
+        while !key.is_char_boundary(len) {
+            len -= 1;
+        }
+        let start = self.keys.len() as u64;
+        self.keys.push_str(&key[..len]);
         self.entries.push(Entry {
-            key_start,
-            key_end: self.keys.len(),
+            key: (start << 16) | len as u64,
             value,
         });
+    }
+
+    /// Index (file order) of the second occurrence of the first key that
+    /// appears twice, if any; uses the sorted index.
+    pub(crate) fn first_duplicate(&self) -> Option<usize> {
+        self.sorted
+            .windows(2)
+            .filter(|w| self.key_at(w[0] as usize) == self.key_at(w[1] as usize))
+            .map(|w| w[0].max(w[1]) as usize)
+            .min()
     }
 
     /// Rebuilds the key-sorted index after [`Metadata::push_unchecked`].
@@ -585,8 +612,7 @@ impl Metadata {
     }
 
     fn key_at(&self, i: usize) -> &str {
-        let e = &self.entries[i];
-        &self.keys[e.key_start..e.key_end]
+        &self.keys[self.entries[i].span()]
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
@@ -606,7 +632,7 @@ impl Metadata {
     /// The key and value of entry `i` in file order.
     pub fn entry(&self, i: usize) -> Option<(&str, &Value)> {
         let e = self.entries.get(i)?;
-        Some((&self.keys[e.key_start..e.key_end], &e.value))
+        Some((&self.keys[e.span()], &e.value))
     }
 
     /// Number of pairs.
@@ -643,13 +669,12 @@ impl Metadata {
         let mut keys = String::with_capacity(old.keys.len());
         let mut entries = Vec::with_capacity(old.entries.len());
         for e in old.entries {
-            let k = &old.keys[e.key_start..e.key_end];
+            let k = &old.keys[e.span()];
             if !pred(k) {
-                let key_start = keys.len();
+                let start = keys.len() as u64;
                 keys.push_str(k);
                 entries.push(Entry {
-                    key_start,
-                    key_end: keys.len(),
+                    key: (start << 16) | k.len() as u64,
                     value: e.value,
                 });
             }

@@ -1,9 +1,9 @@
 //! Parse -> write reproduces files byte for byte, and written files read
 //! back with identical metadata and tensors (property test).
 
+use gguftool_gguf::seal::{OutputWriter, WriteOptions};
 use gguftool_gguf::validate::StandardTypes;
 use gguftool_gguf::value::{Array, Metadata, Value};
-use gguftool_gguf::seal::{OutputWriter, WriteOptions};
 use gguftool_gguf::write::TensorSpec;
 use gguftool_gguf::{parse_header, GgufFile};
 use proptest::prelude::*;

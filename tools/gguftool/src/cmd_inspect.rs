@@ -116,7 +116,11 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
     outln!("\ntensors:");
     outln!(
         "  {:<40} {:<8} {:<24} {:>12} {:>8}",
-        "name", "type", "shape", "bytes", "bpw"
+        "name",
+        "type",
+        "shape",
+        "bytes",
+        "bpw"
     );
     for t in &h.tensors {
         outln!(
