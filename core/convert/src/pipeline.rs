@@ -248,7 +248,14 @@ fn execute_inner(
     );
     let mut w = OutputWriter::begin_deferred(output.writer()?, &metadata, specs, opts, &deferred)
         .map_err(wrap)?;
+    // Test hook: a pause per tensor, so tests can interrupt a conversion.
+    let delay = std::env::var("GGUFTOOL_TEST_DELAY_PER_TENSOR_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     for pt in &plan.tensors {
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let data = src.tensor_data(pt.source_index);
         let info = &src.header().tensors[pt.source_index];
         match &pt.action {

@@ -140,6 +140,7 @@ impl QuantPolicy {
                 let n_mats = (t.n_rows() / t.dims.get(1).copied().unwrap_or(1).max(1)) as usize;
                 pt.importance = m
                     .for_tensor(&t.name, row_len, n_mats)
+                    .map_err(|e| Error::Other(format!("imatrix: {e}")))?
                     .map(|v| Arc::new(v.to_vec()));
             }
         }
