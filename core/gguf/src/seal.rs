@@ -184,8 +184,8 @@ impl<W: Write + Seek> SealingWriter<W> {
 pub enum OutputWriter<W: Write + Seek> {
     /// Metadata written exactly as given.
     Plain(GgufWriter<W>),
-    /// With an integrity manifest.
-    Sealed(SealingWriter<W>),
+    /// With an integrity manifest (boxed: it carries the metadata and hasher).
+    Sealed(Box<SealingWriter<W>>),
 }
 
 impl<W: Write + Seek> OutputWriter<W> {
@@ -210,9 +210,9 @@ impl<W: Write + Seek> OutputWriter<W> {
         deferred: &[&str],
     ) -> GgufResult<Self> {
         Ok(if opts.seal {
-            Self::Sealed(SealingWriter::begin_deferred(
+            Self::Sealed(Box::new(SealingWriter::begin_deferred(
                 w, metadata, tensors, opts.types, deferred,
-            )?)
+            )?))
         } else {
             Self::Plain(GgufWriter::begin_deferred(
                 w, metadata, tensors, opts.types, deferred,
@@ -253,7 +253,7 @@ impl<W: Write + Seek> OutputWriter<W> {
     pub fn finish_deferred(self, values: &[(&str, &str)]) -> GgufResult<W> {
         match self {
             Self::Plain(w) => w.finish_deferred(values),
-            Self::Sealed(w) => w.finish_deferred(values),
+            Self::Sealed(w) => (*w).finish_deferred(values),
         }
     }
 }
