@@ -1,7 +1,8 @@
 //! Synthetic GGUF files for the verify benches.
 
+use gguftool_gguf::seal::{OutputWriter, WriteOptions};
 use gguftool_gguf::value::{Metadata, Value};
-use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::write::TensorSpec;
 use std::path::Path;
 
 /// Writes a GGUF of `n_tensors` F32 tensors totalling about `total_bytes`,
@@ -19,7 +20,7 @@ pub fn write_synthetic_gguf(path: &Path, total_bytes: u64, n_tensors: u64) -> st
     let mut md = Metadata::new();
     md.set("general.architecture", Value::String("bench".into()));
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut w = GgufWriter::begin(file, &md, specs, WriteOptions::default())
+    let mut w = OutputWriter::begin(file, &md, specs, WriteOptions::default())
         .map_err(std::io::Error::other)?;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut buf = vec![0u8; (per * 4) as usize];

@@ -10,8 +10,9 @@
 //!   `gguftool.calibration.consumers.S` (string array of weight tensor names).
 
 use crate::gptq::Hessian;
+use gguftool_gguf::validate::StandardTypes;
 use gguftool_gguf::value::{Array, Metadata, Value};
-use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::write::{GgufWriter, TensorSpec};
 use gguftool_gguf::GgufFile;
 use std::collections::HashMap;
 use std::io::{Seek, Write};
@@ -68,13 +69,13 @@ impl Calibration {
     ///
     /// # Errors
     /// Writer failures.
-    pub fn write<W: Write + Seek>(&self, w: W, opts: WriteOptions) -> Result<W, CalibError> {
+    pub fn write<W: Write + Seek>(&self, w: W) -> Result<W, CalibError> {
         let mut md = Metadata::new();
         md.set("general.type", Value::String("calibration".into()));
         md.set(VERSION_KEY, Value::U32(1));
         md.set(
             DATASETS_KEY,
-            Value::Array(Array::String(self.datasets.clone())),
+            Value::Array(Array::String(self.datasets.clone().into())),
         );
         let mut specs = Vec::new();
         for i in &self.inputs {
@@ -85,7 +86,7 @@ impl Calibration {
             );
             md.set(
                 &format!("{CONSUMERS_PREFIX}{}", i.site),
-                Value::Array(Array::String(i.consumers.clone())),
+                Value::Array(Array::String(i.consumers.clone().into())),
             );
             specs.push(TensorSpec {
                 name: format!("{}{XTX_SUFFIX}", i.site),
@@ -95,7 +96,7 @@ impl Calibration {
             });
         }
         let err = |e: gguftool_gguf::GgufError| CalibError::Write(e.to_string());
-        let mut writer = GgufWriter::begin(w, &md, specs, opts).map_err(err)?;
+        let mut writer = GgufWriter::begin(w, &md, specs, &StandardTypes).map_err(err)?;
         for i in &self.inputs {
             let bytes: Vec<u8> = i
                 .hessian
@@ -127,7 +128,7 @@ impl Calibration {
             }
         }
         let datasets = match md.get(DATASETS_KEY) {
-            Some(Value::Array(Array::String(v))) => v.clone(),
+            Some(Value::Array(Array::String(v))) => v.iter().map(str::to_string).collect(),
             None => Vec::new(),
             Some(_) => return Err(bad(format!("{DATASETS_KEY} must be a string array"))),
         };
@@ -150,7 +151,9 @@ impl Calibration {
                 _ => return Err(bad(format!("missing or zero {TOKENS_PREFIX}{site} (u64)"))),
             };
             let consumers = match md.get(&format!("{CONSUMERS_PREFIX}{site}")) {
-                Some(Value::Array(Array::String(v))) if !v.is_empty() => v.clone(),
+                Some(Value::Array(Array::String(v))) if !v.is_empty() => {
+                    v.iter().map(str::to_string).collect::<Vec<_>>()
+                }
                 _ => {
                     return Err(bad(format!(
                         "missing {CONSUMERS_PREFIX}{site} (string array)"

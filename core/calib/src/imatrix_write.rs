@@ -8,8 +8,9 @@
 //! with names sorted: `W.in_sum2` (F32, `[n_cols, n_mat]`, raw sums of
 //! squared inputs) and `W.counts` (F32, `[1, n_mat]`, rows accumulated).
 
+use gguftool_gguf::validate::StandardTypes;
 use gguftool_gguf::value::{Array, Metadata, Value};
-use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::write::{GgufWriter, TensorSpec};
 use std::collections::BTreeMap;
 use std::io::{Seek, Write};
 
@@ -117,16 +118,12 @@ impl ImatrixCollector {
     ///
     /// # Errors
     /// Writer failures.
-    pub fn write<W: Write + Seek>(
-        &self,
-        w: W,
-        opts: WriteOptions,
-    ) -> Result<W, gguftool_gguf::GgufError> {
+    pub fn write<W: Write + Seek>(&self, w: W) -> Result<W, gguftool_gguf::GgufError> {
         let mut md = Metadata::new();
         md.set("general.type", Value::String("imatrix".into()));
         md.set(
             "imatrix.datasets",
-            Value::Array(Array::String(self.datasets.clone())),
+            Value::Array(Array::String(self.datasets.clone().into())),
         );
         md.set("imatrix.chunk_count", Value::U32(self.chunk_count));
         md.set("imatrix.chunk_size", Value::U32(self.chunk_size));
@@ -146,7 +143,7 @@ impl ImatrixCollector {
                 n_bytes: n_mat * 4,
             });
         }
-        let mut writer = GgufWriter::begin(w, &md, specs, opts)?;
+        let mut writer = GgufWriter::begin(w, &md, specs, &StandardTypes)?;
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         for e in self.entries.values() {
             writer.write_tensor_data(&bytes(&e.sums))?;
@@ -180,7 +177,7 @@ mod tests {
             vec![10.0 / 3.0, 6.0 / 3.0]
         );
         let bytes = c
-            .write(std::io::Cursor::new(Vec::new()), WriteOptions::default())
+            .write(std::io::Cursor::new(Vec::new()))
             .unwrap()
             .into_inner();
         let dir = std::env::temp_dir().join(format!("gguftool-imatrix-{}", std::process::id()));

@@ -120,7 +120,6 @@ fn dead_columns_and_bad_shapes() {
 #[test]
 fn calibration_file_round_trips_and_rejects_bad_matrices() {
     use gguftool_calib::calib_file::{CalibInput, Calibration};
-    use gguftool_gguf::write::WriteOptions;
     use gguftool_gguf::GgufFile;
     let mut h = Hessian::new(4);
     h.accumulate(&[1.0, 2.0, 0.0, -1.0, 0.5, 0.0, 3.0, 1.0])
@@ -134,7 +133,7 @@ fn calibration_file_round_trips_and_rejects_bad_matrices() {
         }],
     };
     let bytes = cal
-        .write(std::io::Cursor::new(Vec::new()), WriteOptions::default())
+        .write(std::io::Cursor::new(Vec::new()))
         .unwrap()
         .into_inner();
     let f = GgufFile::from_bytes("calib", bytes.clone(), &gguftool_quant::registry::TYPES).unwrap();

@@ -6,8 +6,9 @@ use crate::output::AtomicOutput;
 use gguftool_calib::calib_file::Calibration;
 use gguftool_calib::gptq::{gptq, GptqOptions, Hessian};
 use gguftool_gguf::error::{Error, Result};
+use gguftool_gguf::seal::{OutputWriter, WriteOptions};
 use gguftool_gguf::value::Metadata;
-use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::write::TensorSpec;
 use gguftool_gguf::{GgufFile, TensorInfo};
 use gguftool_quant::format::Format;
 use gguftool_quant::registry;
@@ -105,7 +106,7 @@ impl Plan {
     /// Exact size of the file [`execute`] would write.
     pub fn output_file_size(&self, opts: WriteOptions) -> Result<u64> {
         let specs: Vec<TensorSpec> = self.tensors.iter().map(|t| t.spec.clone()).collect();
-        let w = GgufWriter::begin(
+        let w = OutputWriter::begin(
             std::io::Cursor::new(Vec::new()),
             &self.output_metadata(opts),
             specs,
@@ -203,7 +204,7 @@ pub fn execute_with_source_hash(
     std::thread::scope(|scope| {
         let hasher = source_sha256_key
             .map(|_| scope.spawn(|| gguftool_gguf::integrity::sha256_hex(src.bytes())));
-        let finish = |w: GgufWriter<_>| -> Result<_> {
+        let finish = |w: OutputWriter<_>| -> Result<_> {
             let wrap = |e| Error::Gguf {
                 path: out.to_path_buf(),
                 source: e,
@@ -241,7 +242,7 @@ fn execute_inner(
     deferred_key: Option<&str>,
     progress: &(dyn Fn(u64) + Sync),
     finish: impl FnOnce(
-        GgufWriter<std::io::BufWriter<std::fs::File>>,
+        OutputWriter<std::io::BufWriter<std::fs::File>>,
     ) -> Result<std::io::BufWriter<std::fs::File>>,
 ) -> Result<()> {
     let output = AtomicOutput::create(out, force)?;
@@ -260,9 +261,16 @@ fn execute_inner(
         gguftool_quant::rows::seed(&src.header().metadata).map_err(seed_err)?,
         gguftool_quant::rows::seed(&plan.metadata).map_err(seed_err)?,
     );
-    let mut w = GgufWriter::begin_deferred(output.writer()?, &metadata, specs, opts, &deferred)
+    let mut w = OutputWriter::begin_deferred(output.writer()?, &metadata, specs, opts, &deferred)
         .map_err(wrap)?;
+    // Test hook: a pause per tensor, so tests can interrupt a conversion.
+    let delay = std::env::var("GGUFTOOL_TEST_DELAY_PER_TENSOR_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     for pt in &plan.tensors {
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let data = src.tensor_data(pt.source_index);
         let info = &src.header().tensors[pt.source_index];
         match &pt.action {

@@ -140,6 +140,7 @@ impl QuantPolicy {
                 let n_mats = (t.n_rows() / t.dims.get(1).copied().unwrap_or(1).max(1)) as usize;
                 pt.importance = m
                     .for_tensor(&t.name, row_len, n_mats)
+                    .map_err(|e| Error::Other(format!("imatrix: {e}")))?
                     .map(|v| Arc::new(v.to_vec()));
             }
         }
@@ -206,7 +207,10 @@ fn converted_metadata(
             Value::U64(gguftool_quant::rows::DEFAULT_SEED),
         );
     }
-    md.set("gguftool.formats", Value::Array(Array::String(custom)));
+    md.set(
+        "gguftool.formats",
+        Value::Array(Array::String(custom.into())),
+    );
     md.set("gguftool.convert.format", Value::String(main.name().into()));
     md.set(
         KEY_SOURCE_SHA256,
@@ -219,7 +223,7 @@ fn converted_metadata(
         );
         md.set(
             "gguftool.convert.imatrix_datasets",
-            Value::Array(Array::String(datasets.clone())),
+            Value::Array(Array::String(datasets.clone().into())),
         );
     }
     md

@@ -6,7 +6,7 @@ use gguftool_calib::imatrix::Imatrix;
 use gguftool_convert::policy::{self, format_by_name, parse_tensor_type, Provenance, QuantPolicy};
 use gguftool_convert::{self, Plan, TensorAction};
 use gguftool_gguf::integrity::sha256_hex;
-use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::seal::WriteOptions;
 use gguftool_gguf::Error;
 use gguftool_gguf::GgufFile;
 use regex::Regex;

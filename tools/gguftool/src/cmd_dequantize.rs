@@ -3,7 +3,7 @@
 use crate::progress::bytes_bar;
 use gguftool_convert::{self, Plan};
 use gguftool_gguf::ggml_type::ids;
-use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::seal::WriteOptions;
 use gguftool_gguf::Error;
 use gguftool_gguf::Value;
 use gguftool_quant::registry;

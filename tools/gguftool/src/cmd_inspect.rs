@@ -4,6 +4,7 @@ use crate::json::{value_json, value_text};
 use gguftool_gguf::TensorInfo;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -38,10 +39,9 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
         let metadata: serde_json::Map<String, serde_json::Value> = h
             .metadata
             .entries()
-            .iter()
             .map(|(k, v)| {
                 (
-                    k.clone(),
+                    k.to_string(),
                     json!({"type": v.value_type().name(), "value": value_json(v, full)}),
                 )
             })
@@ -75,42 +75,55 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("file:        {}", path.display());
-    println!("size:        {} bytes", file.bytes().len());
-    println!("version:     GGUF v{}", h.version);
-    println!("alignment:   {}", h.alignment);
-    println!("data offset: {}", h.data_offset);
-    println!(
+    // One buffered writer: a file may have millions of keys, and a write
+    // per line made listing them take tens of seconds.
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    macro_rules! outln {
+        ($($t:tt)*) => {
+            let _ = writeln!(out, $($t)*);
+        };
+    }
+    outln!("file:        {}", path.display());
+    outln!("size:        {} bytes", file.bytes().len());
+    outln!("version:     GGUF v{}", h.version);
+    outln!("alignment:   {}", h.alignment);
+    outln!("data offset: {}", h.data_offset);
+    outln!(
         "tensors:     {} ({} parameters, {} bytes, {:.4} bits/weight)",
         h.tensors.len(),
         n_params,
         n_bytes,
         bpw
     );
-    println!("\nmetadata ({} keys):", h.metadata.len());
+    outln!("\nmetadata ({} keys):", h.metadata.len());
     for (k, v) in h.metadata.entries() {
-        println!(
+        outln!(
             "  {k:<40} {:<7} {}",
             v.value_type().name(),
             value_text(v, full)
         );
     }
-    println!("\ntensor types:");
+    outln!("\ntensor types:");
     for (ty, (n, e, b)) in type_summary(&h.tensors) {
         let bpw = if e > 0 {
             b as f64 * 8.0 / e as f64
         } else {
             0.0
         };
-        println!("  {ty:<8} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
+        outln!("  {ty:<8} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
     }
-    println!("\ntensors:");
-    println!(
+    outln!("\ntensors:");
+    outln!(
         "  {:<40} {:<8} {:<24} {:>12} {:>8}",
-        "name", "type", "shape", "bytes", "bpw"
+        "name",
+        "type",
+        "shape",
+        "bytes",
+        "bpw"
     );
     for t in &h.tensors {
-        println!(
+        outln!(
             "  {:<40} {:<8} {:<24} {:>12} {:>8.4}",
             t.name,
             t.type_name,
@@ -119,5 +132,6 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
             t.bits_per_weight()
         );
     }
+    let _ = out.flush();
     Ok(ExitCode::SUCCESS)
 }

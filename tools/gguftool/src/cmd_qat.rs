@@ -8,7 +8,7 @@ use gguftool_calib::imatrix::Imatrix;
 use gguftool_convert::policy::{self, format_by_name, Provenance, QuantPolicy};
 use gguftool_convert::{self, TensorAction};
 use gguftool_gguf::integrity::sha256_hex;
-use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::seal::WriteOptions;
 use gguftool_gguf::Error;
 use gguftool_gguf::{GgufFile, TensorInfo};
 use gguftool_qat::config::QatConfig;

@@ -3,7 +3,7 @@
 
 use crate::progress::bytes_bar;
 use gguftool_convert::{self, Plan};
-use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::seal::WriteOptions;
 use std::path::Path;
 use std::process::ExitCode;
 

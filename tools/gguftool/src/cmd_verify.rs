@@ -28,23 +28,14 @@ fn warnings(file: &GgufFile) -> Vec<String> {
     w
 }
 
-/// Failures found by the integrity check, one line each.
+/// Failures found by the integrity check, one line each, naming the key,
+/// tensor or header field concerned.
 fn failures(r: &IntegrityReport) -> Vec<String> {
     let mut f = Vec::new();
     if let Some(e) = &r.manifest_error {
         f.push(format!("integrity manifest malformed: {e}"));
     }
-    if r.metadata_ok == Some(false) {
-        f.push("metadata changed since sealing (metadata digest mismatch)".into());
-    }
-    if r.tensor_info_ok == Some(false) {
-        f.push("tensor table (names, types or shapes) changed since sealing".into());
-    }
-    for t in &r.changed_tensors {
-        f.push(format!(
-            "tensor {t:?}: data changed since sealing (sha256 mismatch)"
-        ));
-    }
+    f.extend(r.changes.iter().map(|c| c.to_string()));
     f
 }
 
@@ -56,7 +47,13 @@ pub fn run(
 ) -> Result<ExitCode, gguftool_gguf::Error> {
     let file = gguftool_quant::registry::open(path)?;
     let report = integrity::check(&file);
-    let warns = warnings(&file);
+    let mut warns = warnings(&file);
+    if let Some(v @ 1) = report.manifest_version {
+        warns.push(format!(
+            "older integrity manifest (version {v}): it cannot name changed keys or tensors and does not cover the header fields or trailing bytes; run `gguftool seal` to upgrade to version {}",
+            integrity::MANIFEST_VERSION
+        ));
+    }
     let fails = failures(&report);
     let ok = fails.is_empty() && (!strict || warns.is_empty());
     if as_json {
@@ -68,6 +65,7 @@ pub fn run(
             "metadata_ok": report.metadata_ok,
             "tensor_info_ok": report.tensor_info_ok,
             "changed_tensors": report.changed_tensors,
+            "manifest_version": report.manifest_version,
             "failures": fails,
             "warnings": warns,
             "tensors": report.digests.iter().map(|(n, d)| json!({"name": n, "sha256": d})).collect::<Vec<_>>(),

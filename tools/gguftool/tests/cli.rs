@@ -193,7 +193,7 @@ fn verify_reports_metadata_edits() {
     let out = run(&["verify", p(&bad)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("metadata changed since sealing"),
+        stderr(&out).contains("metadata key \"general.name\" changed since sealing"),
         "{}",
         stderr(&out)
     );

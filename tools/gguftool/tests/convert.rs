@@ -487,7 +487,7 @@ fn calibration_rounds_covered_matrices_with_gptq() {
     };
     let cal_path = dir.path().join("calib.gguf");
     let bytes = cal
-        .write(std::io::Cursor::new(Vec::new()), Default::default())
+        .write(std::io::Cursor::new(Vec::new()))
         .unwrap()
         .into_inner();
     std::fs::write(&cal_path, bytes).unwrap();
