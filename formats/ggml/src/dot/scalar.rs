@@ -1,0 +1,329 @@
+//! Portable reference dot kernels. Integer types sum code products exactly
+//! in i32 per block and scale once per block in f32, as ggml's generic
+//! `ggml_vec_dot_*` do; the AVX2 kernels compute the same integers.
+
+// Element indices are the layout arithmetic (which byte, which shift), as in
+// the decoders; iterators would hide it.
+#![allow(clippy::needless_range_loop)]
+
+use crate::half_bits::{bf16_to_f32, f16_to_f32, read_f16};
+use crate::legacy::IQ4NL_LEVELS;
+use gguftool_quant::activation::{Q8Activations, Q8KActivations, Q8K_BLOCK, Q8_BLOCK};
+
+/// Eight independent f32 partial sums (lets the compiler vectorize without
+/// reassociating one long chain).
+#[inline(always)]
+fn dot_lanes(n: usize, w: impl Fn(usize) -> f32, x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += w(i + l) * x[i + l];
+        }
+    }
+    let mut tail = 0f32;
+    for i in full..n {
+        tail += w(i) * x[i];
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// F32 weights (little-endian bytes) against f32 activations.
+pub fn dot_f32(src: &[u8], x: &[f32]) -> f32 {
+    let w =
+        |i: usize| f32::from_le_bytes([src[4 * i], src[4 * i + 1], src[4 * i + 2], src[4 * i + 3]]);
+    dot_lanes(x.len(), w, x)
+}
+
+/// F16 weights against f32 activations.
+pub fn dot_f16(src: &[u8], x: &[f32]) -> f32 {
+    let w = |i: usize| f16_to_f32(u16::from_le_bytes([src[2 * i], src[2 * i + 1]]));
+    dot_lanes(x.len(), w, x)
+}
+
+/// BF16 weights against f32 activations.
+pub fn dot_bf16(src: &[u8], x: &[f32]) -> f32 {
+    let w = |i: usize| bf16_to_f32(u16::from_le_bytes([src[2 * i], src[2 * i + 1]]));
+    dot_lanes(x.len(), w, x)
+}
+
+/// Element `i` (0..32) of a 32-element nibble block: low nibbles hold
+/// 0..16, high nibbles 16..32.
+#[inline(always)]
+fn nib(qs: &[u8], i: usize) -> i32 {
+    ((qs[i % 16] >> (4 * (i / 16))) & 0x0f) as i32
+}
+
+/// The 5-bit codes of a Q5 block: nibble plus bit `i` of `qh`.
+#[inline(always)]
+fn q5(qh: u32, qs: &[u8], i: usize) -> i32 {
+    nib(qs, i) | ((((qh >> i) & 1) as i32) << 4)
+}
+
+/// Sums over blocks of 32: `f` gives (weight scale, integer code dot, min)
+/// for one block; the result is `sum d_w d_x isum + m_w d_x sum(q_x)`.
+#[inline(always)]
+fn blocks32(
+    src: &[u8],
+    type_size: usize,
+    x: &Q8Activations,
+    f: impl Fn(&[u8], &[i8]) -> (f32, i32, f32),
+) -> f32 {
+    let mut acc = 0f32;
+    for (((b, q), &dx), &sx) in src
+        .chunks_exact(type_size)
+        .zip(x.qs().chunks_exact(Q8_BLOCK))
+        .zip(x.scales())
+        .zip(x.sums())
+    {
+        let (dw, isum, mw) = f(b, q);
+        acc += (dw * dx) * isum as f32;
+        if mw != 0.0 {
+            acc += (mw * dx) * sx as f32;
+        }
+    }
+    acc
+}
+
+/// Q4_0 (w = d (q - 8)) against 8-bit activations.
+pub fn q4_0(src: &[u8], x: &Q8Activations) -> f32 {
+    blocks32(src, 18, x, |b, q| {
+        let s: i32 = (0..32).map(|i| (nib(&b[2..], i) - 8) * q[i] as i32).sum();
+        (read_f16(b), s, 0.0)
+    })
+}
+
+/// Q4_1 (w = d q + m) against 8-bit activations.
+pub fn q4_1(src: &[u8], x: &Q8Activations) -> f32 {
+    blocks32(src, 20, x, |b, q| {
+        let s: i32 = (0..32).map(|i| nib(&b[4..], i) * q[i] as i32).sum();
+        (read_f16(b), s, read_f16(&b[2..]))
+    })
+}
+
+/// Q5_0 (w = d (q - 16)) against 8-bit activations.
+pub fn q5_0(src: &[u8], x: &Q8Activations) -> f32 {
+    blocks32(src, 22, x, |b, q| {
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let s: i32 = (0..32)
+            .map(|i| (q5(qh, &b[6..], i) - 16) * q[i] as i32)
+            .sum();
+        (read_f16(b), s, 0.0)
+    })
+}
+
+/// Q5_1 (w = d q + m) against 8-bit activations.
+pub fn q5_1(src: &[u8], x: &Q8Activations) -> f32 {
+    blocks32(src, 24, x, |b, q| {
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        let s: i32 = (0..32).map(|i| q5(qh, &b[8..], i) * q[i] as i32).sum();
+        (read_f16(b), s, read_f16(&b[2..]))
+    })
+}
+
+/// Q8_0 against 8-bit activations.
+pub fn q8_0(src: &[u8], x: &Q8Activations) -> f32 {
+    blocks32(src, 34, x, |b, q| {
+        let s: i32 = b[2..34]
+            .iter()
+            .zip(q)
+            .map(|(&w, &a)| w as i8 as i32 * a as i32)
+            .sum();
+        (read_f16(b), s, 0.0)
+    })
+}
+
+/// IQ4_NL (w = d level[q]) against 8-bit activations.
+pub fn iq4_nl(src: &[u8], x: &Q8Activations) -> f32 {
+    blocks32(src, 18, x, |b, q| {
+        let s: i32 = (0..32)
+            .map(|i| IQ4NL_LEVELS[nib(&b[2..], i) as usize] as i32 * q[i] as i32)
+            .sum();
+        (read_f16(b), s, 0.0)
+    })
+}
+
+/// Sums over super-blocks of 256: `f` gives (d_w, integer dot, dmin_w,
+/// integer min term) for one block, given its codes and partial sums; the
+/// result is `sum d_x (d_w isum - dmin_w imin)`.
+#[inline(always)]
+fn blocks256(
+    src: &[u8],
+    type_size: usize,
+    x: &Q8KActivations,
+    f: impl Fn(&[u8], &[i8], &[i16]) -> (f32, i32, f32, i32),
+) -> f32 {
+    let mut acc = 0f32;
+    for (((b, q), &dx), bs) in src
+        .chunks_exact(type_size)
+        .zip(x.qs().chunks_exact(Q8K_BLOCK))
+        .zip(x.d())
+        .zip(x.bsums().chunks_exact(16))
+    {
+        let (dw, isum, dmin, imin) = f(b, q, bs);
+        acc += (dw * dx) * isum as f32;
+        if imin != 0 {
+            acc -= (dmin * dx) * imin as f32;
+        }
+    }
+    acc
+}
+
+/// Unpacks the 6-bit scales and mins shared by Q4_K and Q5_K.
+#[inline(always)]
+pub fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
+    for j in 0..4 {
+        sc[j] = s[j] & 0x3f;
+        mn[j] = s[4 + j] & 0x3f;
+        sc[4 + j] = (s[8 + j] & 0x0f) | ((s[j] >> 2) & 0x30);
+        mn[4 + j] = (s[8 + j] >> 4) | ((s[4 + j] >> 2) & 0x30);
+    }
+    (sc, mn)
+}
+
+/// Unpacks Q3_K's sixteen signed 6-bit scales.
+#[inline(always)]
+pub fn q3k_scales(sc: &[u8]) -> [i8; 16] {
+    let mut out = [0i8; 16];
+    for (i, s) in out.iter_mut().enumerate() {
+        let low = if i < 8 { sc[i] & 0x0f } else { sc[i - 8] >> 4 };
+        let high = (sc[8 + i % 4] >> (2 * (i / 4))) & 3;
+        *s = (low | (high << 4)) as i8 - 32;
+    }
+    out
+}
+
+/// Sum of `scale(g) * bsums[g]` over the sixteen groups of 16.
+#[inline(always)]
+fn scaled_bsums(bs: &[i16], scale: impl Fn(usize) -> i32) -> i32 {
+    bs.iter()
+        .enumerate()
+        .map(|(g, &s)| scale(g) * s as i32)
+        .sum()
+}
+
+/// Q2_K (w = d sc q - dmin m per 16) against Q8_K activations.
+pub fn q2_k(src: &[u8], x: &Q8KActivations) -> f32 {
+    blocks256(src, 84, x, |b, q, bs| {
+        let (scales, qs) = (&b[..16], &b[16..80]);
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let mut s = 0i32;
+            for i in 16 * g..16 * g + 16 {
+                let (half, shift, j) = (i / 128, (i % 128) / 32, i % 32);
+                let c = (qs[half * 32 + j] >> (2 * shift)) & 3;
+                s += c as i32 * q[i] as i32;
+            }
+            isum += (scales[g] & 0x0f) as i32 * s;
+        }
+        let imin = scaled_bsums(bs, |g| (scales[g] >> 4) as i32);
+        (read_f16(&b[80..]), isum, read_f16(&b[82..]), imin)
+    })
+}
+
+/// Q3_K (w = d sc (q - 4 (1 - hbit)) per 16) against Q8_K activations.
+pub fn q3_k(src: &[u8], x: &Q8KActivations) -> f32 {
+    blocks256(src, 110, x, |b, q, bs| {
+        let (hmask, qs) = (&b[..32], &b[32..96]);
+        let sc = q3k_scales(&b[96..108]);
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let mut s = 0i32;
+            for i in 16 * g..16 * g + 16 {
+                let (half, shift, j) = (i / 128, (i % 128) / 32, i % 32);
+                let low = (qs[half * 32 + j] >> (2 * shift)) & 3;
+                let hbit = (hmask[j] >> (i / 32)) & 1;
+                s += (low | (hbit << 2)) as i32 * q[i] as i32;
+            }
+            isum += sc[g] as i32 * s;
+        }
+        // Codes are stored as q + 4: subtract 4 sc sum(q_x) per group.
+        isum -= 4 * scaled_bsums(bs, |g| sc[g] as i32);
+        (read_f16(&b[108..]), isum, 0.0, 0)
+    })
+}
+
+/// Q4_K (w = d sc q - dmin m per 32) against Q8_K activations.
+pub fn q4_k(src: &[u8], x: &Q8KActivations) -> f32 {
+    blocks256(src, 144, x, |b, q, bs| {
+        let (sc, mn) = scale_min_k4(&b[4..16]);
+        let qs = &b[16..144];
+        let mut isum = 0i32;
+        for sub in 0..8 {
+            let (chunk, shift) = (sub / 2, sub % 2);
+            let s: i32 = (0..32)
+                .map(|j| {
+                    ((qs[chunk * 32 + j] >> (4 * shift)) & 0x0f) as i32 * q[32 * sub + j] as i32
+                })
+                .sum();
+            isum += sc[sub] as i32 * s;
+        }
+        let imin = scaled_bsums(bs, |g| mn[g / 2] as i32);
+        (read_f16(b), isum, read_f16(&b[2..]), imin)
+    })
+}
+
+/// Q5_K (w = d sc q - dmin m per 32) against Q8_K activations.
+pub fn q5_k(src: &[u8], x: &Q8KActivations) -> f32 {
+    blocks256(src, 176, x, |b, q, bs| {
+        let (sc, mn) = scale_min_k4(&b[4..16]);
+        let (qh, qs) = (&b[16..48], &b[48..176]);
+        let mut isum = 0i32;
+        for sub in 0..8 {
+            let (chunk, shift) = (sub / 2, sub % 2);
+            let s: i32 = (0..32)
+                .map(|j| {
+                    let low = (qs[chunk * 32 + j] >> (4 * shift)) & 0x0f;
+                    let high = (qh[j] >> sub) & 1;
+                    (low | (high << 4)) as i32 * q[32 * sub + j] as i32
+                })
+                .sum();
+            isum += sc[sub] as i32 * s;
+        }
+        let imin = scaled_bsums(bs, |g| mn[g / 2] as i32);
+        (read_f16(b), isum, read_f16(&b[2..]), imin)
+    })
+}
+
+/// Q6_K (w = d sc (q - 32) per 16) against Q8_K activations.
+pub fn q6_k(src: &[u8], x: &Q8KActivations) -> f32 {
+    blocks256(src, 210, x, |b, q, bs| {
+        let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let mut s = 0i32;
+            for i in 16 * g..16 * g + 16 {
+                let (half, r) = (i / 128, i % 128);
+                let low = (ql[half * 64 + r % 64] >> (4 * (r / 64))) & 0x0f;
+                let high = (qh[half * 32 + r % 32] >> (2 * (r / 32))) & 3;
+                s += (low | (high << 4)) as i32 * q[i] as i32;
+            }
+            isum += scales[g] as i8 as i32 * s;
+        }
+        // Codes are stored as q + 32.
+        isum -= 32 * scaled_bsums(bs, |g| scales[g] as i8 as i32);
+        (read_f16(&b[208..]), isum, 0.0, 0)
+    })
+}
+
+/// IQ4_XS (w = d ls level[q] per 32) against Q8_K activations.
+pub fn iq4_xs(src: &[u8], x: &Q8KActivations) -> f32 {
+    blocks256(src, 136, x, |b, q, _| {
+        let scales_h = u16::from_le_bytes([b[2], b[3]]);
+        let (scales_l, qs) = (&b[4..8], &b[8..136]);
+        let mut isum = 0i32;
+        for ib in 0..8 {
+            let low = (scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0f;
+            let high = ((scales_h >> (2 * ib)) & 3) as u8;
+            let ls = (low | (high << 4)) as i32 - 32;
+            let s: i32 = (0..32)
+                .map(|k| {
+                    IQ4NL_LEVELS[nib(&qs[16 * ib..], k) as usize] as i32 * q[32 * ib + k] as i32
+                })
+                .sum();
+            isum += ls * s;
+        }
+        (read_f16(b), isum, 0.0, 0)
+    })
+}
