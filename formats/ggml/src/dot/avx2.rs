@@ -97,7 +97,7 @@ unsafe fn madd_i8(w: __m256i, y: __m256i) -> __m256i {
 /// # Safety
 /// AVX2 and FMA; `src` holds `x.n_blocks()` blocks of `type_size` bytes.
 #[inline(always)]
-unsafe fn blocks32(
+unsafe fn blocks32<const MIN: bool>(
     src: &[u8],
     type_size: usize,
     x: &Q8Activations,
@@ -115,7 +115,9 @@ unsafe fn blocks32(
         {
             let (dw, p, mw) = f(b, load32(q.as_ptr() as *const u8));
             acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(p), acc);
-            mins += (mw * dx) * sx as f32;
+            if MIN {
+                mins += (mw * dx) * sx as f32;
+            }
         }
         hsum256(acc) + mins
     }
@@ -129,7 +131,7 @@ unsafe fn blocks32(
 pub unsafe fn q4_0(src: &[u8], x: &Q8Activations) -> f32 {
     // SAFETY: features enabled here; blocks are 18 bytes (16 nibble bytes at 2).
     unsafe {
-        blocks32(src, 18, x, |b, y| {
+        blocks32::<false>(src, 18, x, |b, y| {
             let w = _mm256_sub_epi8(nibbles32(b.as_ptr().add(2)), _mm256_set1_epi8(8));
             (f16(b), madd_i8(w, y), 0.0)
         })
@@ -144,7 +146,7 @@ pub unsafe fn q4_0(src: &[u8], x: &Q8Activations) -> f32 {
 pub unsafe fn q4_1(src: &[u8], x: &Q8Activations) -> f32 {
     // SAFETY: features enabled here; blocks are 20 bytes (16 nibble bytes at 4).
     unsafe {
-        blocks32(src, 20, x, |b, y| {
+        blocks32::<true>(src, 20, x, |b, y| {
             let w = nibbles32(b.as_ptr().add(4));
             (f16(b), madd_u8(w, y), f16(&b[2..]))
         })
@@ -159,7 +161,7 @@ pub unsafe fn q4_1(src: &[u8], x: &Q8Activations) -> f32 {
 pub unsafe fn q5_0(src: &[u8], x: &Q8Activations) -> f32 {
     // SAFETY: features enabled here; blocks are 22 bytes (qh at 2, nibbles at 6).
     unsafe {
-        blocks32(src, 22, x, |b, y| {
+        blocks32::<false>(src, 22, x, |b, y| {
             let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
             // q - 16: a clear high bit makes the byte nibble | 0xf0 (nibble - 16).
             let hi = _mm256_andnot_si256(bits32(qh), _mm256_set1_epi8(0xf0u8 as i8));
@@ -177,7 +179,7 @@ pub unsafe fn q5_0(src: &[u8], x: &Q8Activations) -> f32 {
 pub unsafe fn q5_1(src: &[u8], x: &Q8Activations) -> f32 {
     // SAFETY: features enabled here; blocks are 24 bytes (qh at 4, nibbles at 8).
     unsafe {
-        blocks32(src, 24, x, |b, y| {
+        blocks32::<true>(src, 24, x, |b, y| {
             let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
             let hi = _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
             let w = _mm256_or_si256(nibbles32(b.as_ptr().add(8)), hi);
@@ -194,7 +196,7 @@ pub unsafe fn q5_1(src: &[u8], x: &Q8Activations) -> f32 {
 pub unsafe fn q8_0(src: &[u8], x: &Q8Activations) -> f32 {
     // SAFETY: features enabled here; blocks are 34 bytes (codes at 2).
     unsafe {
-        blocks32(src, 34, x, |b, y| {
+        blocks32::<false>(src, 34, x, |b, y| {
             (f16(b), madd_i8(load32(b.as_ptr().add(2)), y), 0.0)
         })
     }
@@ -219,7 +221,7 @@ pub unsafe fn iq4_nl(src: &[u8], x: &Q8Activations) -> f32 {
     // SAFETY: features enabled here; blocks are 18 bytes (nibbles at 2).
     unsafe {
         let lut = iq4_lut();
-        blocks32(src, 18, x, |b, y| {
+        blocks32::<false>(src, 18, x, |b, y| {
             let w = _mm256_shuffle_epi8(lut, nibbles32(b.as_ptr().add(2)));
             (f16(b), madd_i8(w, y), 0.0)
         })

@@ -208,14 +208,21 @@ pub fn q2_k(src: &[u8], x: &Q8KActivations) -> f32 {
     blocks256(src, 84, x, |b, q, bs| {
         let (scales, qs) = (&b[..16], &b[16..80]);
         let mut isum = 0i32;
-        for g in 0..16 {
-            let mut s = 0i32;
-            for i in 16 * g..16 * g + 16 {
-                let (half, shift, j) = (i / 128, (i % 128) / 32, i % 32);
-                let c = (qs[half * 32 + j] >> (2 * shift)) & 3;
-                s += c as i32 * q[i] as i32;
+        // Group k of half h: bits 2k..2k+2 of the half's 32 code bytes.
+        for h in 0..2 {
+            for k in 0..4 {
+                for s in 0..2 {
+                    let g = 8 * h + 2 * k + s;
+                    let base = 128 * h + 32 * k + 16 * s;
+                    let codes = &qs[32 * h + 16 * s..32 * h + 16 * s + 16];
+                    let sum: i32 = codes
+                        .iter()
+                        .zip(&q[base..base + 16])
+                        .map(|(&c, &a)| ((c >> (2 * k)) & 3) as i32 * a as i32)
+                        .sum();
+                    isum += (scales[g] & 0x0f) as i32 * sum;
+                }
             }
-            isum += (scales[g] & 0x0f) as i32 * s;
         }
         let imin = scaled_bsums(bs, |g| (scales[g] >> 4) as i32);
         (read_f16(&b[80..]), isum, read_f16(&b[82..]), imin)
@@ -228,15 +235,28 @@ pub fn q3_k(src: &[u8], x: &Q8KActivations) -> f32 {
         let (hmask, qs) = (&b[..32], &b[32..96]);
         let sc = q3k_scales(&b[96..108]);
         let mut isum = 0i32;
-        for g in 0..16 {
-            let mut s = 0i32;
-            for i in 16 * g..16 * g + 16 {
-                let (half, shift, j) = (i / 128, (i % 128) / 32, i % 32);
-                let low = (qs[half * 32 + j] >> (2 * shift)) & 3;
-                let hbit = (hmask[j] >> (i / 32)) & 1;
-                s += (low | (hbit << 2)) as i32 * q[i] as i32;
+        // Group k of half h: bits 2k..2k+2 of the half's 32 code bytes, high
+        // bit 4h + k of the 32 mask bytes.
+        for h in 0..2 {
+            for k in 0..4 {
+                for s in 0..2 {
+                    let g = 8 * h + 2 * k + s;
+                    let base = 128 * h + 32 * k + 16 * s;
+                    let codes = &qs[32 * h + 16 * s..32 * h + 16 * s + 16];
+                    let high = &hmask[16 * s..16 * s + 16];
+                    let sum: i32 = codes
+                        .iter()
+                        .zip(high)
+                        .zip(&q[base..base + 16])
+                        .map(|((&c, &m), &a)| {
+                            let low = (c >> (2 * k)) & 3;
+                            let hbit = (m >> (4 * h + k)) & 1;
+                            (low | (hbit << 2)) as i32 * a as i32
+                        })
+                        .sum();
+                    isum += sc[g] as i32 * sum;
+                }
             }
-            isum += sc[g] as i32 * s;
         }
         // Codes are stored as q + 4: subtract 4 sc sum(q_x) per group.
         isum -= 4 * scaled_bsums(bs, |g| sc[g] as i32);
@@ -291,15 +311,28 @@ pub fn q6_k(src: &[u8], x: &Q8KActivations) -> f32 {
     blocks256(src, 210, x, |b, q, bs| {
         let (ql, qh, scales) = (&b[..128], &b[128..192], &b[192..208]);
         let mut isum = 0i32;
-        for g in 0..16 {
-            let mut s = 0i32;
-            for i in 16 * g..16 * g + 16 {
-                let (half, r) = (i / 128, i % 128);
-                let low = (ql[half * 64 + r % 64] >> (4 * (r / 64))) & 0x0f;
-                let high = (qh[half * 32 + r % 32] >> (2 * (r / 32))) & 3;
-                s += (low | (high << 4)) as i32 * q[i] as i32;
+        // Group k of half h: nibble k / 2 of low bytes 64h + 32 (k % 2) ..,
+        // bits 2k..2k+2 of high bytes 32h ...
+        for h in 0..2 {
+            for k in 0..4 {
+                for s in 0..2 {
+                    let g = 8 * h + 2 * k + s;
+                    let base = 128 * h + 32 * k + 16 * s;
+                    let lo = 64 * h + 32 * (k % 2) + 16 * s;
+                    let hi = 32 * h + 16 * s;
+                    let sum: i32 = ql[lo..lo + 16]
+                        .iter()
+                        .zip(&qh[hi..hi + 16])
+                        .zip(&q[base..base + 16])
+                        .map(|((&l, &hb), &a)| {
+                            let low = (l >> (4 * (k / 2))) & 0x0f;
+                            let high = (hb >> (2 * k)) & 3;
+                            (low | (high << 4)) as i32 * a as i32
+                        })
+                        .sum();
+                    isum += scales[g] as i8 as i32 * sum;
+                }
             }
-            isum += scales[g] as i8 as i32 * s;
         }
         // Codes are stored as q + 32.
         isum -= 32 * scaled_bsums(bs, |g| scales[g] as i8 as i32);
