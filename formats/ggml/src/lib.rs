@@ -107,7 +107,11 @@ impl Kernel for StdType {
         self.dot.vec_dot_type()
     }
 
-    unsafe fn dequantize_at(&self, _level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+    unsafe fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+        // SAFETY: forwarded contract.
+        if unsafe { dot::dequantize(self.dot, level, src, dst) } {
+            return;
+        }
         if self.id == 0 {
             // F32: a plain little-endian copy, without a call per element.
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {

@@ -305,3 +305,28 @@ fn kernel_table_uses_each_types_activation_blocks() {
         assert_eq!(got.to_bits(), want.to_bits(), "{name}");
     }
 }
+
+#[test]
+fn avx2_dequantize_is_bit_identical_to_scalar() {
+    if !simd::supported(SimdLevel::Avx2) {
+        return;
+    }
+    let mut rng = Rng(0x5151_7a7a_0101_fefe);
+    for (name, scales) in TYPES {
+        let f = fmt(name);
+        for raw in [false, true] {
+            let n = 1024;
+            let mut w = blocks(f, scales, n, &mut rng, false);
+            if raw {
+                // Any bytes, NaN and infinite scales included.
+                w.iter_mut().for_each(|b| *b = rng.byte());
+            }
+            let (mut s, mut a) = (vec![0f32; n], vec![0f32; n]);
+            f.dequantize_with(SimdLevel::Scalar, &w, &mut s).unwrap();
+            f.dequantize_with(SimdLevel::Avx2, &w, &mut a).unwrap();
+            for (i, (p, q)) in s.iter().zip(&a).enumerate() {
+                assert_eq!(p.to_bits(), q.to_bits(), "{name} element {i}: {p} vs {q}");
+            }
+        }
+    }
+}

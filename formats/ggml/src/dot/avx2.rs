@@ -5,10 +5,15 @@
 //! scale it as the scalar kernel does (so their results are bit-identical
 //! to scalar).
 //!
+//! The AVX2 decoders (Q8_0, Q4_0, Q4_K, Q6_K) are bit-identical to the
+//! scalar ones: scales are converted by the same scalar code and each
+//! element is one multiply (and one subtraction) of the same operands.
+//!
 //! Every function here requires AVX2, FMA and F16C, and the kernel contract
 //! (`src` holds whole blocks covering the activations' elements).
 
 use crate::dot::scalar::{q3k_scales, scale_min_k4};
+use crate::half_bits::read_f16;
 use crate::legacy::IQ4NL_LEVELS;
 use gguftool_quant::activation::{Q8Activations, Q8KActivations, Q8K_BLOCK, Q8_BLOCK};
 use gguftool_quant::simd::x86::{hsum256, hsum256_epi32};
@@ -584,5 +589,153 @@ pub unsafe fn dot_bf16(src: &[u8], x: &[f32]) -> f32 {
             },
             |i| f32::from_bits((u16::from_le_bytes([src[2 * i], src[2 * i + 1]]) as u32) << 16),
         )
+    }
+}
+
+/// Bytes `8 g .. 8 g + 8` (`g` in 0..4) of `v`, sign-extended, as f32.
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+unsafe fn i8x8_ps(v: __m256i, g: usize) -> __m256 {
+    // SAFETY: the caller guarantees AVX2; register-only operations.
+    unsafe {
+        let half = if g < 2 {
+            _mm256_castsi256_si128(v)
+        } else {
+            _mm256_extracti128_si256(v, 1)
+        };
+        let part = if g.is_multiple_of(2) {
+            half
+        } else {
+            _mm_srli_si128(half, 8)
+        };
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part))
+    }
+}
+
+/// Writes `scale * codes[8g..8g+8] - min` for the four groups of 32 codes,
+/// one multiply and one subtraction per element (no fused multiply-add:
+/// bit-identical to the scalar decoders' `scale * q - min`).
+///
+/// # Safety
+/// AVX2; `out` has at least 32 elements.
+#[inline(always)]
+unsafe fn store32(out: &mut [f32], codes: __m256i, scale: [f32; 4], min: Option<f32>) {
+    // SAFETY: the caller guarantees AVX2 and 32 writable elements.
+    unsafe {
+        for (g, &s) in scale.iter().enumerate() {
+            let mut v = _mm256_mul_ps(_mm256_set1_ps(s), i8x8_ps(codes, g));
+            if let Some(m) = min {
+                v = _mm256_sub_ps(v, _mm256_set1_ps(m));
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * g), v);
+        }
+    }
+}
+
+/// Decodes Q8_0 blocks, bit-identical to [`crate::legacy::dequant_q8_0`].
+///
+/// # Safety
+/// AVX2, FMA, F16C; `src` holds whole 34-byte blocks, `dst` 32 per block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q8_0(src: &[u8], dst: &mut [f32]) {
+    for (b, out) in src.chunks_exact(34).zip(dst.chunks_exact_mut(32)) {
+        let d = read_f16(b);
+        // SAFETY: features enabled here; the block has 32 codes at 2, out 32 slots.
+        unsafe { store32(out, load32(b.as_ptr().add(2)), [d; 4], None) };
+    }
+}
+
+/// Decodes Q4_0 blocks, bit-identical to [`crate::legacy::dequant_q4_0`].
+///
+/// # Safety
+/// AVX2, FMA, F16C; `src` holds whole 18-byte blocks, `dst` 32 per block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q4_0(src: &[u8], dst: &mut [f32]) {
+    for (b, out) in src.chunks_exact(18).zip(dst.chunks_exact_mut(32)) {
+        let d = read_f16(b);
+        // SAFETY: features enabled here; 16 nibble bytes at 2, out 32 slots.
+        unsafe {
+            let q = _mm256_sub_epi8(nibbles32(b.as_ptr().add(2)), _mm256_set1_epi8(8));
+            store32(out, q, [d; 4], None);
+        }
+    }
+}
+
+/// Decodes Q4_K blocks, bit-identical to [`crate::kquants::dequant_q4_k`].
+///
+/// # Safety
+/// AVX2, FMA, F16C; `src` holds whole 144-byte blocks, `dst` 256 per block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q4_k(src: &[u8], dst: &mut [f32]) {
+    for (b, out) in src.chunks_exact(144).zip(dst.chunks_exact_mut(256)) {
+        let (d, dmin) = (read_f16(b), read_f16(&b[2..]));
+        let (sc, mn) = scale_min_k4(&b[4..16]);
+        // SAFETY: features enabled here; 128 nibble bytes at 16, out 256 slots.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            for j in 0..4 {
+                let q4 = load32(b.as_ptr().add(16 + 32 * j));
+                for (h, codes) in [
+                    _mm256_and_si256(q4, m4),
+                    _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let sub = 2 * j + h;
+                    let dl = d * sc[sub] as f32;
+                    let ml = dmin * mn[sub] as f32;
+                    store32(&mut out[32 * sub..], codes, [dl; 4], Some(ml));
+                }
+            }
+        }
+    }
+}
+
+/// Decodes Q6_K blocks, bit-identical to [`crate::kquants::dequant_q6_k`].
+///
+/// # Safety
+/// AVX2, FMA, F16C; `src` holds whole 210-byte blocks, `dst` 256 per block.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequant_q6_k(src: &[u8], dst: &mut [f32]) {
+    for (b, out) in src.chunks_exact(210).zip(dst.chunks_exact_mut(256)) {
+        let d = read_f16(&b[208..]);
+        let scales = &b[192..208];
+        // SAFETY: features enabled here; ql at 0..128, qh at 128..192, out 256 slots.
+        unsafe {
+            let (m4, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+            let m32 = _mm256_set1_epi8(32);
+            for h in 0..2 {
+                let qh = load32(b.as_ptr().add(128 + 32 * h));
+                let ql0 = load32(b.as_ptr().add(64 * h));
+                let ql1 = load32(b.as_ptr().add(64 * h + 32));
+                let codes = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                    ),
+                ];
+                for (k, c) in codes.into_iter().enumerate() {
+                    let g = 8 * h + 2 * k;
+                    let (s0, s1) = (d * scales[g] as i8 as f32, d * scales[g + 1] as i8 as f32);
+                    let q = _mm256_sub_epi8(c, m32);
+                    store32(&mut out[128 * h + 32 * k..], q, [s0, s0, s1, s1], None);
+                }
+            }
+        }
     }
 }

@@ -191,6 +191,31 @@ pub unsafe fn dot_q8k(
     }
 }
 
+/// Decodes whole blocks with an AVX2 decoder when `level` allows one;
+/// false when the caller must run the scalar decoder.
+///
+/// # Safety
+/// The kernel contract: `src` holds whole blocks, `dst` their elements.
+pub unsafe fn dequantize(kind: DotKind, level: SimdLevel, src: &[u8], dst: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2(level) {
+        // SAFETY: AVX2, FMA and F16C are supported; the caller guarantees
+        // whole blocks and matching lengths.
+        unsafe {
+            match kind {
+                DotKind::Q8_0 => avx2::dequant_q8_0(src, dst),
+                DotKind::Q4_0 => avx2::dequant_q4_0(src, dst),
+                DotKind::Q4K => avx2::dequant_q4_k(src, dst),
+                DotKind::Q6K => avx2::dequant_q6_k(src, dst),
+                _ => return false,
+            }
+        }
+        return true;
+    }
+    let _ = (kind, level, src, dst);
+    false
+}
+
 /// The decode-then-dot fallback (what `Kernel`'s default `dot_at` does).
 ///
 /// # Safety
