@@ -159,7 +159,12 @@ fn every_level_matches_decode_then_dot() {
     for (name, scales) in TYPES {
         let f = fmt(name);
         let t = f.kernel().vec_dot_type();
-        for n in [256usize, 1024, 2048] {
+        // Odd block counts too (the AVX2 32-element kernels step 8 blocks).
+        let sizes = [256usize, 1024, 2048, 13 * 32, 7 * 32, 32, 768];
+        for n in sizes
+            .into_iter()
+            .filter(|n| n % f.block_size().max(t.block_size()) == 0)
+        {
             let w = blocks(f, scales, n, &mut rng, false);
             let x: Vec<f32> = (0..n).map(|_| rng.f() * 2.0).collect();
             let acts = Acts::quantize(t, &x);

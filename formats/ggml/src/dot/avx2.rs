@@ -96,35 +96,72 @@ unsafe fn madd_i8(w: __m256i, y: __m256i) -> __m256i {
     unsafe { madd_u8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w)) }
 }
 
-/// The 32-element driver: `f` gives (weight scale, eight i32 partial code
-/// dots, min) for a block; the result is `sum d_w d_x isum + m_w d_x sum(q_x)`.
+/// Eight f16 values at byte `offset` of consecutive blocks (zero past `m`
+/// blocks), converted together. Converting each block's scale alone lets the
+/// compiler merge it into a register that holds the accumulator, which
+/// chains every block on the previous one's multiply-add.
 ///
 /// # Safety
-/// AVX2 and FMA; `src` holds `x.n_blocks()` blocks of `type_size` bytes.
+/// F16C; `blocks` holds at least `m <= 8` blocks of `type_size` bytes.
+#[inline(always)]
+unsafe fn f16x8(blocks: &[u8], type_size: usize, offset: usize, m: usize) -> __m256 {
+    let mut h = [0u16; 8];
+    for (k, v) in h.iter_mut().enumerate().take(m) {
+        let b = &blocks[k * type_size + offset..];
+        *v = u16::from_le_bytes([b[0], b[1]]);
+    }
+    // SAFETY: the caller guarantees F16C; `h` is 16 bytes.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr() as *const __m128i)) }
+}
+
+/// The 32-element driver, eight blocks per step: `f` gives the eight i32
+/// partial code dots of a block; the result is
+/// `sum d_w d_x isum + m_w d_x sum(q_x)` (the min term only when `MIN`,
+/// with `m_w` the f16 at byte 2).
+///
+/// # Safety
+/// AVX2, FMA and F16C; `src` holds `x.n_blocks()` blocks of `type_size` bytes.
 #[inline(always)]
 unsafe fn blocks32<const MIN: bool>(
     src: &[u8],
     type_size: usize,
     x: &Q8Activations,
-    f: impl Fn(&[u8], __m256i) -> (f32, __m256i, f32),
+    f: impl Fn(&[u8], __m256i) -> __m256i,
 ) -> f32 {
-    // SAFETY: the caller guarantees AVX2/FMA; each `q` is 32 codes.
+    // SAFETY: the caller guarantees AVX2/FMA/F16C and the block counts; each
+    // `q` is 32 codes, and every step reads its own m <= 8 blocks.
     unsafe {
+        let n = x.n_blocks();
+        let (qs, scales, sums) = (x.qs(), x.scales(), x.sums());
         let mut acc = _mm256_setzero_ps();
-        let mut mins = 0f32;
-        for (((b, q), &dx), &sx) in src
-            .chunks_exact(type_size)
-            .zip(x.qs().chunks_exact(Q8_BLOCK))
-            .zip(x.scales())
-            .zip(x.sums())
-        {
-            let (dw, p, mw) = f(b, load32(q.as_ptr() as *const u8));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * dx), _mm256_cvtepi32_ps(p), acc);
+        let mut mins = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            let m = (n - i).min(8);
+            let blocks = &src[i * type_size..(i + m) * type_size];
+            let mut dx = [0f32; 8];
+            dx[..m].copy_from_slice(&scales[i..i + m]);
+            let dx = _mm256_loadu_ps(dx.as_ptr());
+            // d_w d_x for the eight blocks, as the scalar kernel rounds it.
+            let mut dd = [0f32; 8];
+            _mm256_storeu_ps(
+                dd.as_mut_ptr(),
+                _mm256_mul_ps(f16x8(blocks, type_size, 0, m), dx),
+            );
             if MIN {
-                mins += (mw * dx) * sx as f32;
+                let mut sx = [0i32; 8];
+                sx[..m].copy_from_slice(&sums[i..i + m]);
+                let mdx = _mm256_mul_ps(f16x8(blocks, type_size, 2, m), dx);
+                let sx = _mm256_cvtepi32_ps(_mm256_loadu_si256(sx.as_ptr() as *const __m256i));
+                mins = _mm256_fmadd_ps(mdx, sx, mins);
             }
+            for (k, (b, &d)) in blocks.chunks_exact(type_size).zip(&dd).enumerate() {
+                let y = load32(qs.as_ptr().add((i + k) * Q8_BLOCK) as *const u8);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(f(b, y)), acc);
+            }
+            i += m;
         }
-        hsum256(acc) + mins
+        hsum256(acc) + hsum256(mins)
     }
 }
 
@@ -138,7 +175,7 @@ pub unsafe fn q4_0(src: &[u8], x: &Q8Activations) -> f32 {
     unsafe {
         blocks32::<false>(src, 18, x, |b, y| {
             let w = _mm256_sub_epi8(nibbles32(b.as_ptr().add(2)), _mm256_set1_epi8(8));
-            (f16(b), madd_i8(w, y), 0.0)
+            madd_i8(w, y)
         })
     }
 }
@@ -153,7 +190,7 @@ pub unsafe fn q4_1(src: &[u8], x: &Q8Activations) -> f32 {
     unsafe {
         blocks32::<true>(src, 20, x, |b, y| {
             let w = nibbles32(b.as_ptr().add(4));
-            (f16(b), madd_u8(w, y), f16(&b[2..]))
+            madd_u8(w, y)
         })
     }
 }
@@ -171,7 +208,7 @@ pub unsafe fn q5_0(src: &[u8], x: &Q8Activations) -> f32 {
             // q - 16: a clear high bit makes the byte nibble | 0xf0 (nibble - 16).
             let hi = _mm256_andnot_si256(bits32(qh), _mm256_set1_epi8(0xf0u8 as i8));
             let w = _mm256_or_si256(nibbles32(b.as_ptr().add(6)), hi);
-            (f16(b), madd_i8(w, y), 0.0)
+            madd_i8(w, y)
         })
     }
 }
@@ -188,7 +225,7 @@ pub unsafe fn q5_1(src: &[u8], x: &Q8Activations) -> f32 {
             let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
             let hi = _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
             let w = _mm256_or_si256(nibbles32(b.as_ptr().add(8)), hi);
-            (f16(b), madd_u8(w, y), f16(&b[2..]))
+            madd_u8(w, y)
         })
     }
 }
@@ -200,11 +237,7 @@ pub unsafe fn q5_1(src: &[u8], x: &Q8Activations) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q8_0(src: &[u8], x: &Q8Activations) -> f32 {
     // SAFETY: features enabled here; blocks are 34 bytes (codes at 2).
-    unsafe {
-        blocks32::<false>(src, 34, x, |b, y| {
-            (f16(b), madd_i8(load32(b.as_ptr().add(2)), y), 0.0)
-        })
-    }
+    unsafe { blocks32::<false>(src, 34, x, |b, y| madd_i8(load32(b.as_ptr().add(2)), y)) }
 }
 
 /// IQ4_NL's levels in both 128-bit lanes.
@@ -228,7 +261,7 @@ pub unsafe fn iq4_nl(src: &[u8], x: &Q8Activations) -> f32 {
         let lut = iq4_lut();
         blocks32::<false>(src, 18, x, |b, y| {
             let w = _mm256_shuffle_epi8(lut, nibbles32(b.as_ptr().add(2)));
-            (f16(b), madd_i8(w, y), 0.0)
+            madd_i8(w, y)
         })
     }
 }
