@@ -47,17 +47,18 @@ pub fn dot_bf16(src: &[u8], x: &[f32]) -> f32 {
     dot_lanes(x.len(), w, x)
 }
 
-/// Element `i` (0..32) of a 32-element nibble block: low nibbles hold
-/// 0..16, high nibbles 16..32.
+/// Integer dot of a 32-element nibble block (`qs`: 16 bytes, low nibbles
+/// elements 0..16, high nibbles 16..32) with 32 codes; `code(nibble, i)`
+/// maps element `i`'s nibble to its integer weight.
 #[inline(always)]
-fn nib(qs: &[u8], i: usize) -> i32 {
-    ((qs[i % 16] >> (4 * (i / 16))) & 0x0f) as i32
-}
-
-/// The 5-bit codes of a Q5 block: nibble plus bit `i` of `qh`.
-#[inline(always)]
-fn q5(qh: u32, qs: &[u8], i: usize) -> i32 {
-    nib(qs, i) | ((((qh >> i) & 1) as i32) << 4)
+fn nibble_dot(qs: &[u8], q: &[i8], code: impl Fn(i32, usize) -> i32) -> i32 {
+    let (lo, hi) = (&q[..16], &q[16..32]);
+    let mut s = 0i32;
+    for j in 0..16 {
+        s += code((qs[j] & 0x0f) as i32, j) * lo[j] as i32;
+        s += code((qs[j] >> 4) as i32, j + 16) * hi[j] as i32;
+    }
+    s
 }
 
 /// Sums over blocks of 32: `f` gives (weight scale, integer code dot, min)
@@ -88,7 +89,7 @@ fn blocks32(
 /// Q4_0 (w = d (q - 8)) against 8-bit activations.
 pub fn q4_0(src: &[u8], x: &Q8Activations) -> f32 {
     blocks32(src, 18, x, |b, q| {
-        let s: i32 = (0..32).map(|i| (nib(&b[2..], i) - 8) * q[i] as i32).sum();
+        let s = nibble_dot(&b[2..18], q, |c, _| c - 8);
         (read_f16(b), s, 0.0)
     })
 }
@@ -96,7 +97,7 @@ pub fn q4_0(src: &[u8], x: &Q8Activations) -> f32 {
 /// Q4_1 (w = d q + m) against 8-bit activations.
 pub fn q4_1(src: &[u8], x: &Q8Activations) -> f32 {
     blocks32(src, 20, x, |b, q| {
-        let s: i32 = (0..32).map(|i| nib(&b[4..], i) * q[i] as i32).sum();
+        let s = nibble_dot(&b[4..20], q, |c, _| c);
         (read_f16(b), s, read_f16(&b[2..]))
     })
 }
@@ -105,9 +106,9 @@ pub fn q4_1(src: &[u8], x: &Q8Activations) -> f32 {
 pub fn q5_0(src: &[u8], x: &Q8Activations) -> f32 {
     blocks32(src, 22, x, |b, q| {
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        let s: i32 = (0..32)
-            .map(|i| (q5(qh, &b[6..], i) - 16) * q[i] as i32)
-            .sum();
+        let s = nibble_dot(&b[6..22], q, |c, i| {
+            (c | (((qh >> i) & 1) << 4) as i32) - 16
+        });
         (read_f16(b), s, 0.0)
     })
 }
@@ -116,7 +117,7 @@ pub fn q5_0(src: &[u8], x: &Q8Activations) -> f32 {
 pub fn q5_1(src: &[u8], x: &Q8Activations) -> f32 {
     blocks32(src, 24, x, |b, q| {
         let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-        let s: i32 = (0..32).map(|i| q5(qh, &b[8..], i) * q[i] as i32).sum();
+        let s = nibble_dot(&b[8..24], q, |c, i| c | (((qh >> i) & 1) << 4) as i32);
         (read_f16(b), s, read_f16(&b[2..]))
     })
 }
@@ -136,9 +137,7 @@ pub fn q8_0(src: &[u8], x: &Q8Activations) -> f32 {
 /// IQ4_NL (w = d level[q]) against 8-bit activations.
 pub fn iq4_nl(src: &[u8], x: &Q8Activations) -> f32 {
     blocks32(src, 18, x, |b, q| {
-        let s: i32 = (0..32)
-            .map(|i| IQ4NL_LEVELS[nib(&b[2..], i) as usize] as i32 * q[i] as i32)
-            .sum();
+        let s = nibble_dot(&b[2..18], q, |c, _| IQ4NL_LEVELS[c as usize] as i32);
         (read_f16(b), s, 0.0)
     })
 }
@@ -350,11 +349,11 @@ pub fn iq4_xs(src: &[u8], x: &Q8KActivations) -> f32 {
             let low = (scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0f;
             let high = ((scales_h >> (2 * ib)) & 3) as u8;
             let ls = (low | (high << 4)) as i32 - 32;
-            let s: i32 = (0..32)
-                .map(|k| {
-                    IQ4NL_LEVELS[nib(&qs[16 * ib..], k) as usize] as i32 * q[32 * ib + k] as i32
-                })
-                .sum();
+            let s = nibble_dot(
+                &qs[16 * ib..16 * ib + 16],
+                &q[32 * ib..32 * ib + 32],
+                |c, _| IQ4NL_LEVELS[c as usize] as i32,
+            );
             isum += ls * s;
         }
         (read_f16(b), isum, 0.0, 0)
