@@ -157,7 +157,9 @@ fn kernel_tables_check_every_input() {
             assert!(out[r] == one || (out[r].is_nan() && one.is_nan()));
             assert!(out[3 + r] == one || (out[3 + r].is_nan() && one.is_nan()));
         }
-        assert!(table.matmul(&rows, std::slice::from_ref(&act), &mut out).is_err());
+        assert!(table
+            .matmul(&rows, std::slice::from_ref(&act), &mut out)
+            .is_err());
         assert!(table.matmul(&rows[1..], &[act], &mut out[..3]).is_err());
     }
 }
