@@ -44,17 +44,28 @@ pub fn run(
         simd::active().name()
     );
     println!(
-        "{:<10} {:<7} {:<11} {:>10} {:>12}",
-        "format", "simd", "kernel", "GB/s enc", "Gweights/s"
+        "{:<10} {:<7} {:<13} {:>10} {:>12} {:>10}",
+        "format", "simd", "kernel", "GB/s enc", "Gweights/s", "vs decode"
     );
-    for r in rows {
+    for r in &rows {
+        // dot_q8 against the decode-then-dot fallback of the same run.
+        let ratio = (r.kernel == "dot_q8")
+            .then(|| {
+                rows.iter().find(|o| {
+                    o.kernel == "dot_q8_decode" && o.format == r.format && o.level == r.level
+                })
+            })
+            .flatten()
+            .map(|o| format!("{:.1}x", r.gbytes_per_s / o.gbytes_per_s))
+            .unwrap_or_default();
         println!(
-            "{:<10} {:<7} {:<11} {:>10.2} {:>12.2}",
+            "{:<10} {:<7} {:<13} {:>10.2} {:>12.2} {:>10}",
             r.format,
             r.level.name(),
             r.kernel,
             r.gbytes_per_s,
-            r.gweights_per_s
+            r.gweights_per_s,
+            ratio
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -257,14 +257,17 @@ fn simd_override_caps_the_kernels() {
         .iter()
         .map(|r| r["level"].as_str().unwrap())
         .collect();
-    assert_eq!(levels, ["scalar"; 3]);
+    assert_eq!(levels, ["scalar"; 4]);
     let kernels: Vec<&str> = rows
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["kernel"].as_str().unwrap())
         .collect();
-    assert_eq!(kernels, ["dequantize", "dot_f32", "dot_q8"]);
+    assert_eq!(
+        kernels,
+        ["dequantize", "dot_f32", "dot_q8", "dot_q8_decode"]
+    );
 }
 
 #[test]
