@@ -7,7 +7,9 @@
 pub mod activation;
 pub mod format;
 pub mod hadamard;
+pub mod recipe;
 pub mod registry;
+pub mod rng;
 pub mod rows;
 pub mod simd;
 pub mod ste;

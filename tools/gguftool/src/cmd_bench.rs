@@ -10,7 +10,7 @@ pub fn run(
     formats: &[String],
     millis: u64,
     as_json: bool,
-) -> Result<ExitCode, gguftool_gguf::Error> {
+) -> Result<ExitCode, crate::CliError> {
     let selected: Vec<_> = if formats.is_empty() {
         registry::block_formats()
     } else {

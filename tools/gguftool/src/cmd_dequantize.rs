@@ -49,7 +49,7 @@ pub fn run(
     to: FloatTarget,
     force: bool,
     seal: bool,
-) -> Result<ExitCode, Error> {
+) -> Result<ExitCode, crate::CliError> {
     let src = gguftool_quant::registry::open(input)?;
     let h = src.header();
     let lookup = |id| {

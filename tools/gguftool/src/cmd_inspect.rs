@@ -1,5 +1,6 @@
 //! `gguftool inspect`: header, metadata and tensor table.
 
+use crate::escape::escape_for_terminal as esc;
 use crate::json::{value_json, value_text};
 use gguftool_gguf::TensorInfo;
 use serde_json::json;
@@ -24,7 +25,7 @@ fn type_summary(tensors: &[TensorInfo]) -> BTreeMap<&'static str, (usize, u64, u
     m
 }
 
-pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_gguf::Error> {
+pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, crate::CliError> {
     let file = gguftool_quant::registry::open(path)?;
     let h = file.header();
     let n_params: u64 = h.tensors.iter().map(|t| t.n_elements).sum();
@@ -75,7 +76,7 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("file:        {}", path.display());
+    println!("file:        {}", esc(&path.display().to_string()));
     println!("size:        {} bytes", file.bytes().len());
     println!("version:     GGUF v{}", h.version);
     println!("alignment:   {}", h.alignment);
@@ -88,31 +89,51 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
         bpw
     );
     println!("\nmetadata ({} keys):", h.metadata.len());
+    let kw = h
+        .metadata
+        .entries()
+        .iter()
+        .map(|(k, _)| esc(k).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3);
     for (k, v) in h.metadata.entries() {
         println!(
-            "  {k:<40} {:<7} {}",
+            "  {:<kw$} {:<7} {}",
+            esc(k),
             v.value_type().name(),
-            value_text(v, full)
+            esc(&value_text(v, full))
         );
     }
     println!("\ntensor types:");
-    for (ty, (n, e, b)) in type_summary(&h.tensors) {
+    let summary = type_summary(&h.tensors);
+    let tyw = summary.keys().map(|t| t.len()).max().unwrap_or(0).max(4);
+    for (ty, (n, e, b)) in summary {
         let bpw = if e > 0 {
             b as f64 * 8.0 / e as f64
         } else {
             0.0
         };
-        println!("  {ty:<8} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
+        println!("  {ty:<tyw$} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
     }
     println!("\ntensors:");
+    let nw = h
+        .tensors
+        .iter()
+        .map(|t| esc(&t.name).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let tw = h.tensors.iter().map(|t| t.type_name.len()).max().unwrap_or(0).max(4);
+    let sw = h.tensors.iter().map(|t| shape(t).len()).max().unwrap_or(0).max(5);
     println!(
-        "  {:<40} {:<8} {:<24} {:>12} {:>8}",
+        "  {:<nw$} {:<tw$} {:<sw$} {:>12} {:>8}",
         "name", "type", "shape", "bytes", "bpw"
     );
     for t in &h.tensors {
         println!(
-            "  {:<40} {:<8} {:<24} {:>12} {:>8.4}",
-            t.name,
+            "  {:<nw$} {:<tw$} {:<sw$} {:>12} {:>8.4}",
+            esc(&t.name),
             t.type_name,
             shape(t),
             t.n_bytes,

@@ -204,7 +204,7 @@ fn train_tensor(
     ))
 }
 
-pub fn run(a: QatArgs) -> Result<ExitCode, Error> {
+pub fn run(a: QatArgs) -> Result<ExitCode, crate::CliError> {
     let cfg = load_config(&a)?;
     let format = format_by_name(&cfg.format)?;
     let src = gguftool_quant::registry::open(&a.input)?;

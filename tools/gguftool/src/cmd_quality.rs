@@ -5,7 +5,7 @@ use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(orig: &Path, quant: &Path, as_json: bool) -> Result<ExitCode, gguftool_gguf::Error> {
+pub fn run(orig: &Path, quant: &Path, as_json: bool) -> Result<ExitCode, crate::CliError> {
     let (o, q) = (
         gguftool_quant::registry::open(orig)?,
         gguftool_quant::registry::open(quant)?,

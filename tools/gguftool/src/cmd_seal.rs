@@ -7,7 +7,7 @@ use gguftool_gguf::write::WriteOptions;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(input: &Path, output: &Path, force: bool) -> Result<ExitCode, gguftool_gguf::Error> {
+pub fn run(input: &Path, output: &Path, force: bool) -> Result<ExitCode, crate::CliError> {
     let src = gguftool_quant::registry::open(input)?;
     let h = src.header();
     let plan = Plan {

@@ -1,6 +1,7 @@
 //! `gguftool verify`: structural validation, integrity manifest check,
 //! chat-template scan.
 
+use crate::escape::{escape_for_terminal as esc, sha256sum_line};
 use gguftool_gguf::integrity::{self, IntegrityReport};
 use gguftool_gguf::template_scan;
 use gguftool_gguf::GgufFile;
@@ -20,7 +21,8 @@ fn warnings(file: &GgufFile) -> Vec<String> {
             let hits = template_scan::scan(t);
             if !hits.is_empty() {
                 w.push(format!(
-                    "{k}: suspicious patterns {hits:?}; review before rendering"
+                    "{}: suspicious patterns {hits:?}; review before rendering",
+                    esc(k)
                 ));
             }
         }
@@ -42,7 +44,8 @@ fn failures(r: &IntegrityReport) -> Vec<String> {
     }
     for t in &r.changed_tensors {
         f.push(format!(
-            "tensor {t:?}: data changed since sealing (sha256 mismatch)"
+            "tensor \"{}\": data changed since sealing (sha256 mismatch)",
+            esc(t)
         ));
     }
     f
@@ -53,7 +56,7 @@ pub fn run(
     as_json: bool,
     sha256sum: bool,
     strict: bool,
-) -> Result<ExitCode, gguftool_gguf::Error> {
+) -> Result<ExitCode, crate::CliError> {
     let file = gguftool_quant::registry::open(path)?;
     let report = integrity::check(&file);
     let warns = warnings(&file);
@@ -75,7 +78,7 @@ pub fn run(
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if sha256sum {
         for (name, d) in &report.digests {
-            println!("{d}  {name}");
+            println!("{}", sha256sum_line(d, name));
         }
     } else {
         for w in &warns {
@@ -93,7 +96,7 @@ pub fn run(
             };
             println!(
                 "ok: {}: valid GGUF v{}, {n} tensors, {seal}",
-                path.display(),
+                esc(&path.display().to_string()),
                 file.header().version
             );
         }

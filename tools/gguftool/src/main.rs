@@ -11,6 +11,7 @@ mod cmd_seal;
 mod cmd_verify;
 mod json;
 mod mixed;
+mod escape;
 mod progress;
 
 // Link every format plugin so its registration is kept by the linker.
@@ -117,9 +118,35 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> Result<ExitCode, gguftool_gguf::Error> {
+/// Why a command failed: a usage error (bad arguments; exit 2, like clap's
+/// own errors) or a failure reading, checking or writing data (exit 1).
+#[derive(Debug)]
+pub enum CliError {
+    /// The arguments are at fault.
+    Usage(String),
+    /// A file or its data is at fault.
+    Failed(gguftool_gguf::Error),
+}
+
+impl From<gguftool_gguf::Error> for CliError {
+    fn from(e: gguftool_gguf::Error) -> Self {
+        CliError::Failed(e)
+    }
+}
+
+/// A usage error.
+pub fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+/// Turns any error of argument parsing (format lookups, patterns) into a usage error.
+pub fn as_usage(e: gguftool_gguf::Error) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if gguftool_formats::link() == 0 {
-        return Err(gguftool_gguf::Error::Other("no formats linked".into()));
+        return Err(gguftool_gguf::Error::Other("no formats linked".into()).into());
     }
     gguftool_quant::registry::check().map_err(gguftool_gguf::Error::Other)?;
     match cli.command {
@@ -168,12 +195,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
-        Err(e @ gguftool_gguf::Error::OutputExists(_)) => {
+        Err(CliError::Usage(msg)) => {
+            eprintln!("error: {}", escape::escape_for_terminal(&msg));
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(e @ gguftool_gguf::Error::OutputExists(_))) => {
             eprintln!("error: {e} (use --force to overwrite)");
             ExitCode::from(1)
         }
-        Err(e) => {
-            eprintln!("error: {e}");
+        Err(CliError::Failed(e)) => {
+            eprintln!("error: {}", escape::escape_for_terminal(&e.to_string()));
             ExitCode::from(1)
         }
     }
