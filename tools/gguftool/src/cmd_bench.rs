@@ -6,11 +6,7 @@ use gguftool_quant::{registry, simd};
 use std::process::ExitCode;
 use std::time::Duration;
 
-pub fn run(
-    formats: &[String],
-    millis: u64,
-    as_json: bool,
-) -> Result<ExitCode, crate::CliError> {
+pub fn run(formats: &[String], millis: u64, as_json: bool) -> Result<ExitCode, crate::CliError> {
     let selected: Vec<_> = if formats.is_empty() {
         registry::block_formats()
     } else {

@@ -7,13 +7,13 @@ use gguftool_calib::imatrix::Imatrix;
 use gguftool_convert::policy::{self, parse_tensor_type, Provenance, QuantPolicy};
 use gguftool_convert::recipe::RecipeSettings;
 use gguftool_convert::{self, Plan, TensorAction};
-use gguftool_quant::format::Format;
-use gguftool_quant::recipe::{Allocation, Objective, Recipe, RecipeError};
-use gguftool_quant::registry;
 use gguftool_gguf::integrity::sha256_hex;
 use gguftool_gguf::write::WriteOptions;
 use gguftool_gguf::Error;
 use gguftool_gguf::GgufFile;
+use gguftool_quant::format::Format;
+use gguftool_quant::recipe::{Allocation, Objective, Recipe, RecipeError};
+use gguftool_quant::registry;
 use regex::Regex;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -101,7 +101,6 @@ pub enum ObjectiveArg {
     Absolute,
 }
 
-
 /// Compiles `--keep` patterns; an invalid one is a usage error on one line.
 fn regexes(args: &[String]) -> Result<Vec<Regex>, CliError> {
     args.iter()
@@ -109,12 +108,8 @@ fn regexes(args: &[String]) -> Result<Vec<Regex>, CliError> {
             if r.is_empty() {
                 return Err(usage("--keep: empty pattern (it would match every tensor)"));
             }
-            Regex::new(r).map_err(|e| {
-                usage(format!(
-                    "--keep {r:?}: {}",
-                    policy::regex_error_line(&e)
-                ))
-            })
+            Regex::new(r)
+                .map_err(|e| usage(format!("--keep {r:?}: {}", policy::regex_error_line(&e))))
         })
         .collect()
 }
@@ -270,11 +265,29 @@ fn print_plan(
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return;
     }
-    let shapes: Vec<String> = rows.iter().map(|(i, _, _)| format!("{:?}", i.dims)).collect();
+    let shapes: Vec<String> = rows
+        .iter()
+        .map(|(i, _, _)| format!("{:?}", i.dims))
+        .collect();
     let names: Vec<_> = rows.iter().map(|(i, _, _)| esc(&i.name)).collect();
-    let nw = names.iter().map(|n| n.chars().count()).max().unwrap_or(0).max(6);
-    let fw = rows.iter().map(|(i, _, _)| i.type_name.len()).max().unwrap_or(0).max(4);
-    let tw = rows.iter().map(|(_, to, _)| to.len()).max().unwrap_or(0).max(2);
+    let nw = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let fw = rows
+        .iter()
+        .map(|(i, _, _)| i.type_name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let tw = rows
+        .iter()
+        .map(|(_, to, _)| to.len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
     let sw = shapes.iter().map(String::len).max().unwrap_or(0).max(5);
     println!(
         "{:<nw$} {:<fw$} {:<tw$} {:<sw$} {:>12} {:>12}  note",
@@ -287,7 +300,13 @@ fn print_plan(
         }
         println!(
             "{:<nw$} {:<fw$} {:<tw$} {:<sw$} {:>12} {:>12}  {}",
-            name, info.type_name, to, shape, info.n_bytes, t.spec.n_bytes, esc(&note)
+            name,
+            info.type_name,
+            to,
+            shape,
+            info.n_bytes,
+            t.spec.n_bytes,
+            esc(&note)
         );
     }
     println!(
@@ -317,7 +336,9 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         }));
     }
     if recipe.is_none() && !a.candidates.is_empty() {
-        return Err(usage("--candidates goes with a recipe such as --format mixed"));
+        return Err(usage(
+            "--candidates goes with a recipe such as --format mixed",
+        ));
     }
     let candidates: Vec<&'static dyn Format> = a
         .candidates
@@ -412,10 +433,11 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
             pin_output: a.output_tensor_type.is_some() || !a.allocate_output,
             pin_embedding: a.token_embedding_type.is_some(),
         };
-        let res = gguftool_convert::recipe::plan(&src, r, policy, &provenance, &settings, &|d, t| {
-            pb.set_length(t);
-            pb.set_position(d);
-        });
+        let res =
+            gguftool_convert::recipe::plan(&src, r, policy, &provenance, &settings, &|d, t| {
+                pb.set_length(t);
+                pb.set_position(d);
+            });
         pb.finish_and_clear();
         let (plan, alloc) = res.map_err(|e| match e {
             RecipeError::Invalid(m) => usage(m),
@@ -478,7 +500,11 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         plan.tensors.len(),
         plan.output_file_size(opts)?,
         elapsed.as_secs_f64(),
-        if recipe.is_some() { "plan and measure" } else { "plan" },
+        if recipe.is_some() {
+            "plan and measure"
+        } else {
+            "plan"
+        },
         planned.as_secs_f64(),
         (elapsed - planned).as_secs_f64(),
     );
@@ -489,7 +515,11 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         summary.bpw(),
         allocation
             .as_ref()
-            .map(|al| format!(" (allocated {} tensors at {:.4} bpw)", al.choices.len(), al.bits_per_weight))
+            .map(|al| format!(
+                " (allocated {} tensors at {:.4} bpw)",
+                al.choices.len(),
+                al.bits_per_weight
+            ))
             .unwrap_or_default()
     );
     if summary.substitutions.is_empty() {

@@ -124,8 +124,20 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, crate::Cl
         .max()
         .unwrap_or(0)
         .max(4);
-    let tw = h.tensors.iter().map(|t| t.type_name.len()).max().unwrap_or(0).max(4);
-    let sw = h.tensors.iter().map(|t| shape(t).len()).max().unwrap_or(0).max(5);
+    let tw = h
+        .tensors
+        .iter()
+        .map(|t| t.type_name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let sw = h
+        .tensors
+        .iter()
+        .map(|t| shape(t).len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     println!(
         "  {:<nw$} {:<tw$} {:<sw$} {:>12} {:>8}",
         "name", "type", "shape", "bytes", "bpw"

@@ -63,7 +63,10 @@ mod tests {
 
     #[test]
     fn plain_text_is_borrowed() {
-        assert!(matches!(escape_for_terminal("blk.0.weight"), Cow::Borrowed(_)));
+        assert!(matches!(
+            escape_for_terminal("blk.0.weight"),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]

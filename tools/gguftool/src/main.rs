@@ -9,14 +9,15 @@ mod cmd_qat;
 mod cmd_quality;
 mod cmd_seal;
 mod cmd_verify;
+mod escape;
 mod json;
 mod mixed;
-mod escape;
 mod progress;
 
 // Link every format plugin so its registration is kept by the linker.
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -144,7 +145,7 @@ pub fn as_usage(e: gguftool_gguf::Error) -> CliError {
     CliError::Usage(e.to_string())
 }
 
-fn run(cli: Cli) -> Result<ExitCode, CliError> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError> {
     if gguftool_formats::link() == 0 {
         return Err(gguftool_gguf::Error::Other("no formats linked".into()).into());
     }
@@ -170,7 +171,19 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
             no_seal,
         } => cmd_dequantize::run(&input, &output, to, force, !no_seal),
         Command::Convert(args) => cmd_convert::run(*args),
-        Command::Qat(args) => cmd_qat::run(*args),
+        Command::Qat(args) => {
+            let given = |id: &str| {
+                matches
+                    .subcommand_matches("qat")
+                    .and_then(|m| m.value_source(id))
+                    == Some(ValueSource::CommandLine)
+            };
+            let given = cmd_qat::Given {
+                epochs: given("epochs"),
+                lr: given("lr"),
+            };
+            cmd_qat::run(*args, given)
+        }
         Command::Quality {
             original,
             quantized,
@@ -192,8 +205,12 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(CliError::Usage(msg)) => {
             eprintln!("error: {}", escape::escape_for_terminal(&msg));

@@ -170,7 +170,11 @@ fn quantized_input_needs_allow_requantize() {
         "piq9",
         "--force",
     ]);
-    assert_eq!(unknown.status.code(), Some(2), "an unknown format is a usage error");
+    assert_eq!(
+        unknown.status.code(),
+        Some(2),
+        "an unknown format is a usage error"
+    );
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(err.contains("\"piq9\": unknown format or recipe"), "{err}");
 }
@@ -400,7 +404,11 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
         "--bpw",
         "1",
     ]);
-    assert_eq!(low.status.code(), Some(2), "a budget out of range is a usage error");
+    assert_eq!(
+        low.status.code(),
+        Some(2),
+        "a budget out of range is a usage error"
+    );
     assert!(String::from_utf8_lossy(&low.stderr).contains("below the smallest"));
     let stray = run(&[
         "convert",
@@ -412,7 +420,11 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
         "--bpw",
         "3",
     ]);
-    assert_eq!(stray.status.code(), Some(2), "--bpw without a recipe is a usage error");
+    assert_eq!(
+        stray.status.code(),
+        Some(2),
+        "--bpw without a recipe is a usage error"
+    );
 }
 
 #[test]
