@@ -66,8 +66,15 @@ pub fn regex_error_line(e: &regex::Error) -> String {
             .lines()
             .rev()
             .find_map(|l| l.trim().strip_prefix("error: "))
-            .map_or_else(|| s.split_whitespace().collect::<Vec<_>>().join(" "), str::to_string),
-        other => other.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+            .map_or_else(
+                || s.split_whitespace().collect::<Vec<_>>().join(" "),
+                str::to_string,
+            ),
+        other => other
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -82,9 +89,8 @@ pub fn parse_tensor_type(arg: &str) -> Result<(Regex, &'static dyn Format)> {
             "--tensor-type {arg:?}: empty pattern (it would match every tensor; use --format)"
         )));
     }
-    let re = Regex::new(re).map_err(|e| {
-        Error::Other(format!("--tensor-type {arg:?}: {}", regex_error_line(&e)))
-    })?;
+    let re = Regex::new(re)
+        .map_err(|e| Error::Other(format!("--tensor-type {arg:?}: {}", regex_error_line(&e))))?;
     Ok((re, format_by_name(fmt)?))
 }
 

@@ -101,14 +101,20 @@ pub fn plan(
         let re = Regex::new(&format!("^{}$", regex::escape(&c.name)))
             .map_err(|e| Error::Other(e.to_string()))?;
         let f = registry::by_name(c.format).ok_or_else(|| {
-            Error::Other(format!("{}: chose unregistered format {}", recipe.name(), c.format))
+            Error::Other(format!(
+                "{}: chose unregistered format {}",
+                recipe.name(),
+                c.format
+            ))
         })?;
         policy.tensor_types.push((re, f));
     }
     let mut plan = policy::plan(src, &policy, provenance)?;
     plan.metadata.remove_where(|k| k == "general.file_type");
-    plan.metadata
-        .set("gguftool.convert.format", Value::String(recipe.name().into()));
+    plan.metadata.set(
+        "gguftool.convert.format",
+        Value::String(recipe.name().into()),
+    );
     plan.metadata
         .set("gguftool.convert.bpw_budget", Value::F64(settings.bpw));
     Ok((plan, alloc))

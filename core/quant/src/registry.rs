@@ -122,8 +122,10 @@ pub fn check() -> Result<(), String> {
 
 /// The recipe part of [`check`] on explicit lists.
 pub fn check_recipes(formats: &[&dyn Format], recipes: &[&dyn Recipe]) -> Result<(), String> {
-    let format_names: HashSet<String> =
-        formats.iter().map(|f| f.name().to_ascii_lowercase()).collect();
+    let format_names: HashSet<String> = formats
+        .iter()
+        .map(|f| f.name().to_ascii_lowercase())
+        .collect();
     let mut names = HashSet::new();
     for r in recipes {
         let name = r.name().to_ascii_lowercase();
@@ -131,10 +133,7 @@ pub fn check_recipes(formats: &[&dyn Format], recipes: &[&dyn Recipe]) -> Result
             return Err("a recipe has an empty name".into());
         }
         if format_names.contains(&name) {
-            return Err(format!(
-                "recipe name {:?} is also a format name",
-                r.name()
-            ));
+            return Err(format!("recipe name {:?} is also a format name", r.name()));
         }
         if !names.insert(name) {
             return Err(format!("recipe name {:?} registered twice", r.name()));

@@ -13,6 +13,6 @@ pub mod allocate;
 pub mod recipe;
 pub mod sensitivity;
 
-pub use recipe::Mixed;
 pub use allocate::{allocate, Allocation, Choice};
+pub use recipe::Mixed;
 pub use sensitivity::{sensitivity, Objective, Option as CandidateError, TensorSensitivity};

@@ -1,5 +1,6 @@
 //! `gguftool bench`: kernel throughput per format and SIMD level.
 
+use crate::{as_usage, usage, CliError};
 use gguftool_benches::kernels::measure;
 use gguftool_convert::policy::format_by_name;
 use gguftool_quant::{registry, simd};
@@ -12,22 +13,34 @@ pub fn run(formats: &[String], millis: u64, as_json: bool) -> Result<ExitCode, c
     } else {
         formats
             .iter()
-            .map(|n| format_by_name(n))
-            .collect::<Result<_, _>>()?
+            .map(|n| format_by_name(n).map_err(as_usage))
+            .collect::<Result<_, CliError>>()?
     };
-    let budget = Duration::from_millis(millis);
-    let mut rows = Vec::new();
-    for f in selected {
-        // Every implemented level up to the active one (GGUFTOOL_SIMD caps it).
-        for level in simd::available()
-            .into_iter()
-            .filter(|l| *l <= simd::active())
-        {
-            if f.simd_levels().contains(&level) {
-                rows.extend(measure(f, level, budget));
-            }
-        }
+    if millis == 0 {
+        return Err(usage(
+            "--millis 0: each measurement needs at least 1 millisecond",
+        ));
     }
+    let budget = Duration::from_millis(millis);
+    // Every implemented level up to the active one (GGUFTOOL_SIMD caps it).
+    let jobs: Vec<_> = selected
+        .iter()
+        .flat_map(|f| {
+            simd::available()
+                .into_iter()
+                .filter(|l| *l <= simd::active() && f.simd_levels().contains(l))
+                .map(move |l| (*f, l))
+        })
+        .collect();
+    // Shown on a terminal only (each job runs three kernels for --millis each).
+    let pb = crate::progress::count_bar(jobs.len() as u64, "measuring kernels");
+    let mut rows = Vec::new();
+    for (f, level) in jobs {
+        pb.set_message(format!("measuring {} {}", f.name(), level.name()));
+        rows.extend(measure(f, level, budget));
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
     if as_json {
         println!(
             "{}",
@@ -39,13 +52,25 @@ pub fn run(formats: &[String], millis: u64, as_json: bool) -> Result<ExitCode, c
         "single thread, 64 x 4096 matrix, active SIMD level {}",
         simd::active().name()
     );
+    let fw = rows
+        .iter()
+        .map(|r| r.format.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let kw = rows
+        .iter()
+        .map(|r| r.kernel.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     println!(
-        "{:<10} {:<7} {:<11} {:>10} {:>12}",
+        "{:<fw$} {:<7} {:<kw$} {:>10} {:>12}",
         "format", "simd", "kernel", "GB/s enc", "Gweights/s"
     );
     for r in rows {
         println!(
-            "{:<10} {:<7} {:<11} {:>10.2} {:>12.2}",
+            "{:<fw$} {:<7} {:<kw$} {:>10.2} {:>12.2}",
             r.format,
             r.level.name(),
             r.kernel,

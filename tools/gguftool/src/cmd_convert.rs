@@ -377,7 +377,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         return Err(usage("--json goes with --dry-run"));
     }
 
-    let src = registry::open(&a.input)?;
+    let src = crate::input::open(&a.input)?;
     let imatrix = a
         .imatrix
         .as_deref()

@@ -50,7 +50,7 @@ pub fn run(
     force: bool,
     seal: bool,
 ) -> Result<ExitCode, crate::CliError> {
-    let src = gguftool_quant::registry::open(input)?;
+    let src = crate::input::open(input)?;
     let h = src.header();
     let lookup = |id| {
         registry::by_type_id(id)

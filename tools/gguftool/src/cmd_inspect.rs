@@ -26,7 +26,26 @@ fn type_summary(tensors: &[TensorInfo]) -> BTreeMap<&'static str, (usize, u64, u
 }
 
 pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, crate::CliError> {
-    let file = gguftool_quant::registry::open(path)?;
+    let file = match crate::input::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            // Show what the fixed header says before the error (text only;
+            // JSON output stays all-or-nothing).
+            if !as_json && !matches!(e, gguftool_gguf::Error::Io { .. }) && path.is_file() {
+                if let Some(rows) = crate::input::raw_header(path) {
+                    println!("file:        {}", esc(&path.display().to_string()));
+                    if let Ok(m) = std::fs::metadata(path) {
+                        println!("size:        {} bytes", m.len());
+                    }
+                    for (k, v) in rows {
+                        println!("{:<12} {v}", format!("{k}:"));
+                    }
+                    println!("(could not parse further; see the error)");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let h = file.header();
     let n_params: u64 = h.tensors.iter().map(|t| t.n_elements).sum();
     let n_bytes: u64 = h.tensors.iter().map(|t| t.n_bytes).sum();

@@ -139,7 +139,7 @@ pub fn run(a: QatArgs, given: Given) -> Result<ExitCode, CliError> {
     }
     let output_tensor_type =
         crate::cmd_convert::encoding_format("--output-tensor-type", &a.output_tensor_type)?;
-    let src = gguftool_quant::registry::open(&a.input)?;
+    let src = crate::input::open(&a.input)?;
     let imatrix = a
         .imatrix
         .as_deref()

@@ -57,7 +57,7 @@ pub fn run(
     sha256sum: bool,
     strict: bool,
 ) -> Result<ExitCode, crate::CliError> {
-    let file = gguftool_quant::registry::open(path)?;
+    let file = crate::input::open(path)?;
     let report = integrity::check(&file);
     let warns = warnings(&file);
     let fails = failures(&report);

@@ -10,6 +10,7 @@ mod cmd_quality;
 mod cmd_seal;
 mod cmd_verify;
 mod escape;
+mod input;
 mod json;
 mod mixed;
 mod progress;

@@ -263,7 +263,10 @@ fn simd_override_caps_the_kernels() {
         .iter()
         .map(|r| r["level"].as_str().unwrap())
         .collect();
-    assert_eq!(levels, ["Scalar"; 3]);
+    assert_eq!(
+        levels, ["scalar"; 3],
+        "lower-case level names, as in the text output"
+    );
     let kernels: Vec<&str> = rows
         .as_array()
         .unwrap()

@@ -279,3 +279,153 @@ fn qat_accepts_the_flag_its_message_names_and_shows_its_defaults() {
     }
     assert_eq!(from_file["seed"], 1);
 }
+
+#[test]
+fn inputs_that_are_not_gguf_say_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = run(&["inspect", s(dir.path())]);
+    assert_eq!(d.status.code(), Some(1));
+    assert!(err(&d).contains("is a directory"), "{}", err(&d));
+
+    let mut st = 64u64.to_le_bytes().to_vec();
+    st.extend_from_slice(b"{\"__metadata__\":{}}");
+    st.resize(8 + 64 + 16, b' ');
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("model.safetensors", st, "safetensors"),
+        (
+            "model.pt",
+            b"PK\x03\x04\x14\x00\x00\x00".to_vec(),
+            "zip archive",
+        ),
+        (
+            "model.bin",
+            vec![0x80, 0x02, 0x7d, 0x71, 0x00, 0x28],
+            "pickle",
+        ),
+    ];
+    for (name, bytes, expect) in cases {
+        let f = dir.path().join(name);
+        std::fs::write(&f, &bytes).unwrap();
+        for cmd in ["inspect", "verify"] {
+            let r = run(&[cmd, s(&f)]);
+            let e = err(&r);
+            assert_eq!(r.status.code(), Some(1), "{name}: {e}");
+            assert!(e.contains("bad magic") && e.contains(expect), "{name}: {e}");
+            assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        }
+    }
+    // The magic is shown as escaped text and hex, not as decimal bytes.
+    let r = run(&["inspect", s(&dir.path().join("model.pt"))]);
+    assert!(
+        err(&r).contains("\"PK\\x03\\x04\" (hex 50 4b 03 04)"),
+        "{}",
+        err(&r)
+    );
+}
+
+#[test]
+fn inspect_shows_the_header_of_a_truncated_file_before_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(tiny()).unwrap();
+    let f = dir.path().join("cut.gguf");
+    std::fs::write(&f, &bytes[..200]).unwrap();
+    let r = run(&["inspect", s(&f)]);
+    assert_eq!(r.status.code(), Some(1));
+    let o = out(&r);
+    assert!(o.contains("version:     3"), "{o}");
+    assert!(o.contains("tensors:     21 (declared)"), "{o}");
+    assert!(o.contains("metadata:    23 keys (declared)"), "{o}");
+    assert!(err(&r).starts_with("error: "), "{}", err(&r));
+    assert_eq!(err(&r).trim_end().lines().count(), 1);
+}
+
+#[test]
+fn bench_refuses_zero_millis() {
+    let r = run(&["bench", "--millis", "0", "--format", "q8_0"]);
+    assert_eq!(r.status.code(), Some(2), "{}", err(&r));
+    assert!(err(&r).contains("--millis"));
+    let bad = run(&["bench", "--millis", "1", "--format", "nope"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", err(&bad));
+}
+
+#[test]
+fn convert_prints_a_summary_with_fallbacks_and_warns_on_low_bits_without_imatrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o.gguf");
+    // tq2_0 has blocks of 256; the fixture's rows of 64 fall back to q8_0.
+    let r = run(&["convert", s(&tiny()), "-o", s(&o), "--format", "tq2_0"]);
+    assert!(r.status.success(), "{}", err(&r));
+    let e = err(&r);
+    assert!(e.contains("without --imatrix"), "{e}");
+    assert!(e.contains("much higher perplexity"), "{e}");
+    assert!(e.contains("types: "), "{e}");
+    assert!(e.contains("q8_0 x"), "{e}");
+    assert!(e.contains("bits/weight"), "{e}");
+    assert!(e.contains("fallbacks: "), "{e}");
+    assert!(e.contains("does not fit tq2_0"), "{e}");
+    assert!(e.contains("(plan "), "{e}");
+
+    let r = run(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        s(&o),
+        "--format",
+        "q8_0",
+        "--force",
+    ]);
+    assert!(!err(&r).contains("without --imatrix"), "{}", err(&r));
+    assert!(err(&r).contains("fallbacks: none"), "{}", err(&r));
+}
+
+#[test]
+fn quality_lists_matrices_first_and_needs_no_imatrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o.gguf");
+    assert!(
+        run(&["convert", s(&tiny()), "-o", s(&o), "--format", "q8_0"])
+            .status
+            .success()
+    );
+    let r = run(&["quality", s(&tiny()), s(&o)]);
+    assert!(r.status.success(), "{}", err(&r));
+    let text = out(&r);
+    let names: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("matrices"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let first_norm = names.iter().position(|n| n.contains("norm")).unwrap();
+    assert!(
+        names[first_norm..].iter().all(|n| n.contains("norm")),
+        "norms after every matrix: {names:?}"
+    );
+}
+
+#[test]
+fn formats_lists_recipes_and_aligns_columns() {
+    let r = run(&["formats"]);
+    let text = out(&r);
+    assert!(text.contains("recipes"), "{text}");
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("mixed") && l.contains("recipe")));
+    // The description column starts where its header does, even after the
+    // longest SIMD list.
+    let header = text.lines().next().unwrap();
+    let col = header.find("description").unwrap();
+    for (name, desc) in [("piq3", "3-bit pi-step"), ("q4_0", "4-bit, f16 scale")] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap();
+        assert_eq!(row.find(desc), Some(col), "{row:?} vs {header:?}");
+    }
+    let j: serde_json::Value = serde_json::from_slice(&run(&["formats", "--json"]).stdout).unwrap();
+    assert!(j
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "recipe" && e["name"] == "mixed"));
+}
