@@ -317,7 +317,7 @@ fn print_plan(
     println!("types: {}", summary.types_line());
 }
 
-/// Bits per weight at or below which a conversion without an imatrix loses
+/// Bits per weight below which a conversion without an imatrix loses
 /// much more quality.
 const LOW_BIT_WARNING_BPW: f64 = 3.0;
 
@@ -407,11 +407,11 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
     };
     let has_imatrix = policy.imatrix.is_some();
     let low_bits = match target {
-        Target::Format(f) => (f.block_size() > 1 && f.bits_per_weight() <= LOW_BIT_WARNING_BPW)
+        Target::Format(f) => (f.block_size() > 1 && f.bits_per_weight() < LOW_BIT_WARNING_BPW)
             .then(|| format!("{} ({:.2} bpw)", f.name(), f.bits_per_weight())),
         Target::Recipe(r) => a
             .bpw
-            .filter(|b| *b <= LOW_BIT_WARNING_BPW)
+            .filter(|b| *b < LOW_BIT_WARNING_BPW)
             .map(|b| format!("{} at {b} bpw", r.name())),
     };
     if let (Some(what), false) = (&low_bits, has_imatrix) {
