@@ -13,12 +13,17 @@ use std::time::{Duration, Instant};
 /// Row length of the benchmark matrix.
 pub const ROW: usize = 4096;
 
+fn level_name<S: serde::Serializer>(l: &SimdLevel, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(l.name())
+}
+
 /// One measured kernel.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct KernelThroughput {
     /// Format name.
     pub format: String,
-    /// SIMD level.
+    /// SIMD level (serialized by its lower-case name, as everywhere else).
+    #[serde(serialize_with = "level_name")]
     pub level: SimdLevel,
     /// `dequantize`, `dot_f32`, `dot_q8` (8-bit activations in the format's
     /// own block type) or `dot_q8_decode` (the decode-then-dot fallback
@@ -34,13 +39,8 @@ pub struct KernelThroughput {
 /// bytes when `f` cannot encode), and an activation vector.
 pub fn test_matrix(f: &dyn Format, rows: usize) -> (Vec<u8>, Vec<f32>) {
     let n = rows * ROW;
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
+    let mut rng = gguftool_quant::rng::SplitMix64::new(0x2545_f491_4f6c_dd1d);
+    let mut next = move || rng.next_f32() - 0.5;
     let w: Vec<f32> = (0..n).map(|_| next() + next() + next()).collect();
     let x: Vec<f32> = (0..ROW).map(|_| next()).collect();
     let mut enc = vec![0u8; n / f.block_size() * f.type_size()];

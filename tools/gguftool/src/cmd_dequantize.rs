@@ -49,8 +49,8 @@ pub fn run(
     to: FloatTarget,
     force: bool,
     seal: bool,
-) -> Result<ExitCode, Error> {
-    let src = gguftool_quant::registry::open(input)?;
+) -> Result<ExitCode, crate::CliError> {
+    let src = crate::input::open(input)?;
     let h = src.header();
     let lookup = |id| {
         registry::by_type_id(id)

@@ -1,5 +1,6 @@
 //! `gguftool inspect`: header, metadata and tensor table.
 
+use crate::escape::escape_for_terminal as esc;
 use crate::json::{value_json, value_text};
 use gguftool_gguf::TensorInfo;
 use serde_json::json;
@@ -25,8 +26,27 @@ fn type_summary(tensors: &[TensorInfo]) -> BTreeMap<&'static str, (usize, u64, u
     m
 }
 
-pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_gguf::Error> {
-    let file = gguftool_quant::registry::open(path)?;
+pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, crate::CliError> {
+    let file = match crate::input::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            // Show what the fixed header says before the error (text only;
+            // JSON output stays all-or-nothing).
+            if !as_json && !matches!(e, gguftool_gguf::Error::Io { .. }) && path.is_file() {
+                if let Some(rows) = crate::input::raw_header(path) {
+                    println!("file:        {}", esc(&path.display().to_string()));
+                    if let Ok(m) = std::fs::metadata(path) {
+                        println!("size:        {} bytes", m.len());
+                    }
+                    for (k, v) in rows {
+                        println!("{:<12} {v}", format!("{k}:"));
+                    }
+                    println!("(could not parse further; see the error)");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let h = file.header();
     let n_params: u64 = h.tensors.iter().map(|t| t.n_elements).sum();
     let n_bytes: u64 = h.tensors.iter().map(|t| t.n_bytes).sum();
@@ -84,7 +104,7 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
             let _ = writeln!(out, $($t)*);
         };
     }
-    outln!("file:        {}", path.display());
+    outln!("file:        {}", esc(&path.display().to_string()));
     outln!("size:        {} bytes", file.bytes().len());
     outln!("version:     GGUF v{}", h.version);
     outln!("alignment:   {}", h.alignment);
@@ -97,25 +117,56 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
         bpw
     );
     outln!("\nmetadata ({} keys):", h.metadata.len());
+    let kw = h
+        .metadata
+        .entries()
+        .map(|(k, _)| esc(k).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3);
     for (k, v) in h.metadata.entries() {
         outln!(
-            "  {k:<40} {:<7} {}",
+            "  {:<kw$} {:<7} {}",
+            esc(k),
             v.value_type().name(),
-            value_text(v, full)
+            esc(&value_text(v, full))
         );
     }
     outln!("\ntensor types:");
-    for (ty, (n, e, b)) in type_summary(&h.tensors) {
+    let summary = type_summary(&h.tensors);
+    let tyw = summary.keys().map(|t| t.len()).max().unwrap_or(0).max(4);
+    for (ty, (n, e, b)) in summary {
         let bpw = if e > 0 {
             b as f64 * 8.0 / e as f64
         } else {
             0.0
         };
-        outln!("  {ty:<8} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
+        outln!("  {ty:<tyw$} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
     }
     outln!("\ntensors:");
+    let nw = h
+        .tensors
+        .iter()
+        .map(|t| esc(&t.name).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let tw = h
+        .tensors
+        .iter()
+        .map(|t| t.type_name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let sw = h
+        .tensors
+        .iter()
+        .map(|t| shape(t).len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
     outln!(
-        "  {:<40} {:<8} {:<24} {:>12} {:>8}",
+        "  {:<nw$} {:<tw$} {:<sw$} {:>12} {:>8}",
         "name",
         "type",
         "shape",
@@ -124,8 +175,8 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
     );
     for t in &h.tensors {
         outln!(
-            "  {:<40} {:<8} {:<24} {:>12} {:>8.4}",
-            t.name,
+            "  {:<nw$} {:<tw$} {:<sw$} {:>12} {:>8.4}",
+            esc(&t.name),
             t.type_name,
             shape(t),
             t.n_bytes,

@@ -1,6 +1,7 @@
 //! `gguftool verify`: structural validation, integrity manifest check,
 //! chat-template scan.
 
+use crate::escape::{escape_for_terminal as esc, sha256sum_line};
 use gguftool_gguf::integrity::{self, IntegrityReport};
 use gguftool_gguf::template_scan;
 use gguftool_gguf::GgufFile;
@@ -20,7 +21,8 @@ fn warnings(file: &GgufFile) -> Vec<String> {
             let hits = template_scan::scan(t);
             if !hits.is_empty() {
                 w.push(format!(
-                    "{k}: suspicious patterns {hits:?}; review before rendering"
+                    "{}: suspicious patterns {hits:?}; review before rendering",
+                    esc(k)
                 ));
             }
         }
@@ -35,7 +37,7 @@ fn failures(r: &IntegrityReport) -> Vec<String> {
     if let Some(e) = &r.manifest_error {
         f.push(format!("integrity manifest malformed: {e}"));
     }
-    f.extend(r.changes.iter().map(|c| c.to_string()));
+    f.extend(r.changes.iter().map(|c| esc(&c.to_string()).into_owned()));
     f
 }
 
@@ -44,8 +46,8 @@ pub fn run(
     as_json: bool,
     sha256sum: bool,
     strict: bool,
-) -> Result<ExitCode, gguftool_gguf::Error> {
-    let file = gguftool_quant::registry::open(path)?;
+) -> Result<ExitCode, crate::CliError> {
+    let file = crate::input::open(path)?;
     let report = integrity::check(&file);
     let mut warns = warnings(&file);
     if let Some(v @ 1) = report.manifest_version {
@@ -73,7 +75,7 @@ pub fn run(
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if sha256sum {
         for (name, d) in &report.digests {
-            println!("{d}  {name}");
+            println!("{}", sha256sum_line(d, name));
         }
     } else {
         for w in &warns {
@@ -91,7 +93,7 @@ pub fn run(
             };
             println!(
                 "ok: {}: valid GGUF v{}, {n} tensors, {seal}",
-                path.display(),
+                esc(&path.display().to_string()),
                 file.header().version
             );
         }

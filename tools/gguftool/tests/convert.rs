@@ -170,7 +170,13 @@ fn quantized_input_needs_allow_requantize() {
         "piq9",
         "--force",
     ]);
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown format \"piq9\""));
+    assert_eq!(
+        unknown.status.code(),
+        Some(2),
+        "an unknown format is a usage error"
+    );
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("\"piq9\": unknown format or recipe"), "{err}");
 }
 
 /// A legacy .dat importance matrix that makes column 0 of every row of one
@@ -257,7 +263,10 @@ fn simd_override_caps_the_kernels() {
         .iter()
         .map(|r| r["level"].as_str().unwrap())
         .collect();
-    assert_eq!(levels, ["scalar"; 4]);
+    assert_eq!(
+        levels, ["scalar"; 4],
+        "lower-case level names, as in the text output"
+    );
     let kernels: Vec<&str> = rows
         .as_array()
         .unwrap()
@@ -418,7 +427,11 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
         "--bpw",
         "1",
     ]);
-    assert_eq!(low.status.code(), Some(1));
+    assert_eq!(
+        low.status.code(),
+        Some(2),
+        "a budget out of range is a usage error"
+    );
     assert!(String::from_utf8_lossy(&low.stderr).contains("below the smallest"));
     let stray = run(&[
         "convert",
@@ -430,7 +443,11 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
         "--bpw",
         "3",
     ]);
-    assert_eq!(stray.status.code(), Some(1));
+    assert_eq!(
+        stray.status.code(),
+        Some(2),
+        "--bpw without a recipe is a usage error"
+    );
 }
 
 #[test]
