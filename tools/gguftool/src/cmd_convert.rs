@@ -418,10 +418,11 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
             .filter(|b| *b < LOW_BIT_WARNING_BPW)
             .map(|b| format!("{} at {b} bpw", r.name())),
     };
-    if let (Some(what), false) = (&low_bits, has_imatrix) {
+    if let (Some(what), false) = (&low_bits, has_imatrix || a.calibration.is_some()) {
         eprintln!(
-            "warning: converting to {what} without --imatrix: at 2 bits per weight and below, \
-             expect a much higher perplexity than with an importance matrix (llama-imatrix makes one)"
+            "warning: converting to {what} without --imatrix or --calibration: at 2 bits per weight and below, \
+             expect a much higher perplexity than with an importance matrix (`gguftool imatrix` or llama-imatrix makes one) \
+             or a calibration file (`gguftool calibrate`)"
         );
     }
     let (plan, allocation) = if let Some(r) = recipe {
