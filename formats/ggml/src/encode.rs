@@ -11,6 +11,9 @@
 //! legacy types ggml takes the variance term of the weights over the whole
 //! row, these encoders over the block (they see one block at a time).
 
+// Index loops mirror ggml's loops so the two can be read side by side.
+#![allow(clippy::needless_range_loop)]
+
 use crate::half_bits::{f16_to_f32, f32_to_f16};
 use crate::kquants::{scale_min_k4, QK_K};
 use crate::legacy::{IQ4NL_LEVELS, QK};
@@ -661,7 +664,16 @@ pub fn quant_q2_k_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
         for &v in &w {
             sw[j] += v;
         }
-        let (s, m) = make_qkx_quants(xs, &w, 3, &mut l[16 * j..16 * j + 16], -0.9, 0.05, 36, false);
+        let (s, m) = make_qkx_quants(
+            xs,
+            &w,
+            3,
+            &mut l[16 * j..16 * j + 16],
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
     }
@@ -798,7 +810,16 @@ fn k4_ref_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K]
         let xs = &x[32 * j..32 * j + 32];
         let av_x = (sum_sq(xs) / 32.0).sqrt();
         let w: [f32; 32] = std::array::from_fn(|i| av_x + xs[i].abs());
-        let (s, m) = make_qkx_quants(xs, &w, nmax, &mut l[32 * j..32 * j + 32], rmin, 0.1, nstep, false);
+        let (s, m) = make_qkx_quants(
+            xs,
+            &w,
+            nmax,
+            &mut l[32 * j..32 * j + 32],
+            rmin,
+            0.1,
+            nstep,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
         if s > max_scale {
@@ -808,7 +829,11 @@ fn k4_ref_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K]
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let ls = std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
     let lm = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
@@ -833,14 +858,27 @@ fn k4_weighted_scales(x: &[f32], imp: &[f32], nmax: i32, l: &mut [u8; QK_K], b: 
             sumw += v;
         }
         sw[j] = sumw;
-        let (s, m) = make_qkx_quants(xs, &w, nmax, &mut l[32 * j..32 * j + 32], -0.9, 0.05, 36, false);
+        let (s, m) = make_qkx_quants(
+            xs,
+            &w,
+            nmax,
+            &mut l[32 * j..32 * j + 32],
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
         scales[j] = s;
         mins[j] = m;
     }
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     let d_block = make_qp_quants(&scales, 63, &mut ls, &sw);
     let m_block = make_qp_quants(&mins, 63, &mut lm, &sw);
-    pack_scale_min_k4(&ls.map(|v| v.min(63)), &lm.map(|v| v.min(63)), &mut b[4..16]);
+    pack_scale_min_k4(
+        &ls.map(|v| v.min(63)),
+        &lm.map(|v| v.min(63)),
+        &mut b[4..16],
+    );
     put_f16(b, d_block);
     put_f16(&mut b[2..], m_block);
 }
@@ -960,7 +998,11 @@ fn q6_k_encode(x: &[f32], imp: Option<&[f32]>, b: &mut [u8]) {
     let (ql, rest) = b.split_at_mut(128);
     let qh = &mut rest[..64];
     for h in 0..2 {
-        let (j, ql, qh) = (128 * h, &mut ql[64 * h..64 * h + 64], &mut qh[32 * h..32 * h + 32]);
+        let (j, ql, qh) = (
+            128 * h,
+            &mut ql[64 * h..64 * h + 64],
+            &mut qh[32 * h..32 * h + 32],
+        );
         for k in 0..32 {
             let q = |o: usize| l[j + k + o] as u8;
             ql[k] = (q(0) & 0x0f) | ((q(64) & 0x0f) << 4);

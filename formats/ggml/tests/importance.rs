@@ -39,7 +39,10 @@ fn importance_lowers_weighted_error() {
     let x = normals(rows * row_len, 0x9e37_79b9_7f4a_7c15);
     // Per-column importance spanning orders of magnitude (as an imatrix
     // does), the same for every row.
-    let col: Vec<f32> = normals(row_len, 7).iter().map(|v| (2.0 * v).exp()).collect();
+    let col: Vec<f32> = normals(row_len, 7)
+        .iter()
+        .map(|v| (2.0 * v).exp())
+        .collect();
     let imp: Vec<f32> = (0..rows).flat_map(|_| col.iter().copied()).collect();
     for name in [
         "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
