@@ -41,7 +41,7 @@ pub fn dequant_q3_k(b: &[u8], out: &mut [f32]) {
 }
 
 /// Unpacks the 6-bit scales and mins shared by Q4_K and Q5_K.
-fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn scale_min_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let (mut sc, mut mn) = ([0u8; 8], [0u8; 8]);
     for j in 0..4 {
         sc[j] = s[j] & 0x3f;

@@ -1,13 +1,17 @@
 //! Standard llama.cpp tensor types as a gguftool format plugin.
 //!
 //! Decoding covers every type gguf-py 0.19 decodes except the grid-based
-//! IQ1/IQ2/IQ3 families; encoding covers F32, F16, BF16, Q8_0, Q4_0, TQ1_0
-//! and TQ2_0. All results are bit-identical to gguf-py (golden fixtures in
-//! `fixtures/golden`).
+//! IQ1/IQ2/IQ3 families; encoding covers F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+//! Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K, TQ1_0 and TQ2_0. Without importance the
+//! encoders are bit-identical to gguf-py where it has an encoder and to
+//! ggml's reference quantizers otherwise (golden fixtures in
+//! `fixtures/types`); with importance they run ggml's imatrix-weighted
+//! searches ([`encode`]).
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod dot;
+pub mod encode;
 pub mod float;
 pub mod half_bits;
 pub mod kquants;
@@ -23,6 +27,7 @@ use gguftool_quant::register_format;
 
 type BlockDecoder = fn(&[u8], &mut [f32]);
 type BlockEncoder = fn(&[f32], &mut [u8]);
+type WeightedBlockEncoder = fn(&[f32], &[f32], &mut [u8]);
 
 /// A standard type described by its block geometry and per-block codecs.
 ///
@@ -51,20 +56,31 @@ pub const fn geometry(id: u32) -> (usize, usize) {
     }
 }
 
-/// A quantizer made of a per-block encoder (standard types ignore importance).
+/// A quantizer made of a per-block encoder, plus an importance-weighted
+/// one for the types that have it (the others ignore importance).
 pub struct BlockQuantizer {
     id: u32,
     encode: BlockEncoder,
+    weighted: Option<WeightedBlockEncoder>,
 }
 
 impl Quantizer for BlockQuantizer {
-    fn quantize_blocks(&self, src: &[f32], _importance: Option<&[f32]>, dst: &mut [u8]) {
+    fn quantize_blocks(&self, src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]) {
         let (block_size, type_size) = geometry(self.id);
-        for (x, b) in src
+        let blocks = src
             .chunks_exact(block_size)
-            .zip(dst.chunks_exact_mut(type_size))
-        {
-            (self.encode)(x, b);
+            .zip(dst.chunks_exact_mut(type_size));
+        match (importance, self.weighted) {
+            (Some(imp), Some(weighted)) => {
+                for ((x, b), w) in blocks.zip(imp.chunks_exact(block_size)) {
+                    weighted(x, w, b);
+                }
+            }
+            _ => {
+                for (x, b) in blocks {
+                    (self.encode)(x, b);
+                }
+            }
         }
     }
 }
@@ -185,6 +201,26 @@ macro_rules! std_type {
                 encoder: Some(&BlockQuantizer {
                     id: $id,
                     encode: $enc,
+                    weighted: None,
+                }),
+                dot: $dot,
+            }
+        );
+    };
+    ($static:ident, $name:literal, $id:literal, $desc:literal, $dec:path, $dot:expr, $enc:path, $wenc:path) => {
+        register_format!(
+            $static,
+            &StdType {
+                name: $name,
+                id: $id,
+                block_size: geometry($id).0,
+                type_size: geometry($id).1,
+                description: $desc,
+                decode: $dec,
+                encoder: Some(&BlockQuantizer {
+                    id: $id,
+                    encode: $enc,
+                    weighted: Some($wenc),
                 }),
                 dot: $dot,
             }
@@ -238,7 +274,8 @@ std_type!(
     "4-bit, f16 scale per 32",
     legacy::dequant_q4_0,
     DotKind::Q4_0,
-    legacy::quant_q4_0
+    legacy::quant_q4_0,
+    encode::quant_q4_0_weighted
 );
 
 std_type!(
@@ -247,7 +284,9 @@ std_type!(
     3,
     "4-bit, f16 scale and min per 32",
     legacy::dequant_q4_1,
-    DotKind::Q4_1
+    DotKind::Q4_1,
+    encode::quant_q4_1,
+    encode::quant_q4_1_weighted
 );
 
 std_type!(
@@ -256,7 +295,9 @@ std_type!(
     6,
     "5-bit, f16 scale per 32",
     legacy::dequant_q5_0,
-    DotKind::Q5_0
+    DotKind::Q5_0,
+    encode::quant_q5_0,
+    encode::quant_q5_0_weighted
 );
 
 std_type!(
@@ -265,7 +306,9 @@ std_type!(
     7,
     "5-bit, f16 scale and min per 32",
     legacy::dequant_q5_1,
-    DotKind::Q5_1
+    DotKind::Q5_1,
+    encode::quant_q5_1,
+    encode::quant_q5_1_weighted
 );
 
 std_type!(
@@ -284,7 +327,9 @@ std_type!(
     10,
     "2-bit K-quant",
     kquants::dequant_q2_k,
-    DotKind::Q2K
+    DotKind::Q2K,
+    encode::quant_q2_k,
+    encode::quant_q2_k_weighted
 );
 
 std_type!(
@@ -293,7 +338,9 @@ std_type!(
     11,
     "3-bit K-quant",
     kquants::dequant_q3_k,
-    DotKind::Q3K
+    DotKind::Q3K,
+    encode::quant_q3_k,
+    encode::quant_q3_k_weighted
 );
 
 std_type!(
@@ -302,7 +349,9 @@ std_type!(
     12,
     "4-bit K-quant",
     kquants::dequant_q4_k,
-    DotKind::Q4K
+    DotKind::Q4K,
+    encode::quant_q4_k,
+    encode::quant_q4_k_weighted
 );
 
 std_type!(
@@ -311,7 +360,9 @@ std_type!(
     13,
     "5-bit K-quant",
     kquants::dequant_q5_k,
-    DotKind::Q5K
+    DotKind::Q5K,
+    encode::quant_q5_k,
+    encode::quant_q5_k_weighted
 );
 
 std_type!(
@@ -320,7 +371,9 @@ std_type!(
     14,
     "6-bit K-quant",
     kquants::dequant_q6_k,
-    DotKind::Q6K
+    DotKind::Q6K,
+    encode::quant_q6_k,
+    encode::quant_q6_k_weighted
 );
 
 std_type!(
@@ -329,7 +382,9 @@ std_type!(
     20,
     "4-bit non-linear levels per 32",
     legacy::dequant_iq4_nl,
-    DotKind::Iq4Nl
+    DotKind::Iq4Nl,
+    encode::quant_iq4_nl,
+    encode::quant_iq4_nl_weighted
 );
 
 std_type!(

@@ -101,3 +101,48 @@ golden! {
 fn encode_f16_matches_numpy() {
     check_encode("f16-encode.gguf");
 }
+
+/// Encodes `input` of `fixtures/types/encode-<type>.gguf` (made by
+/// `scripts/ggml_gguf_py_check.py golden`) without importance and with
+/// `importance`, comparing with `quantized` (gguf-py / ggml's
+/// `quantize_row_*_ref`) and `quantized_imatrix` (ggml's `quantize_*` with
+/// quant_weights).
+fn check_encode_pair(file: &str) {
+    let f = fixture(file);
+    let (_, input) = tensor(&f, "input");
+    let (_, imp) = tensor(&f, "importance");
+    let (input, imp) = (f32s(input), f32s(imp));
+    for (name, importance) in [("quantized", None), ("quantized_imatrix", Some(&imp[..]))] {
+        let (qi, want) = tensor(&f, name);
+        let fmt = format_of(&f, qi);
+        let mut got = vec![0u8; want.len()];
+        quantize(fmt, &input, importance, &mut got).unwrap();
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        assert!(
+            first.is_none(),
+            "{file} {name}: first differing byte at {first:?} (block {:?})",
+            first.map(|i| i / fmt.type_size())
+        );
+    }
+}
+
+macro_rules! golden_encode {
+    ($($test:ident: $file:literal;)*) => {$(
+        #[test]
+        fn $test() {
+            check_encode_pair($file);
+        }
+    )*};
+}
+
+golden_encode! {
+    encode_q4_1_matches_reference: "encode-q4_1.gguf";
+    encode_q5_0_matches_reference: "encode-q5_0.gguf";
+    encode_q5_1_matches_reference: "encode-q5_1.gguf";
+    encode_iq4_nl_matches_reference: "encode-iq4_nl.gguf";
+    encode_q2_k_matches_reference: "encode-q2_k.gguf";
+    encode_q3_k_matches_reference: "encode-q3_k.gguf";
+    encode_q4_k_matches_reference: "encode-q4_k.gguf";
+    encode_q5_k_matches_reference: "encode-q5_k.gguf";
+    encode_q6_k_matches_reference: "encode-q6_k.gguf";
+}

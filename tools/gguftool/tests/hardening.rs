@@ -153,24 +153,24 @@ fn usage_errors_exit_2_and_data_errors_exit_1() {
         ),
         (&["--format", "mixed"], "needs --bpw"),
         (
-            &["--format", "q4_k"],
-            "--format q4_k: this format cannot encode",
+            &["--format", "iq4_xs"],
+            "--format iq4_xs: this format cannot encode",
         ),
         (
-            &["--format", "q4_0", "--fallback", "q5_k"],
-            "--fallback q5_k: this format cannot encode",
+            &["--format", "q4_0", "--fallback", "mxfp4"],
+            "--fallback mxfp4: this format cannot encode",
         ),
         (
-            &["--format", "q4_0", "--output-tensor-type", "q6_k"],
-            "--output-tensor-type q6_k: this format cannot encode",
+            &["--format", "q4_0", "--output-tensor-type", "nvfp4"],
+            "--output-tensor-type nvfp4: this format cannot encode",
         ),
         (
-            &["--format", "q4_0", "--tensor-type", "ffn_down=q4_k"],
-            "--tensor-type q4_k: this format cannot encode",
+            &["--format", "q4_0", "--tensor-type", "ffn_down=iq4_xs"],
+            "--tensor-type iq4_xs: this format cannot encode",
         ),
         (
-            &["--format", "q4_0", "--token-embedding-type", "q5_k"],
-            "--token-embedding-type q5_k",
+            &["--format", "q4_0", "--token-embedding-type", "mxfp4"],
+            "--token-embedding-type mxfp4",
         ),
         (
             &["--format", "mixed", "--candidates", "f32", "--bpw", "2.86"],
@@ -206,7 +206,7 @@ fn usage_errors_exit_2_and_data_errors_exit_1() {
         );
     }
     // The cannot-encode messages list the formats that can.
-    let r = run(&[&base[..], &["--format", "q4_0", "--fallback", "q5_k"]].concat());
+    let r = run(&[&base[..], &["--format", "q4_0", "--fallback", "mxfp4"]].concat());
     assert!(err(&r).contains("formats that can: "), "{}", err(&r));
     // Data errors stay 1.
     let missing = run(&["inspect", s(&dir.path().join("missing.gguf"))]);
