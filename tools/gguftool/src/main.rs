@@ -6,6 +6,7 @@ mod cmd_convert;
 mod cmd_dequantize;
 mod cmd_formats;
 mod cmd_inspect;
+mod cmd_perplexity;
 mod cmd_qat;
 mod cmd_quality;
 mod cmd_seal;
@@ -113,6 +114,8 @@ enum Command {
     },
     /// Tokenize a text with a model's tokenizer, as llama.cpp's llama-tokenize does.
     Tokenize(Box<cmd_tokenize::TokenizeArgs>),
+    /// Perplexity and KL divergence of a model on a text, as llama.cpp's llama-perplexity computes them.
+    Perplexity(Box<cmd_perplexity::PerplexityArgs>),
     /// List registered formats.
     Formats {
         /// Machine-readable output.
@@ -160,6 +163,7 @@ fn run(cli: Cli) -> Result<ExitCode, gguftool_gguf::Error> {
         } => cmd_bench::run(&formats, millis, json),
         Command::Formats { json } => cmd_formats::run(json),
         Command::Tokenize(args) => cmd_tokenize::run(*args),
+        Command::Perplexity(args) => cmd_perplexity::run(*args),
     }
 }
 
