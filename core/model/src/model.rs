@@ -232,9 +232,11 @@ impl Loader<'_> {
 
     fn vector_at(&self, index: usize) -> Result<Vec<f32>> {
         let t = &self.file.header().tensors[index];
-        let table = KernelTable::for_tensor(self.file, index)?;
+        // A row codec, not a kernel table: vectors need no dot kernel (and
+        // may be shorter than an activation block).
+        let codec = gguftool_quant::rows::tensor_decoder(self.file, index)?;
         let mut out = vec![0.0f32; t.n_elements as usize];
-        table.dequantize_rows(self.file.tensor_data(index), &mut out)?;
+        codec.decode(self.file.tensor_data(index), &mut out)?;
         Ok(out)
     }
 
