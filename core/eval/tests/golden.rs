@@ -56,7 +56,11 @@ fn log_probs_match_llama_cpp() {
     let first = g.n_ctx / 2;
     let n_score = g.n_ctx - 1 - first;
     assert_eq!(g.recs.len(), g.n_chunk * n_score * nv);
-    for path in [MatmulPath::Auto, MatmulPath::Kernels] {
+    for path in [
+        MatmulPath::Auto,
+        MatmulPath::Kernels,
+        MatmulPath::ReferenceF32,
+    ] {
         let m = model(path);
         assert_eq!(m.n_vocab(), g.n_vocab);
         let mut cache = m.new_cache(g.n_ctx);

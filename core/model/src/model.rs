@@ -65,6 +65,11 @@ pub enum MatmulPath {
     Auto,
     /// Always `KernelTable::matmul`.
     Kernels,
+    /// Reference: no activation quantization at all; every product is the
+    /// decoded weight rows (original basis) times the f32 activations, as
+    /// llama.cpp computes F32 weights. For measuring what 8-bit
+    /// activations cost, and for exact-f32 forwards.
+    ReferenceF32,
 }
 
 /// Smallest batch [`MatmulPath::Auto`] decodes rows once for.
@@ -461,6 +466,12 @@ impl Model {
 
     /// Quantizes each row of `x` for `lin`.
     fn quantize(&self, lin: &Linear, x: &[f32]) -> Result<Vec<Activations>> {
+        if self.matmul_path == MatmulPath::ReferenceF32 {
+            return Ok(x
+                .chunks(lin.n_in)
+                .map(|r| Activations::F32(r.to_vec()))
+                .collect());
+        }
         x.par_chunks(lin.n_in)
             .map(|row| lin.table.quantize_activations(row).map_err(Error::from))
             .collect()
@@ -472,9 +483,10 @@ impl Model {
         let n_tok = acts.len();
         let rb = lin.table.row_bytes();
         let data = self.file.tensor_data(lin.index);
-        let decode_once = self.matmul_path == MatmulPath::Auto
-            && n_tok >= DECODE_ONCE_MIN_BATCH
-            && lin.table.format().row_transform().is_none();
+        let decode_once = self.matmul_path == MatmulPath::ReferenceF32
+            || (self.matmul_path == MatmulPath::Auto
+                && n_tok >= DECODE_ONCE_MIN_BATCH
+                && lin.table.format().row_transform().is_none());
         let xs: Vec<Vec<f32>> = if decode_once {
             acts.par_iter().map(gemm::activation_values).collect()
         } else {

@@ -41,6 +41,19 @@ pub struct PerplexityArgs {
     /// Compute the KL divergence against the --kl-divergence-base file (tokens come from that file).
     #[arg(long = "kl-divergence", requires = "kl_divergence_base")]
     kl_divergence: bool,
+    /// Batch products: `auto` decodes each weight row once per batch for
+    /// formats without a batched kernel path; `kernels` always runs the
+    /// kernel table's matmul; `f32` is the reference: decoded weights times
+    /// unquantized f32 activations.
+    #[arg(long, value_enum, default_value_t = MatmulArg::Auto)]
+    matmul: MatmulArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MatmulArg {
+    Auto,
+    Kernels,
+    F32,
 }
 
 fn other(msg: String) -> gguftool_gguf::Error {
@@ -66,10 +79,15 @@ pub fn run(args: PerplexityArgs) -> Result<ExitCode, gguftool_gguf::Error> {
         .num_threads(threads)
         .build_global();
     let t_load = Instant::now();
-    let model = Model::open(&args.model, threads).map_err(|e| match e {
+    let mut model = Model::open(&args.model, threads).map_err(|e| match e {
         gguftool_model::Error::Gguf(g) => g,
         e => other(format!("{}: {e}", args.model.display())),
     })?;
+    model.set_matmul_path(match args.matmul {
+        MatmulArg::Auto => gguftool_model::MatmulPath::Auto,
+        MatmulArg::Kernels => gguftool_model::MatmulPath::Kernels,
+        MatmulArg::F32 => gguftool_model::MatmulPath::ReferenceF32,
+    });
     let tok = Tokenizer::from_metadata(model.metadata())
         .map_err(|e| other(format!("{}: tokenizer: {e}", args.model.display())))?;
     let bos = gguftool_eval::chunk_bos(&tok);
