@@ -18,6 +18,9 @@ fn open(threads: usize) -> Model {
 
 const TOKENS: [u32; 12] = [1, 259, 270, 261, 262, 268, 273, 264, 260, 266, 271, 263];
 
+/// (name, dims, f32 data).
+type Tensor = (String, Vec<u64>, Vec<f32>);
+
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
@@ -29,7 +32,7 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Rebuilds a GGUF in memory from `file` with metadata `md` and tensors
 /// (name, dims, f32 data).
-fn build(md: &Metadata, tensors: &[(String, Vec<u64>, Vec<f32>)]) -> GgufFile {
+fn build(md: &Metadata, tensors: &[Tensor]) -> GgufFile {
     let specs = tensors
         .iter()
         .map(|(n, d, v)| TensorSpec {
@@ -54,7 +57,7 @@ fn build(md: &Metadata, tensors: &[(String, Vec<u64>, Vec<f32>)]) -> GgufFile {
     GgufFile::from_bytes("test.gguf", bytes, &gguftool_quant::registry::TYPES).unwrap()
 }
 
-fn fixture_parts() -> (Metadata, Vec<(String, Vec<u64>, Vec<f32>)>) {
+fn fixture_parts() -> (Metadata, Vec<Tensor>) {
     let f = gguftool_quant::registry::open(fixture()).unwrap();
     let md = f.header().metadata.clone();
     let tensors = f
@@ -74,7 +77,7 @@ fn fixture_parts() -> (Metadata, Vec<(String, Vec<u64>, Vec<f32>)>) {
     (md, tensors)
 }
 
-fn load_err(md: &Metadata, tensors: &[(String, Vec<u64>, Vec<f32>)]) -> Error {
+fn load_err(md: &Metadata, tensors: &[Tensor]) -> Error {
     match Model::from_file(build(md, tensors), 1) {
         Ok(_) => panic!("loaded"),
         Err(e) => e,

@@ -75,11 +75,7 @@ fn perplexity_and_logits_file_match_llama_cpp() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let out = String::from_utf8(o.stdout).unwrap();
         assert!(out.starts_with("chunk             PPL"), "{out}");
-        let last = out
-            .lines()
-            .filter(|l| l.starts_with("   4"))
-            .next()
-            .unwrap();
+        let last = out.lines().find(|l| l.starts_with("   4")).unwrap();
         let kld: f64 = last.split_whitespace().nth(7).unwrap().parse().unwrap();
         assert!(kld < 1e-4, "{last}");
     }
