@@ -3,9 +3,8 @@
 //! formats with SIMD kernels. Single-threaded, 64 x 4096 matrix (in cache).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gguftool_benches::kernels::{test_matrix, ROW};
+use gguftool_benches::kernels::{dot_row, test_matrix, ROW};
 use gguftool_formats as _;
-use gguftool_quant::activation::Q8Activations;
 use gguftool_quant::{registry, simd};
 
 const ROWS: usize = 64;
@@ -15,7 +14,12 @@ fn bench_kernels(c: &mut Criterion) {
     g.sample_size(20);
     for f in registry::block_formats() {
         let (enc, x) = test_matrix(f, ROWS);
-        let q8 = Q8Activations::quantize(&x).expect("whole blocks");
+        // 8-bit activations in the format's own block type (32 or 256).
+        let acts = f
+            .kernel()
+            .vec_dot_type()
+            .quantize(&x)
+            .expect("whole blocks");
         let row_bytes = enc.len() / ROWS;
         let mut out = vec![0f32; ROWS * ROW];
         g.throughput(Throughput::Bytes(enc.len() as u64));
@@ -38,7 +42,7 @@ fn bench_kernels(c: &mut Criterion) {
                 g.bench_function(id("dot_q8"), |b| {
                     b.iter(|| {
                         enc.chunks_exact(row_bytes)
-                            .map(|r| f.dot_q8_with(level, r, &q8).unwrap())
+                            .map(|r| dot_row(f, level, r, &acts))
                             .sum::<f32>()
                     })
                 });

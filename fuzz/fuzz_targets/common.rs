@@ -32,7 +32,7 @@ pub fn exercise(f: &dyn Format, bytes: &[u8]) {
         let _ = f.dot_with(level, whole, &x).expect("dot");
         if n % 32 == 0 {
             let _ = f
-                .dot_q8_with(level, whole, &Q8Activations::quantize(&x))
+                .dot_q8_with(level, whole, &Q8Activations::quantize(&x).expect("n % 32 == 0"))
                 .expect("dot q8");
         }
     }

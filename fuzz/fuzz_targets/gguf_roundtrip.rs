@@ -1,7 +1,7 @@
 //! Parse -> write -> parse: metadata, tensor infos and tensor bytes survive.
 #![no_main]
 
-use gguftool_gguf::write::{rewrite, WriteOptions};
+use gguftool_gguf::seal::{rewrite, WriteOptions};
 use gguftool_gguf::{parse_header, GgufFile};
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;

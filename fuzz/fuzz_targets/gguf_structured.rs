@@ -7,7 +7,8 @@
 use arbitrary::Arbitrary;
 use gguftool_gguf::integrity;
 use gguftool_gguf::value::{Array, Metadata, Value};
-use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::seal::{OutputWriter, WriteOptions};
+use gguftool_gguf::write::TensorSpec;
 use gguftool_gguf::GgufFile;
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;
@@ -52,7 +53,7 @@ fn value(v: V) -> Value {
         V::U64(x) => Value::U64(x),
         V::F64(x) => Value::F64(x),
         V::ArrU32(x) => Value::Array(Array::U32(x)),
-        V::ArrStr(x) => Value::Array(Array::String(x)),
+        V::ArrStr(x) => Value::Array(Array::String(x.into())),
         V::Nested(x) => Value::Array(Array::Array(x.into_iter().map(Array::I16).collect())),
     }
 }
@@ -94,7 +95,7 @@ fuzz_target!(|m: Model| {
             })
         })
         .collect();
-    let Ok(mut w) = GgufWriter::begin(
+    let Ok(mut w) = OutputWriter::begin(
         Cursor::new(Vec::new()),
         &md,
         specs.clone(),

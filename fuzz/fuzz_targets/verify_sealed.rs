@@ -3,7 +3,7 @@
 #![no_main]
 
 use gguftool_gguf::integrity;
-use gguftool_gguf::write::{rewrite, WriteOptions};
+use gguftool_gguf::seal::{rewrite, WriteOptions};
 use gguftool_gguf::GgufFile;
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;

@@ -1,5 +1,10 @@
 //! Calibration data: llama.cpp importance matrices, read and validated
-//! against the tensors they describe. (Hessian collection and GPTQ land here.)
+//! against the tensors they describe; input Hessians and GPTQ rounding for
+//! any format.
 #![warn(missing_docs)]
 
+pub mod calib_file;
+pub mod gptq;
 pub mod imatrix;
+pub mod imatrix_write;
+pub mod linalg;

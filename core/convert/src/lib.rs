@@ -7,5 +7,6 @@ pub mod output;
 mod pipeline;
 pub mod policy;
 pub mod quality;
+pub mod recipe;
 
 pub use pipeline::*;

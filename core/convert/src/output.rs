@@ -1,5 +1,9 @@
 //! Crash-safe output: write to a temporary file beside the target, rename
-//! over it only when everything succeeded.
+//! over it only when everything succeeded. SIGINT, SIGTERM and SIGHUP
+//! remove every live temporary file before the process dies (see
+//! [`signals`]); a temporary file left by a run that could not clean up
+//! (SIGKILL, power loss) is named by the next run that writes beside it.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 use gguftool_gguf::error::{Error, Result};
 use std::fs::File;
@@ -13,6 +17,7 @@ pub struct AtomicOutput {
     target: PathBuf,
     force: bool,
     temp: NamedTempFile,
+    _registration: Registration,
 }
 
 impl AtomicOutput {
@@ -32,8 +37,20 @@ impl AtomicOutput {
         // Created 0666 minus the umask, like any other new file (tempfile's default is 0600).
         #[cfg(unix)]
         builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let temp = builder.tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        warn_stale_temps(&dir);
+        // tempfile's error names the temporary path; name the output instead.
+        let temp = builder.tempfile_in(&dir).map_err(|e| {
+            Error::Other(format!(
+                "{}: cannot create the output file in directory {}: {}",
+                target.display(),
+                dir.display(),
+                std::io::Error::from(e.kind())
+            ))
+        })?;
+        signals::register(temp.path());
+        let registration = Registration(temp.path().to_path_buf());
         Ok(Self {
+            _registration: registration,
             target,
             force,
             temp,
@@ -67,6 +84,132 @@ impl AtomicOutput {
             } else {
                 Error::io(&self.target, e.error)
             }
+        })
+    }
+}
+
+/// Stops tracking a temporary path when the output is committed or dropped
+/// (the `NamedTempFile` removes the file itself on drop).
+struct Registration(PathBuf);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        signals::unregister(&self.0);
+    }
+}
+
+/// Warns about `.gguftool-*.tmp` files in `dir` that no live output of this
+/// process owns: leftovers of an interrupted run.
+fn warn_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        if n.starts_with(".gguftool-") && n.ends_with(".tmp") && !signals::is_registered(&e.path())
+        {
+            eprintln!(
+                "warning: stale temporary file {} from an interrupted run; remove it",
+                e.path().display()
+            );
+        }
+    }
+}
+
+/// Removal of temporary outputs on SIGINT, SIGTERM and SIGHUP.
+///
+/// Paths are kept as leaked, NUL-terminated C strings in a fixed table of
+/// atomic pointers, so the handler only loads pointers and calls `unlink`,
+/// `signal` and `raise`, all async-signal-safe. It then re-raises the signal
+/// with the default action, so the exit status says which signal ended the
+/// process (the shell reports 130 for SIGINT, 143 for SIGTERM).
+pub mod signals {
+    use std::ffi::CString;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicPtr, Ordering};
+    use std::sync::Once;
+
+    const SLOTS: usize = 64;
+    static TEMPS: [AtomicPtr<libc::c_char>; SLOTS] =
+        [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
+    static INSTALL: Once = Once::new();
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        for slot in &TEMPS {
+            let p = slot.load(Ordering::SeqCst);
+            if !p.is_null() {
+                // SAFETY: `p` is a leaked, never-freed NUL-terminated string
+                // (see `register`); unlink is async-signal-safe.
+                unsafe { libc::unlink(p) };
+            }
+        }
+        // SAFETY: restoring the default action and re-raising are
+        // async-signal-safe; the process then ends by `sig`.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+
+    fn install() {
+        INSTALL.call_once(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                // SAFETY: `on_signal` is an `extern "C" fn(c_int)` that only
+                // performs async-signal-safe calls.
+                unsafe {
+                    libc::signal(
+                        sig,
+                        on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                    );
+                }
+            }
+        });
+    }
+
+    fn c_path(path: &Path) -> Option<CString> {
+        use std::os::unix::ffi::OsStrExt;
+        CString::new(path.as_os_str().as_bytes()).ok()
+    }
+
+    /// Tracks `path` for removal on a terminating signal.
+    pub fn register(path: &Path) {
+        install();
+        let Some(c) = c_path(path) else { return };
+        let p = c.into_raw();
+        for slot in &TEMPS {
+            if slot
+                .compare_exchange(std::ptr::null_mut(), p, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return;
+            }
+        }
+        // Table full: the path is not tracked (and the string is freed).
+        // SAFETY: `p` came from `CString::into_raw` just above and was not shared.
+        drop(unsafe { CString::from_raw(p) });
+    }
+
+    /// Stops tracking `path`. The string is leaked on purpose: a handler
+    /// running on another thread may still be reading it.
+    pub fn unregister(path: &Path) {
+        let Some(c) = c_path(path) else { return };
+        for slot in &TEMPS {
+            let p = slot.load(Ordering::SeqCst);
+            // SAFETY: non-null slot pointers are leaked NUL-terminated strings.
+            if !p.is_null() && unsafe { std::ffi::CStr::from_ptr(p) } == c.as_c_str() {
+                slot.store(std::ptr::null_mut(), Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// True when `path` is a live temporary output of this process.
+    pub fn is_registered(path: &Path) -> bool {
+        let Some(c) = c_path(path) else { return false };
+        TEMPS.iter().any(|slot| {
+            let p = slot.load(Ordering::SeqCst);
+            // SAFETY: non-null slot pointers are leaked NUL-terminated strings.
+            !p.is_null() && unsafe { std::ffi::CStr::from_ptr(p) } == c.as_c_str()
         })
     }
 }

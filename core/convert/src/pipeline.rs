@@ -3,9 +3,12 @@
 //! streaming into an atomically committed output file.
 
 use crate::output::AtomicOutput;
+use gguftool_calib::calib_file::Calibration;
+use gguftool_calib::gptq::{gptq, GptqOptions, Hessian};
 use gguftool_gguf::error::{Error, Result};
+use gguftool_gguf::seal::{OutputWriter, WriteOptions};
 use gguftool_gguf::value::Metadata;
-use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::write::TensorSpec;
 use gguftool_gguf::{GgufFile, TensorInfo};
 use gguftool_quant::format::Format;
 use gguftool_quant::registry;
@@ -32,6 +35,16 @@ pub enum TensorAction {
     },
     /// Bytes already encoded by the caller (e.g. by QAT), written as they are.
     Encoded(Arc<Vec<u8>>),
+    /// Decoded with the source format and rounded with GPTQ under the
+    /// Hessian of the tensor's input (`gguftool_calib::gptq`).
+    Gptq {
+        /// Source format (decoder).
+        source: &'static dyn Format,
+        /// Target format (encoder).
+        target: &'static dyn Format,
+        /// `X^T X` of the tensor's input (row length square).
+        hessian: Arc<Hessian>,
+    },
 }
 
 impl std::fmt::Debug for TensorAction {
@@ -42,6 +55,9 @@ impl std::fmt::Debug for TensorAction {
                 write!(f, "{} -> {}", source.name(), target.name())
             }
             TensorAction::Encoded(b) => write!(f, "encoded ({} bytes)", b.len()),
+            TensorAction::Gptq { source, target, .. } => {
+                write!(f, "{} -> {} (GPTQ)", source.name(), target.name())
+            }
         }
     }
 }
@@ -90,7 +106,7 @@ impl Plan {
     /// Exact size of the file [`execute`] would write.
     pub fn output_file_size(&self, opts: WriteOptions) -> Result<u64> {
         let specs: Vec<TensorSpec> = self.tensors.iter().map(|t| t.spec.clone()).collect();
-        let w = GgufWriter::begin(
+        let w = OutputWriter::begin(
             std::io::Cursor::new(Vec::new()),
             &self.output_metadata(opts),
             specs,
@@ -188,7 +204,7 @@ pub fn execute_with_source_hash(
     std::thread::scope(|scope| {
         let hasher = source_sha256_key
             .map(|_| scope.spawn(|| gguftool_gguf::integrity::sha256_hex(src.bytes())));
-        let finish = |w: GgufWriter<_>| -> Result<_> {
+        let finish = |w: OutputWriter<_>| -> Result<_> {
             let wrap = |e| Error::Gguf {
                 path: out.to_path_buf(),
                 source: e,
@@ -226,7 +242,7 @@ fn execute_inner(
     deferred_key: Option<&str>,
     progress: &(dyn Fn(u64) + Sync),
     finish: impl FnOnce(
-        GgufWriter<std::io::BufWriter<std::fs::File>>,
+        OutputWriter<std::io::BufWriter<std::fs::File>>,
     ) -> Result<std::io::BufWriter<std::fs::File>>,
 ) -> Result<()> {
     let output = AtomicOutput::create(out, force)?;
@@ -245,9 +261,16 @@ fn execute_inner(
         gguftool_quant::rows::seed(&src.header().metadata).map_err(seed_err)?,
         gguftool_quant::rows::seed(&plan.metadata).map_err(seed_err)?,
     );
-    let mut w = GgufWriter::begin_deferred(output.writer()?, &metadata, specs, opts, &deferred)
+    let mut w = OutputWriter::begin_deferred(output.writer()?, &metadata, specs, opts, &deferred)
         .map_err(wrap)?;
+    // Test hook: a pause per tensor, so tests can interrupt a conversion.
+    let delay = std::env::var("GGUFTOOL_TEST_DELAY_PER_TENSOR_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
     for pt in &plan.tensors {
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let data = src.tensor_data(pt.source_index);
         let info = &src.header().tensors[pt.source_index];
         match &pt.action {
@@ -269,6 +292,15 @@ fn execute_inner(
                     progress(chunk.len() as u64);
                 }
             }
+            TensorAction::Gptq {
+                source,
+                target,
+                hessian,
+            } => {
+                let bytes = gptq_tensor(info, data, (*source, seeds.0, *target, seeds.1), hessian)?;
+                w.write_tensor_data(&bytes).map_err(wrap)?;
+                progress(data.len() as u64);
+            }
             &TensorAction::Transcode { source, target } => {
                 let imp = pt.importance.as_deref().map(Vec::as_slice);
                 let codecs = (source, seeds.0, target, seeds.1);
@@ -282,6 +314,72 @@ fn execute_inner(
     }
     finish(w)?;
     output.commit()
+}
+
+/// Turns every planned transcode whose tensor has a Hessian in `cal` (of
+/// the tensor's row length) into GPTQ rounding; returns how many.
+pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> usize {
+    let mut cache: Vec<(usize, Arc<Hessian>)> = Vec::new();
+    let mut n = 0;
+    for pt in &mut plan.tensors {
+        let TensorAction::Transcode { source, target } = pt.action else {
+            continue;
+        };
+        let info = &src.header().tensors[pt.source_index];
+        let Some(h) = cal.hessian_for(&info.name) else {
+            continue;
+        };
+        if h.n() as u64 != info.row_len() {
+            continue;
+        }
+        let key = h as *const Hessian as usize;
+        let hessian = match cache.iter().find(|(k, _)| *k == key) {
+            Some((_, a)) => a.clone(),
+            None => {
+                let a = Arc::new(h.clone());
+                cache.push((key, a.clone()));
+                a
+            }
+        };
+        pt.action = TensorAction::Gptq {
+            source,
+            target,
+            hessian,
+        };
+        pt.note = Some("GPTQ with the calibration Hessian".into());
+        n += 1;
+    }
+    n
+}
+
+/// Decodes a whole tensor and rounds it with GPTQ, matrix by matrix (the
+/// matrices of a stacked tensor share the Hessian).
+fn gptq_tensor(
+    info: &TensorInfo,
+    data: &[u8],
+    (source, source_seed, target, target_seed): CodecPair,
+    hessian: &Hessian,
+) -> Result<Vec<u8>> {
+    let kernel_err = |e: String| Error::Unsupported {
+        tensor: info.name.clone(),
+        reason: e,
+    };
+    let row_len = info.row_len() as usize;
+    let decoder =
+        RowCodec::new(source, row_len, source_seed).map_err(|e| kernel_err(e.to_string()))?;
+    let n = info.n_elements as usize;
+    let mut w = vec![0f32; n];
+    decoder
+        .decode(data, &mut w)
+        .map_err(|e| kernel_err(e.to_string()))?;
+    let rows_per_mat = info.dims.get(1).copied().unwrap_or(1).max(1) as usize;
+    let mut out = Vec::new();
+    for m in w.chunks(rows_per_mat * row_len) {
+        let (bytes, _report) = gptq(target, m, hessian, target_seed, GptqOptions::default())
+            .map_err(|e| kernel_err(format!("GPTQ: {e}")))?;
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
 }
 
 /// Source format and its file's row-transform seed, then the same for the target.

@@ -58,12 +58,39 @@ pub fn format_by_name(name: &str) -> Result<&'static dyn Format> {
     })
 }
 
-/// Parses `REGEX=FORMAT` (a `--tensor-type` argument).
+/// A regex error on one line (the parser's message spans several, with the
+/// pattern and a caret under the fault).
+pub fn regex_error_line(e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(s) => s
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("error: "))
+            .map_or_else(
+                || s.split_whitespace().collect::<Vec<_>>().join(" "),
+                str::to_string,
+            ),
+        other => other
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// Parses `REGEX=FORMAT` (a `--tensor-type` argument); an empty pattern,
+/// which would match every tensor, is refused.
 pub fn parse_tensor_type(arg: &str) -> Result<(Regex, &'static dyn Format)> {
     let (re, fmt) = arg
         .rsplit_once('=')
         .ok_or_else(|| Error::Other(format!("--tensor-type {arg:?}: expected REGEX=FORMAT")))?;
-    let re = Regex::new(re).map_err(|e| Error::Other(format!("--tensor-type {arg:?}: {e}")))?;
+    if re.is_empty() {
+        return Err(Error::Other(format!(
+            "--tensor-type {arg:?}: empty pattern (it would match every tensor; use --format)"
+        )));
+    }
+    let re = Regex::new(re)
+        .map_err(|e| Error::Other(format!("--tensor-type {arg:?}: {}", regex_error_line(&e))))?;
     Ok((re, format_by_name(fmt)?))
 }
 
@@ -140,6 +167,7 @@ impl QuantPolicy {
                 let n_mats = (t.n_rows() / t.dims.get(1).copied().unwrap_or(1).max(1)) as usize;
                 pt.importance = m
                     .for_tensor(&t.name, row_len, n_mats)
+                    .map_err(|e| Error::Other(format!("imatrix: {e}")))?
                     .map(|v| Arc::new(v.to_vec()));
             }
         }
@@ -206,7 +234,10 @@ fn converted_metadata(
             Value::U64(gguftool_quant::rows::DEFAULT_SEED),
         );
     }
-    md.set("gguftool.formats", Value::Array(Array::String(custom)));
+    md.set(
+        "gguftool.formats",
+        Value::Array(Array::String(custom.into())),
+    );
     md.set("gguftool.convert.format", Value::String(main.name().into()));
     md.set(
         KEY_SOURCE_SHA256,
@@ -219,7 +250,7 @@ fn converted_metadata(
         );
         md.set(
             "gguftool.convert.imatrix_datasets",
-            Value::Array(Array::String(datasets.clone())),
+            Value::Array(Array::String(datasets.clone().into())),
         );
     }
     md

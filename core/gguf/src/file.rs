@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 pub use crate::read::parse_header;
-pub use crate::value::{Array, Metadata, Value, ValueType};
+pub use crate::value::{Array, Metadata, StrArray, Value, ValueType};
 
 /// One tensor's description from the header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +152,16 @@ impl GgufFile {
     /// The validated header.
     pub fn header(&self) -> &GgufHeader {
         &self.header
+    }
+
+    /// Length of the file in bytes.
+    pub fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    /// True for an empty file (never true for a parsed one).
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
     }
 
     /// The whole file.

@@ -112,9 +112,14 @@ pub const PRIVATE_TYPE_ID_BASE: u32 = 0x4000;
 /// Last id (inclusive) of the private range.
 pub const PRIVATE_TYPE_ID_END: u32 = 0x4fff;
 
-/// Looks up a standard ggml type by id.
-pub fn ggml_type(id: u32) -> Option<&'static GgmlTypeInfo> {
-    GGML_TYPES.get(id as usize)
+/// Looks up a standard ggml type by id (usable in constants, so format
+/// plugins can take their geometry from this table at compile time).
+pub const fn ggml_type(id: u32) -> Option<&'static GgmlTypeInfo> {
+    if (id as usize) < GGML_TYPES.len() {
+        Some(&GGML_TYPES[id as usize])
+    } else {
+        None
+    }
 }
 
 /// Looks up an active standard ggml type by (case-insensitive) name.

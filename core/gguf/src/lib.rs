@@ -11,6 +11,7 @@ mod file;
 pub mod ggml_type;
 pub mod integrity;
 pub mod read;
+pub mod seal;
 pub mod template_scan;
 pub mod validate;
 pub mod value;

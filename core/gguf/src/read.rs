@@ -5,7 +5,7 @@
 //! present, never to what a count claims.
 
 use super::validate;
-use super::value::{Array, Metadata, Value, ValueType};
+use super::value::{Array, Metadata, StrArray, Value, ValueType};
 use super::{GgufHeader, TensorInfo};
 use crate::error::{GgufError, GgufResult};
 use std::collections::HashSet;
@@ -86,8 +86,15 @@ impl<'a> Cursor<'a> {
         Ok(count)
     }
 
-    /// Reads a length-prefixed UTF-8 string of at most `limit` bytes.
-    fn string(&mut self, limit: u64, what: &dyn Fn() -> String) -> GgufResult<String> {
+    /// Skips a length-prefixed string, returning its length (no UTF-8 check).
+    fn take_len_prefixed(&mut self, what: &dyn Fn() -> String) -> GgufResult<usize> {
+        let len = self.u64(&|| format!("{} length", what()))?;
+        Ok(self.take(len, what)?.len())
+    }
+
+    /// Reads a length-prefixed UTF-8 string of at most `limit` bytes,
+    /// borrowed from the input.
+    fn str(&mut self, limit: u64, what: &dyn Fn() -> String) -> GgufResult<&'a str> {
         let offset = self.pos();
         let len = self.u64(&|| format!("{} length", what()))?;
         if len > limit {
@@ -100,11 +107,20 @@ impl<'a> Cursor<'a> {
         }
         let data_offset = self.pos();
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| GgufError::InvalidUtf8 {
+        std::str::from_utf8(raw).map_err(|_| GgufError::InvalidUtf8 {
             what: what(),
             offset: data_offset,
         })
     }
+}
+
+/// Capacity to reserve for `count` elements of `elem_bytes` bytes each in
+/// memory, when `remaining` bytes of input are left: never more than those
+/// bytes can justify in memory (the count itself was only checked against the
+/// minimum *encoded* size). Collections grow past this as elements are parsed.
+pub(crate) fn bounded_capacity(count: u64, elem_bytes: usize, remaining: u64) -> usize {
+    let by_bytes = remaining / (elem_bytes.max(1) as u64);
+    count.min(by_bytes).min(usize::MAX as u64) as usize
 }
 
 /// Parses and validates a complete GGUF header from `bytes`, which must be
@@ -158,19 +174,13 @@ pub fn parse_header(bytes: &[u8], types: &dyn validate::TypeResolver) -> GgufRes
 }
 
 fn read_metadata(c: &mut Cursor<'_>, n_kv: u64) -> GgufResult<Metadata> {
-    let mut entries = Vec::with_capacity(n_kv as usize);
-    let mut seen: HashSet<String> = HashSet::with_capacity(n_kv as usize);
+    let cap = bounded_capacity(n_kv, Metadata::ENTRY_BYTES + 8, c.remaining());
+    let mut md = Metadata::with_capacity(cap, 0);
     for i in 0..n_kv {
         let key_offset = c.pos();
-        let key = c.string(MAX_KEY_LEN, &|| format!("metadata[{i}] key"))?;
+        let key = c.str(MAX_KEY_LEN, &|| format!("metadata[{i}] key"))?;
         if key.is_empty() {
             return Err(GgufError::EmptyKey { offset: key_offset });
-        }
-        if !seen.insert(key.clone()) {
-            return Err(GgufError::DuplicateKey {
-                key,
-                offset: key_offset,
-            });
         }
         let what = || format!("metadata key {key:?}");
         let type_offset = c.pos();
@@ -181,9 +191,25 @@ fn read_metadata(c: &mut Cursor<'_>, n_kv: u64) -> GgufResult<Metadata> {
             raw,
         })?;
         let value = read_value(c, vt, &what, 0)?;
-        entries.push((key, value));
+        md.push_unchecked(key, value);
     }
-    Ok(Metadata::from_entries(entries))
+    // Duplicates are found through the key-sorted index (no hash set of
+    // keys); the offset is recovered by walking the keys again.
+    md.finish_index();
+    if let Some(dup) = md.first_duplicate() {
+        let mut w = Cursor::new(c.bytes);
+        w.pos = 24;
+        for _ in 0..dup {
+            let _ = w.str(MAX_KEY_LEN, &String::new)?;
+            let raw = w.u32(&String::new)?;
+            let vt = ValueType::from_u32(raw).unwrap_or(ValueType::U8);
+            read_value(&mut w, vt, &String::new, 0)?;
+        }
+        let offset = w.pos();
+        let key = w.str(MAX_KEY_LEN, &String::new)?.to_string();
+        return Err(GgufError::DuplicateKey { key, offset });
+    }
+    Ok(md)
 }
 
 fn read_scalar_bool(c: &mut Cursor<'_>, what: &dyn Fn() -> String) -> GgufResult<bool> {
@@ -218,7 +244,7 @@ fn read_value(
         ValueType::I64 => Value::I64(i64::from_le_bytes(c.array(what)?)),
         ValueType::F64 => Value::F64(f64::from_le_bytes(c.array(what)?)),
         ValueType::Bool => Value::Bool(read_scalar_bool(c, what)?),
-        ValueType::String => Value::String(c.string(u64::MAX, what)?),
+        ValueType::String => Value::String(c.str(u64::MAX, what)?.to_string()),
         ValueType::Array => Value::Array(read_array(c, what, depth + 1)?),
     })
 }
@@ -271,21 +297,16 @@ fn read_array(c: &mut Cursor<'_>, what: &dyn Fn() -> String, depth: u32) -> Gguf
         ValueType::I64 => Array::I64(read_fixed(c, n, what, i64::from_le_bytes)?),
         ValueType::F64 => Array::F64(read_fixed(c, n, what, f64::from_le_bytes)?),
         ValueType::Bool => {
-            let mut v = Vec::with_capacity(n as usize);
+            let mut v = Vec::with_capacity(n as usize); // 1 byte each, as encoded
             for i in 0..n {
                 v.push(read_scalar_bool(c, &|| elem(i))?);
             }
             Array::Bool(v)
         }
-        ValueType::String => {
-            let mut v = Vec::with_capacity(n as usize);
-            for i in 0..n {
-                v.push(c.string(u64::MAX, &|| elem(i))?);
-            }
-            Array::String(v)
-        }
+        ValueType::String => Array::String(read_str_array(c, n, &elem)?),
         ValueType::Array => {
-            let mut v = Vec::with_capacity(n as usize);
+            let cap = bounded_capacity(n, std::mem::size_of::<Array>(), c.remaining());
+            let mut v = Vec::with_capacity(cap);
             for i in 0..n {
                 v.push(read_array(c, &|| elem(i), depth + 1)?);
             }
@@ -294,24 +315,50 @@ fn read_array(c: &mut Cursor<'_>, what: &dyn Fn() -> String, depth: u32) -> Gguf
     })
 }
 
+/// Reads `n` strings into one [`StrArray`]: a first pass checks the lengths
+/// and sums them, so the text buffer and offsets are allocated once, at
+/// exactly their final size (offsets: 8 bytes per element, the minimum
+/// encoded size; text: the bytes themselves).
+fn read_str_array(
+    c: &mut Cursor<'_>,
+    n: u64,
+    elem: &dyn Fn(u64) -> String,
+) -> GgufResult<StrArray> {
+    let mut probe = Cursor {
+        bytes: c.bytes,
+        pos: c.pos,
+    };
+    let mut text = 0usize;
+    for i in 0..n {
+        let s = probe.take_len_prefixed(&|| elem(i))?;
+        text += s;
+    }
+    let mut out = StrArray::with_capacity(n as usize, text);
+    for i in 0..n {
+        out.push(c.str(u64::MAX, &|| elem(i))?);
+    }
+    Ok(out)
+}
+
 fn read_tensor_infos(
     c: &mut Cursor<'_>,
     n: u64,
     types: &dyn validate::TypeResolver,
 ) -> GgufResult<Vec<TensorInfo>> {
-    let mut tensors = Vec::with_capacity(n as usize);
-    let mut seen: HashSet<String> = HashSet::with_capacity(n as usize);
+    let cap = bounded_capacity(n, std::mem::size_of::<TensorInfo>() + 64, c.remaining());
+    let mut tensors = Vec::with_capacity(cap);
+    let mut seen: HashSet<&str> = HashSet::with_capacity(cap);
     for i in 0..n {
         let info_offset = c.pos();
-        let name = c.string(MAX_TENSOR_NAME_LEN, &|| format!("tensor[{i}] name"))?;
+        let name = c.str(MAX_TENSOR_NAME_LEN, &|| format!("tensor[{i}] name"))?;
         if name.is_empty() {
             return Err(GgufError::EmptyTensorName {
                 offset: info_offset,
             });
         }
-        if !seen.insert(name.clone()) {
+        if !seen.insert(name) {
             return Err(GgufError::DuplicateTensor {
-                tensor: name,
+                tensor: name.to_string(),
                 offset: info_offset,
             });
         }
@@ -320,7 +367,7 @@ fn read_tensor_infos(
         let n_dims = c.u32(&|| what("n_dims"))?;
         if n_dims > MAX_DIMS {
             return Err(GgufError::TooManyDims {
-                tensor: name,
+                tensor: name.to_string(),
                 offset: dims_offset,
                 n_dims,
             });
@@ -332,10 +379,10 @@ fn read_tensor_infos(
         let type_offset = c.pos();
         let ggml_type = c.u32(&|| what("type"))?;
         let offset = c.u64(&|| what("data offset"))?;
-        let geometry = validate::tensor_type(&name, ggml_type, type_offset, types)?;
-        let (n_elements, n_bytes) = validate::tensor_size(&name, &dims, &geometry, dims_offset)?;
+        let geometry = validate::tensor_type(name, ggml_type, type_offset, types)?;
+        let (n_elements, n_bytes) = validate::tensor_size(name, &dims, &geometry, dims_offset)?;
         tensors.push(TensorInfo {
-            name,
+            name: name.to_string(),
             dims,
             ggml_type,
             type_name: geometry.name,

@@ -89,7 +89,190 @@ impl ValueType {
     }
 }
 
+/// An array of strings stored compactly: all text in one buffer plus the
+/// end offset of each element (8 bytes per element beyond the text, never
+/// more than the element's encoded size). An empty array allocates nothing.
+///
+/// Elements are read with [`StrArray::get`], indexing (`a[i]`) or
+/// [`StrArray::iter`]; build one with `From<Vec<String>>`, `FromIterator` or
+/// [`StrArray::push`].
+#[derive(Clone, Default)]
+pub struct StrArray {
+    inner: Option<Box<StrArrayInner>>,
+}
+
+#[derive(Clone, Default)]
+struct StrArrayInner {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl StrArray {
+    /// An empty array.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty array with room for `n` elements of `text_bytes` bytes in total.
+    pub fn with_capacity(n: usize, text_bytes: usize) -> Self {
+        if n == 0 {
+            return Self::default();
+        }
+        Self {
+            inner: Some(Box::new(StrArrayInner {
+                text: String::with_capacity(text_bytes),
+                ends: Vec::with_capacity(n),
+            })),
+        }
+    }
+
+    /// Appends one element.
+    pub fn push(&mut self, s: &str) {
+        let inner = self.inner.get_or_insert_with(Default::default);
+        inner.text.push_str(s);
+        inner.ends.push(inner.text.len());
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.inner.as_ref().map_or(0, |i| i.ends.len())
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i`.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let inner = self.inner.as_ref()?;
+        let end = *inner.ends.get(i)?;
+        let start = if i == 0 { 0 } else { inner.ends[i - 1] };
+        Some(&inner.text[start..end])
+    }
+
+    /// The elements in order.
+    pub fn iter(&self) -> StrArrayIter<'_> {
+        StrArrayIter {
+            array: self,
+            front: 0,
+            back: self.len(),
+        }
+    }
+
+    /// Total bytes of text.
+    pub fn text_len(&self) -> usize {
+        self.inner.as_ref().map_or(0, |i| i.text.len())
+    }
+
+    /// Copies the elements into owned strings.
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(String::from).collect()
+    }
+}
+
+/// Iterator over a [`StrArray`]'s elements.
+#[derive(Clone)]
+pub struct StrArrayIter<'a> {
+    array: &'a StrArray,
+    front: usize,
+    back: usize,
+}
+
+impl<'a> Iterator for StrArrayIter<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        if self.front >= self.back {
+            return None;
+        }
+        self.front += 1;
+        self.array.get(self.front - 1)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.back - self.front;
+        (n, Some(n))
+    }
+}
+
+impl DoubleEndedIterator for StrArrayIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.front >= self.back {
+            return None;
+        }
+        self.back -= 1;
+        self.array.get(self.back)
+    }
+}
+
+impl ExactSizeIterator for StrArrayIter<'_> {}
+
+impl<'a> IntoIterator for &'a StrArray {
+    type Item = &'a str;
+    type IntoIter = StrArrayIter<'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl std::ops::Index<usize> for StrArray {
+    type Output = str;
+    fn index(&self, i: usize) -> &str {
+        match self.get(i) {
+            Some(s) => s,
+            None => panic!(
+                "index {i} out of range for StrArray of length {}",
+                self.len()
+            ),
+        }
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for StrArray {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut a = StrArray::new();
+        for s in iter {
+            a.push(s.as_ref());
+        }
+        a
+    }
+}
+
+impl From<Vec<String>> for StrArray {
+    fn from(v: Vec<String>) -> Self {
+        let text: usize = v.iter().map(String::len).sum();
+        let mut a = StrArray::with_capacity(v.len(), text);
+        for s in &v {
+            a.push(s);
+        }
+        a
+    }
+}
+
+impl From<&[&str]> for StrArray {
+    fn from(v: &[&str]) -> Self {
+        v.iter().collect()
+    }
+}
+
+impl PartialEq for StrArray {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for StrArray {}
+
+impl std::fmt::Debug for StrArray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// A homogeneous array as stored: element type plus the elements.
+///
+/// In memory an array costs at most its encoded size plus a constant: fixed
+/// width elements are stored at their encoded width, strings in one
+/// [`StrArray`] buffer, and each nested array as a 32-byte [`Array`].
 #[derive(Debug, Clone)]
 pub enum Array {
     /// u8 elements
@@ -109,7 +292,7 @@ pub enum Array {
     /// bool elements
     Bool(Vec<bool>),
     /// string elements
-    String(Vec<String>),
+    String(StrArray),
     /// nested arrays
     Array(Vec<Array>),
     /// u64 elements
@@ -164,7 +347,24 @@ impl Array {
         self.len() == 0
     }
 
-    /// Element `i` as a scalar [`Value`] (nested arrays are cloned).
+    /// Element `i` of a string array, borrowed (None for other types).
+    pub fn get_str(&self, i: usize) -> Option<&str> {
+        match self {
+            Array::String(v) => v.get(i),
+            _ => None,
+        }
+    }
+
+    /// The elements of a string array (None for other types).
+    pub fn as_strs(&self) -> Option<&StrArray> {
+        match self {
+            Array::String(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Element `i` as a scalar [`Value`] (strings and nested arrays are
+    /// copied; use [`Array::get_str`] to borrow a string).
     pub fn get(&self, i: usize) -> Option<Value> {
         Some(match self {
             Array::U8(v) => Value::U8(*v.get(i)?),
@@ -175,7 +375,7 @@ impl Array {
             Array::I32(v) => Value::I32(*v.get(i)?),
             Array::F32(v) => Value::F32(*v.get(i)?),
             Array::Bool(v) => Value::Bool(*v.get(i)?),
-            Array::String(v) => Value::String(v.get(i)?.clone()),
+            Array::String(v) => Value::String(v.get(i)?.to_string()),
             Array::Array(v) => Value::Array(v.get(i)?.clone()),
             Array::U64(v) => Value::U64(*v.get(i)?),
             Array::I64(v) => Value::I64(*v.get(i)?),
@@ -318,25 +518,121 @@ impl Value {
 }
 
 /// Ordered metadata key/value pairs, as stored in the file.
-#[derive(Debug, Clone, Default, PartialEq)]
+///
+/// Compact: all keys live in one text buffer, each entry costs a fixed
+/// [`Metadata::ENTRY_BYTES`] (key span plus a [`Value`]) and 4 bytes of a
+/// key-sorted index, so [`Metadata::get`] is a binary search and memory is
+/// a small multiple of the encoded size (see docs/SECURITY.md).
+#[derive(Clone, Default)]
 pub struct Metadata {
-    entries: Vec<(String, Value)>,
+    keys: String,
+    entries: Vec<Entry>,
+    /// Entry indices sorted by key.
+    sorted: Vec<u32>,
+}
+
+/// One pair: the key's span in the arena packed into 8 bytes (start in the
+/// high 48 bits, length, at most 65535, in the low 16), and the value.
+#[derive(Clone)]
+struct Entry {
+    key: u64,
+    value: Value,
+}
+
+impl Entry {
+    fn span(&self) -> std::ops::Range<usize> {
+        let start = (self.key >> 16) as usize;
+        start..start + (self.key & 0xffff) as usize
+    }
 }
 
 impl Metadata {
+    /// Bytes of memory per entry besides its key text and value payload.
+    pub const ENTRY_BYTES: usize = std::mem::size_of::<Entry>() + 4;
+
     /// An empty set.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Builds from pairs (the caller guarantees unique keys).
+    /// An empty set with room for `n` entries whose keys total `key_bytes`.
+    pub fn with_capacity(n: usize, key_bytes: usize) -> Self {
+        Self {
+            keys: String::with_capacity(key_bytes),
+            entries: Vec::with_capacity(n),
+            sorted: Vec::new(),
+        }
+    }
+
+    /// Builds from pairs (the caller guarantees unique keys; for a repeated
+    /// key the last value wins).
     pub fn from_entries(entries: Vec<(String, Value)>) -> Self {
-        Self { entries }
+        let mut md = Self::new();
+        for (k, v) in entries {
+            md.set(&k, v);
+        }
+        md
+    }
+
+    /// Appends a pair without checking for a duplicate key; the caller
+    /// checks (the parser does) and then calls [`Metadata::finish_index`].
+    ///
+    /// Keys must be at most 65535 bytes (the parser's limit) and the arena
+    /// under 2^48 bytes; longer keys are cut (the writer refuses them).
+    pub(crate) fn push_unchecked(&mut self, key: &str, value: Value) {
+        let mut len = key.len().min(0xffff);
+        while !key.is_char_boundary(len) {
+            len -= 1;
+        }
+        let start = self.keys.len() as u64;
+        self.keys.push_str(&key[..len]);
+        self.entries.push(Entry {
+            key: (start << 16) | len as u64,
+            value,
+        });
+    }
+
+    /// Index (file order) of the second occurrence of the first key that
+    /// appears twice, if any; uses the sorted index.
+    pub(crate) fn first_duplicate(&self) -> Option<usize> {
+        self.sorted
+            .windows(2)
+            .filter(|w| self.key_at(w[0] as usize) == self.key_at(w[1] as usize))
+            .map(|w| w[0].max(w[1]) as usize)
+            .min()
+    }
+
+    /// Rebuilds the key-sorted index after [`Metadata::push_unchecked`].
+    pub(crate) fn finish_index(&mut self) {
+        self.keys.shrink_to_fit();
+        self.entries.shrink_to_fit();
+        let mut sorted: Vec<u32> = (0..self.entries.len() as u32).collect();
+        sorted.sort_unstable_by(|&a, &b| self.key_at(a as usize).cmp(self.key_at(b as usize)));
+        self.sorted = sorted;
+    }
+
+    fn key_at(&self, i: usize) -> &str {
+        &self.keys[self.entries[i].span()]
+    }
+
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.sorted
+            .binary_search_by(|&i| self.key_at(i as usize).cmp(key))
     }
 
     /// Pairs in file order.
-    pub fn entries(&self) -> &[(String, Value)] {
-        &self.entries
+    pub fn entries(&self) -> Entries<'_> {
+        Entries {
+            md: self,
+            front: 0,
+            back: self.entries.len(),
+        }
+    }
+
+    /// The key and value of entry `i` in file order.
+    pub fn entry(&self, i: usize) -> Option<(&str, &Value)> {
+        let e = self.entries.get(i)?;
+        Some((&self.keys[e.span()], &e.value))
     }
 
     /// Number of pairs.
@@ -349,21 +645,97 @@ impl Metadata {
         self.entries.is_empty()
     }
 
-    /// The value of `key`.
+    /// The value of `key` (binary search).
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        let pos = self.find(key).ok()?;
+        Some(&self.entries[self.sorted[pos] as usize].value)
     }
 
     /// Sets `key`, replacing in place or appending.
     pub fn set(&mut self, key: &str, value: Value) {
-        match self.entries.iter_mut().find(|(k, _)| k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.entries.push((key.to_string(), value)),
+        match self.find(key) {
+            Ok(pos) => self.entries[self.sorted[pos] as usize].value = value,
+            Err(pos) => {
+                let idx = self.entries.len() as u32;
+                self.push_unchecked(key, value);
+                self.sorted.insert(pos, idx);
+            }
         }
     }
 
     /// Removes every key for which `pred` is true.
     pub fn remove_where(&mut self, pred: impl Fn(&str) -> bool) {
-        self.entries.retain(|(k, _)| !pred(k));
+        let old = std::mem::take(self);
+        let mut keys = String::with_capacity(old.keys.len());
+        let mut entries = Vec::with_capacity(old.entries.len());
+        for e in old.entries {
+            let k = &old.keys[e.span()];
+            if !pred(k) {
+                let start = keys.len() as u64;
+                keys.push_str(k);
+                entries.push(Entry {
+                    key: (start << 16) | k.len() as u64,
+                    value: e.value,
+                });
+            }
+        }
+        self.keys = keys;
+        self.entries = entries;
+        self.finish_index();
+    }
+}
+
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.entries().eq(other.entries())
+    }
+}
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries()).finish()
+    }
+}
+
+/// Iterator over a [`Metadata`]'s pairs in file order.
+#[derive(Clone)]
+pub struct Entries<'a> {
+    md: &'a Metadata,
+    front: usize,
+    back: usize,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = (&'a str, &'a Value);
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.front >= self.back {
+            return None;
+        }
+        self.front += 1;
+        self.md.entry(self.front - 1)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.back - self.front;
+        (n, Some(n))
+    }
+}
+
+impl DoubleEndedIterator for Entries<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if self.front >= self.back {
+            return None;
+        }
+        self.back -= 1;
+        self.md.entry(self.back)
+    }
+}
+
+impl ExactSizeIterator for Entries<'_> {}
+
+impl<'a> IntoIterator for &'a Metadata {
+    type Item = (&'a str, &'a Value);
+    type IntoIter = Entries<'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries()
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! The header is written first (tensor offsets are known from the tensor
 //! specs), then tensor data is streamed in info order, each tensor padded to
-//! the alignment, as llama.cpp and gguf-py do. When sealing, the integrity
-//! manifest is written with placeholder digests that are patched in place
-//! once the data has been hashed, so the header never changes size.
+//! the alignment, as llama.cpp and gguf-py do. Values of *deferred* keys are
+//! placeholders patched in place at [`GgufWriter::finish_patched`] with a
+//! value of the same type and encoded size, so the header never changes
+//! size. This module knows nothing about integrity manifests: sealing
+//! (`crate::seal`) is a layer on these deferred values.
 
 use crate::error::{GgufError, GgufResult};
-use crate::integrity::{self, Sha256};
 use crate::read::{self, MAGIC};
 use crate::validate;
 use crate::value::{Array, Metadata, Value};
@@ -38,18 +39,6 @@ impl From<&crate::TensorInfo> for TensorSpec {
             n_bytes: t.n_bytes,
         }
     }
-}
-
-/// Writes `file` again: its metadata and every tensor's bytes, in the
-/// canonical layout (sealed if `opts.seal`).
-pub fn rewrite<W: Write + Seek>(file: &crate::GgufFile, w: W, opts: WriteOptions) -> GgufResult<W> {
-    let h = file.header();
-    let specs = h.tensors.iter().map(TensorSpec::from).collect();
-    let mut writer = GgufWriter::begin(w, &h.metadata, specs, opts)?;
-    for i in 0..h.tensors.len() {
-        writer.write_tensor_data(file.tensor_data(i))?;
-    }
-    writer.finish()
 }
 
 /// Appends the GGUF encoding of a string.
@@ -145,7 +134,7 @@ fn check_writable(
     let bad = |m: String| Err(GgufError::Write(m));
     let mut keys = std::collections::HashSet::new();
     for (k, v) in md.entries() {
-        if k.is_empty() || k.len() as u64 > read::MAX_KEY_LEN || !keys.insert(k.as_str()) {
+        if k.is_empty() || k.len() as u64 > read::MAX_KEY_LEN || !keys.insert(k) {
             return bad(format!("metadata key {k:?} is empty, too long or repeated"));
         }
         if let Value::Array(a) = v {
@@ -188,31 +177,14 @@ fn pad_len(pos: u64, alignment: u64) -> u64 {
     pos.div_ceil(alignment) * alignment - pos
 }
 
-/// Options for [`GgufWriter::begin`].
-#[derive(Clone, Copy)]
-pub struct WriteOptions {
-    /// Embed an integrity manifest, replacing every key under
-    /// `gguftool.integrity.`. Without it, metadata is written exactly as given.
-    pub seal: bool,
-    /// Resolves private tensor type ids when checking the tensor specs.
-    pub types: &'static dyn validate::TypeResolver,
-}
-
-impl Default for WriteOptions {
-    fn default() -> Self {
-        Self {
-            seal: false,
-            types: &validate::StandardTypes,
-        }
-    }
-}
-
-impl std::fmt::Debug for WriteOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteOptions")
-            .field("seal", &self.seal)
-            .finish()
-    }
+/// Where a deferred value sits in the header.
+struct DeferredSlot {
+    key: String,
+    /// Absolute offset of the value's encoding (after its type id).
+    pos: u64,
+    /// Its encoded length and type.
+    len: usize,
+    value_type: crate::value::ValueType,
 }
 
 /// Streams a GGUF file: header first, then each tensor's data in order.
@@ -223,79 +195,60 @@ pub struct GgufWriter<W: Write + Seek> {
     current: usize,
     written: u64,
     header_len: u64,
-    /// (key, absolute offset, length) of patchable string values.
-    string_pos: Vec<(String, u64, usize)>,
-    /// The metadata as written (for recomputing the digest after patches).
-    metadata: Metadata,
-    seal: Option<SealState>,
-}
-
-struct SealState {
-    /// Absolute file offset of the hex text of each tensor's digest.
-    digest_pos: Vec<u64>,
-    hasher: Sha256,
-    digests: Vec<[u8; 32]>,
+    deferred: Vec<DeferredSlot>,
 }
 
 impl<W: Write + Seek> GgufWriter<W> {
     /// Writes the header for `metadata` and `tensors` and returns a writer
-    /// ready for the first tensor's data.
+    /// ready for the first tensor's data. Metadata is written exactly as
+    /// given; private tensor type ids are resolved through `types`.
     pub fn begin(
         w: W,
         metadata: &Metadata,
         tensors: Vec<TensorSpec>,
-        opts: WriteOptions,
+        types: &dyn validate::TypeResolver,
     ) -> GgufResult<Self> {
-        Self::begin_deferred(w, metadata, tensors, opts, &[])
+        Self::begin_deferred(w, metadata, tensors, types, &[])
     }
 
-    /// Like [`GgufWriter::begin`], but the string values of `deferred` keys
-    /// are placeholders whose final text (of the same length) is given to
-    /// [`GgufWriter::finish_deferred`]; the manifest's metadata digest covers
-    /// the final text.
+    /// Like [`GgufWriter::begin`], but the values of `deferred` keys are
+    /// placeholders whose final values (same type, same encoded size) are
+    /// given to [`GgufWriter::finish_patched`] or, for strings,
+    /// [`GgufWriter::finish_deferred`].
     pub fn begin_deferred(
         mut w: W,
         metadata: &Metadata,
         tensors: Vec<TensorSpec>,
-        opts: WriteOptions,
+        types: &dyn validate::TypeResolver,
         deferred: &[&str],
     ) -> GgufResult<Self> {
         let alignment = validate::alignment(metadata)?;
-        check_writable(metadata, &tensors, opts.types)?;
-        let mut md = metadata.clone();
-        let mut digest_rel = Vec::new();
-        if opts.seal {
-            md.remove_where(integrity::is_integrity_key);
-            let placeholders = integrity::seal_entries(&md, &tensors);
-            for (k, v) in placeholders {
-                md.set(&k, v);
+        check_writable(metadata, &tensors, types)?;
+        for key in deferred {
+            if metadata.get(key).is_none() {
+                return Err(GgufError::Write(format!(
+                    "deferred key {key:?} is not in the metadata"
+                )));
             }
         }
         let mut buf = Vec::with_capacity(1 << 16);
         buf.extend_from_slice(&MAGIC);
         buf.extend_from_slice(&WRITE_VERSION.to_le_bytes());
         buf.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        buf.extend_from_slice(&(md.len() as u64).to_le_bytes());
-        let mut string_pos = Vec::new();
-        for (k, v) in md.entries() {
-            let patchable = deferred.contains(&k.as_str())
-                || (opts.seal && k == integrity::KEY_METADATA_SHA256);
-            if let (true, Value::String(text)) = (patchable, v) {
-                // key string, type id, then the value's length and text.
-                let pos = buf.len() as u64 + 8 + k.len() as u64 + 4 + 8;
-                string_pos.push((k.clone(), pos, text.len()));
-            }
-            if opts.seal && k == integrity::KEY_TENSOR_SHA256 {
-                // Record where each placeholder's hex text lands.
-                let start = buf.len() as u64;
-                encode_kv(&mut buf, k, v);
-                // key string + type id + elem type + count, then per element: len + 64 bytes.
-                let base = start + 8 + k.len() as u64 + 4 + 4 + 8;
-                for i in 0..tensors.len() as u64 {
-                    digest_rel.push(base + i * 72 + 8);
-                }
-            } else {
-                encode_kv(&mut buf, k, v);
+        buf.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+        let mut slots = Vec::new();
+        for (k, v) in metadata.entries() {
+            encode_string(&mut buf, k);
+            buf.extend_from_slice(&(v.value_type() as u32).to_le_bytes());
+            let pos = buf.len();
+            encode_value(&mut buf, v);
+            if deferred.contains(&k) {
+                slots.push(DeferredSlot {
+                    key: k.to_string(),
+                    pos: pos as u64,
+                    len: buf.len() - pos,
+                    value_type: v.value_type(),
+                });
             }
         }
         let mut offset = 0u64;
@@ -309,11 +262,6 @@ impl<W: Write + Seek> GgufWriter<W> {
         let pad = pad_len(buf.len() as u64, alignment);
         buf.resize(buf.len() + pad as usize, 0);
         w.write_all(&buf).map_err(io_err)?;
-        let seal = opts.seal.then(|| SealState {
-            digest_pos: digest_rel,
-            hasher: Sha256::default(),
-            digests: Vec::with_capacity(tensors.len()),
-        });
         let mut me = Self {
             w,
             alignment,
@@ -321,9 +269,7 @@ impl<W: Write + Seek> GgufWriter<W> {
             current: 0,
             written: 0,
             header_len: buf.len() as u64,
-            string_pos,
-            metadata: md,
-            seal,
+            deferred: slots,
         };
         me.skip_empty_tensors()?;
         Ok(me)
@@ -334,9 +280,33 @@ impl<W: Write + Seek> GgufWriter<W> {
         self.header_len
     }
 
-    /// Index of the tensor whose data is expected next.
+    /// Size of the finished file: header plus every tensor padded to the
+    /// alignment.
+    pub fn file_len(&self) -> u64 {
+        self.header_len
+            + self
+                .specs
+                .iter()
+                .map(|t| t.n_bytes + pad_len(t.n_bytes, self.alignment))
+                .sum::<u64>()
+    }
+
+    /// The tensor specs, in order.
+    pub fn specs(&self) -> &[TensorSpec] {
+        &self.specs
+    }
+
+    /// Index of the tensor whose data is expected next (the number of
+    /// tensors when all are complete).
     pub fn current_tensor(&self) -> usize {
         self.current
+    }
+
+    /// Bytes still expected for the current tensor (0 when all are done).
+    pub fn current_remaining(&self) -> u64 {
+        self.specs
+            .get(self.current)
+            .map_or(0, |s| s.n_bytes - self.written)
     }
 
     /// Appends bytes of the current tensor; moves on automatically when the
@@ -349,9 +319,6 @@ impl<W: Write + Seek> GgufWriter<W> {
             let want = (spec.n_bytes - self.written) as usize;
             let take = want.min(data.len());
             self.w.write_all(&data[..take]).map_err(io_err)?;
-            if let Some(s) = &mut self.seal {
-                sha2::Digest::update(&mut s.hasher, &data[..take]);
-            }
             self.written += take as u64;
             data = &data[take..];
             if self.written == spec.n_bytes {
@@ -371,10 +338,6 @@ impl<W: Write + Seek> GgufWriter<W> {
             self.w.write_all(&ZEROS[..k]).map_err(io_err)?;
             pad -= k;
         }
-        if let Some(s) = &mut self.seal {
-            let h = std::mem::take(&mut s.hasher);
-            s.digests.push(sha2::Digest::finalize(h).into());
-        }
         self.current += 1;
         self.written = 0;
         Ok(())
@@ -387,14 +350,23 @@ impl<W: Write + Seek> GgufWriter<W> {
         Ok(())
     }
 
-    /// Checks every tensor was written, patches the manifest, flushes, and
-    /// returns the inner writer.
+    /// Checks every tensor was written, flushes, and returns the inner writer.
     pub fn finish(self) -> GgufResult<W> {
-        self.finish_deferred(&[])
+        self.finish_patched(&[])
     }
 
-    /// [`GgufWriter::finish`], first filling in the deferred string values.
-    pub fn finish_deferred(mut self, values: &[(&str, &str)]) -> GgufResult<W> {
+    /// [`GgufWriter::finish`], first filling in deferred string values.
+    pub fn finish_deferred(self, values: &[(&str, &str)]) -> GgufResult<W> {
+        let values: Vec<(&str, Value)> = values
+            .iter()
+            .map(|(k, v)| (*k, Value::String(v.to_string())))
+            .collect();
+        self.finish_patched(&values)
+    }
+
+    /// [`GgufWriter::finish`], first patching the deferred values: each must
+    /// have the placeholder's type and encoded size.
+    pub fn finish_patched(mut self, values: &[(&str, Value)]) -> GgufResult<W> {
         if self.current != self.specs.len() {
             return Err(GgufError::Write(format!(
                 "tensor {:?} incomplete: {} of {} bytes written",
@@ -402,41 +374,24 @@ impl<W: Write + Seek> GgufWriter<W> {
             )));
         }
         let end = self.w.stream_position().map_err(io_err)?;
-        let mut patches: Vec<(u64, String)> = Vec::new();
-        for (key, text) in values {
-            let (_, pos, len) = self
-                .string_pos
+        let mut buf = Vec::new();
+        for (key, value) in values {
+            let slot = self
+                .deferred
                 .iter()
-                .find(|(k, _, _)| k == key)
+                .find(|s| s.key == *key)
                 .ok_or_else(|| GgufError::Write(format!("{key} was not deferred")))?;
-            if text.len() != *len {
+            buf.clear();
+            encode_value(&mut buf, value);
+            if value.value_type() != slot.value_type || buf.len() != slot.len {
                 return Err(GgufError::Write(format!(
-                    "{key}: deferred value must be {len} bytes"
+                    "{key}: deferred value must be a {} of {} encoded bytes",
+                    slot.value_type.name(),
+                    slot.len
                 )));
             }
-            patches.push((*pos, text.to_string()));
-            self.metadata.set(key, Value::String(text.to_string()));
-        }
-        if let Some(s) = &self.seal {
-            for (pos, d) in s.digest_pos.iter().zip(&s.digests) {
-                patches.push((*pos, integrity::hex(d)));
-            }
-            if !values.is_empty() {
-                let md_pos = self
-                    .string_pos
-                    .iter()
-                    .find(|(k, _, _)| k == integrity::KEY_METADATA_SHA256)
-                    .map(|(_, p, _)| *p)
-                    .ok_or_else(|| GgufError::Write("manifest metadata digest not found".into()))?;
-                patches.push((
-                    md_pos,
-                    integrity::hex(&integrity::metadata_digest(&self.metadata)),
-                ));
-            }
-        }
-        for (pos, text) in patches {
-            self.w.seek(SeekFrom::Start(pos)).map_err(io_err)?;
-            self.w.write_all(text.as_bytes()).map_err(io_err)?;
+            self.w.seek(SeekFrom::Start(slot.pos)).map_err(io_err)?;
+            self.w.write_all(&buf).map_err(io_err)?;
         }
         self.w.seek(SeekFrom::Start(end)).map_err(io_err)?;
         self.w.flush().map_err(io_err)?;

@@ -1,16 +1,17 @@
 //! Parse -> write reproduces files byte for byte, and written files read
 //! back with identical metadata and tensors (property test).
 
+use gguftool_gguf::seal::{OutputWriter, WriteOptions};
 use gguftool_gguf::validate::StandardTypes;
 use gguftool_gguf::value::{Array, Metadata, Value};
-use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::write::TensorSpec;
 use gguftool_gguf::{parse_header, GgufFile};
 use proptest::prelude::*;
 use std::io::Cursor;
 use std::path::PathBuf;
 
 fn rewrite(f: &GgufFile, opts: WriteOptions) -> Vec<u8> {
-    gguftool_gguf::write::rewrite(f, Cursor::new(Vec::new()), opts)
+    gguftool_gguf::seal::rewrite(f, Cursor::new(Vec::new()), opts)
         .unwrap()
         .into_inner()
 }
@@ -73,7 +74,7 @@ fn arb_array(depth: u32) -> BoxedStrategy<Array> {
         prop::collection::vec(any::<u32>(), 0..8).prop_map(Array::U32),
         prop::collection::vec(any::<f32>(), 0..8).prop_map(Array::F32),
         prop::collection::vec(any::<bool>(), 0..8).prop_map(Array::Bool),
-        prop::collection::vec(".{0,6}", 0..5).prop_map(Array::String),
+        prop::collection::vec(".{0,6}", 0..5).prop_map(|v| Array::String(v.into())),
         prop::collection::vec(any::<i64>(), 0..8).prop_map(Array::I64),
         prop::collection::vec(any::<f64>(), 0..8).prop_map(Array::F64),
     ];
@@ -118,7 +119,7 @@ proptest! {
             name: format!("t{i}"), ggml_type: 8, dims: vec![32 * a, b], n_bytes: 34 * a * b,
         }).collect();
         let data: Vec<Vec<u8>> = specs.iter().enumerate().map(|(i, s)| vec![i as u8 + 1; s.n_bytes as usize]).collect();
-        let mut w = GgufWriter::begin(Cursor::new(Vec::new()), &md, specs.clone(), WriteOptions { seal, types: &StandardTypes }).unwrap();
+        let mut w = OutputWriter::begin(Cursor::new(Vec::new()), &md, specs.clone(), WriteOptions { seal, types: &StandardTypes }).unwrap();
         for d in &data { w.write_tensor_data(d).unwrap(); }
         let bytes = w.finish().unwrap().into_inner();
         let h = parse_header(&bytes, &StandardTypes).unwrap();

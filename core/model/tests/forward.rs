@@ -3,7 +3,8 @@
 //! built from it, plus the typed load errors.
 
 use gguftool_formats as _;
-use gguftool_gguf::write::{GgufWriter, TensorSpec, WriteOptions};
+use gguftool_gguf::validate::StandardTypes;
+use gguftool_gguf::write::{GgufWriter, TensorSpec};
 use gguftool_gguf::{GgufFile, Metadata, Value};
 use gguftool_model::{Error, Hooks, Logits, MatmulPath, Model, NoHooks};
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ fn build(md: &Metadata, tensors: &[Tensor]) -> GgufFile {
         std::io::Cursor::new(Vec::new()),
         md,
         specs,
-        WriteOptions::default(),
+        &StandardTypes,
     )
     .unwrap();
     for (_, _, v) in tensors {

@@ -6,6 +6,8 @@
 //! - [`loss`]: task cross-entropy and knowledge distillation;
 //! - [`train`]: the loop, generic over [`train::Trainable`];
 //! - [`recon`]: per-tensor reconstruction QAT for real GGUF models;
+//! - [`per_tensor`]: a whole model, tensor by tensor (`gguftool qat`): which
+//!   matrices to train, PTQ kept where QAT is not better, the report;
 //!
 //! The straight-through estimators on uniform grids live in `gguftool_quant::ste`
 //! (the formats use them). The character-level reference model is a test
@@ -16,5 +18,6 @@
 pub mod config;
 pub mod loss;
 pub mod optim;
+pub mod per_tensor;
 pub mod recon;
 pub mod train;

@@ -7,7 +7,7 @@
 //! validating constructors, so kernels may rely on the invariants stated on
 //! each type (lengths agree) without checking them again.
 
-use crate::format::KernelError;
+use crate::error::KernelError;
 
 /// Elements per [`Q8Activations`] block.
 pub const Q8_BLOCK: usize = 32;

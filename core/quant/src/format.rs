@@ -7,26 +7,9 @@
 //! [`crate::register_format!`].
 
 use crate::activation::{Q8Activations, Q8KActivations, VecDotType};
+pub use crate::error::KernelError;
 pub use crate::simd::SimdLevel;
 use std::cell::RefCell;
-
-/// Errors a kernel raises on inputs of the wrong shape.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KernelError {
-    /// A buffer length does not match the block geometry.
-    #[error("{what}: length {len} does not match {expected}")]
-    BadLength {
-        /// Which buffer.
-        what: &'static str,
-        /// Its length.
-        len: usize,
-        /// What was expected.
-        expected: String,
-    },
-    /// The format cannot encode this input, or has no kernel for it.
-    #[error("{0}")]
-    Unsupported(String),
-}
 
 thread_local! {
     /// Per-thread scratch for the decode-then-dot fallbacks (grown, never

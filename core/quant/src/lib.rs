@@ -6,14 +6,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod activation;
+pub mod error;
 pub mod format;
 pub mod hadamard;
 pub mod kernels;
+pub mod recipe;
 pub mod registry;
+pub mod rng;
 pub mod rows;
 pub mod simd;
 pub mod ste;
 
-pub use format::KernelError;
+pub use error::KernelError;
 #[doc(hidden)]
 pub use linkme;

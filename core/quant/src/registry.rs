@@ -5,6 +5,7 @@
 //! crate that names them all (`gguftool-formats`).
 
 use crate::format::Format;
+use crate::recipe::Recipe;
 use gguftool_gguf::ggml_type::{ggml_type, PRIVATE_TYPE_ID_BASE, PRIVATE_TYPE_ID_END};
 use gguftool_gguf::validate::{TypeGeometry, TypeResolver};
 use gguftool_gguf::GgufFile;
@@ -23,6 +24,33 @@ macro_rules! register_format {
         #[linkme(crate = $crate::linkme)]
         static $name: &'static dyn $crate::format::Format = $value;
     };
+}
+
+/// Every registered recipe, in link order.
+#[linkme::distributed_slice]
+pub static RECIPES: [&'static dyn Recipe];
+
+/// Registers a recipe value: `register_recipe!(STATIC_NAME, &MyRecipe);`.
+#[macro_export]
+macro_rules! register_recipe {
+    ($name:ident, $value:expr) => {
+        #[$crate::linkme::distributed_slice($crate::registry::RECIPES)]
+        #[linkme(crate = $crate::linkme)]
+        static $name: &'static dyn $crate::recipe::Recipe = $value;
+    };
+}
+
+/// All registered recipes.
+pub fn recipes() -> &'static [&'static dyn Recipe] {
+    &RECIPES
+}
+
+/// The recipe called `name` (case-insensitive).
+pub fn recipe_by_name(name: &str) -> Option<&'static dyn Recipe> {
+    RECIPES
+        .iter()
+        .copied()
+        .find(|r| r.name().eq_ignore_ascii_case(name))
 }
 
 /// All registered formats.
@@ -85,9 +113,33 @@ pub fn open(path: impl AsRef<Path>) -> gguftool_gguf::Result<GgufFile> {
 }
 
 /// Checks the registry's invariants: non-empty, unique names and ids,
-/// standard ids matching ggml's geometry, custom ids in the private range.
+/// standard ids matching ggml's geometry, custom ids in the private range;
+/// recipe names unique and distinct from every format name.
 pub fn check() -> Result<(), String> {
-    check_formats(&FORMATS)
+    check_formats(&FORMATS)?;
+    check_recipes(&FORMATS, &RECIPES)
+}
+
+/// The recipe part of [`check`] on explicit lists.
+pub fn check_recipes(formats: &[&dyn Format], recipes: &[&dyn Recipe]) -> Result<(), String> {
+    let format_names: HashSet<String> = formats
+        .iter()
+        .map(|f| f.name().to_ascii_lowercase())
+        .collect();
+    let mut names = HashSet::new();
+    for r in recipes {
+        let name = r.name().to_ascii_lowercase();
+        if name.is_empty() {
+            return Err("a recipe has an empty name".into());
+        }
+        if format_names.contains(&name) {
+            return Err(format!("recipe name {:?} is also a format name", r.name()));
+        }
+        if !names.insert(name) {
+            return Err(format!("recipe name {:?} registered twice", r.name()));
+        }
+    }
+    Ok(())
 }
 
 /// [`check`] on an explicit list (testable without linking plugins).
@@ -133,4 +185,14 @@ pub fn check_formats(formats: &[&dyn Format]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The default candidates of a recipe: every registered block format that
+/// can encode and suits post-training quantization (so not the ternary
+/// ones), by type id.
+pub fn default_candidates() -> Vec<&'static dyn Format> {
+    block_formats()
+        .into_iter()
+        .filter(|f| f.quantizer().is_some() && f.suits_post_training())
+        .collect()
 }

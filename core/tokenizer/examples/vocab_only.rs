@@ -3,13 +3,14 @@
 //! `cargo run -p gguftool-tokenizer --example vocab_only -- IN.gguf OUT.gguf`
 //! (made `fixtures/tokenizer/smollm2-vocab.gguf` from SmolLM2-135M-Instruct, Apache-2.0).
 
-use gguftool_gguf::write::{GgufWriter, WriteOptions};
+use gguftool_gguf::validate::StandardTypes;
+use gguftool_gguf::write::GgufWriter;
 use gguftool_gguf::{GgufFile, Metadata};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (input, output) = (&args[1], &args[2]);
-    let file = GgufFile::open(input, &gguftool_gguf::validate::StandardTypes)?;
+    let file = GgufFile::open(input, &StandardTypes)?;
     let keep = |k: &str| {
         k == "general.architecture"
             || k == "general.name"
@@ -19,12 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .header()
         .metadata
         .entries()
-        .iter()
         .filter(|(k, _)| keep(k))
-        .cloned()
+        .map(|(k, v)| (k.to_string(), v.clone()))
         .collect();
     let md = Metadata::from_entries(entries);
     let out = std::fs::File::create(output)?;
-    GgufWriter::begin(out, &md, Vec::new(), WriteOptions::default())?.finish()?;
+    GgufWriter::begin(out, &md, Vec::new(), &StandardTypes)?.finish()?;
     Ok(())
 }

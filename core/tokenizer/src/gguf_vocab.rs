@@ -33,7 +33,7 @@ pub fn from_metadata(md: &Metadata) -> Result<VocabData> {
 
     let tokens = match md.get(TOKENS) {
         None => return Err(Error::MissingKey { key: TOKENS }),
-        Some(Value::Array(Array::String(v))) => v.clone(),
+        Some(Value::Array(Array::String(v))) => v.iter().map(str::to_string).collect(),
         Some(other) => return Err(wrong(TOKENS, "array of string", other)),
     };
     let scores = match md.get(SCORES) {
@@ -49,7 +49,7 @@ pub fn from_metadata(md: &Metadata) -> Result<VocabData> {
     };
     let merges = match md.get(MERGES) {
         None => None,
-        Some(Value::Array(Array::String(v))) => Some(v.clone()),
+        Some(Value::Array(Array::String(v))) => Some(v.iter().map(str::to_string).collect()),
         Some(other) => return Err(wrong(MERGES, "array of string", other)),
     };
 

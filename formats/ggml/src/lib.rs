@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod dot;
 pub mod float;
 pub mod half_bits;
 pub mod kquants;
@@ -14,6 +15,9 @@ pub mod legacy;
 pub mod nvfp4;
 pub mod ternary;
 
+use dot::DotKind;
+use gguftool_gguf::ggml_type::{ggml_type, TypeStatus};
+use gguftool_quant::activation::{Q8Activations, Q8KActivations, VecDotType};
 use gguftool_quant::format::{Format, Kernel, Quantizer, SimdLevel};
 use gguftool_quant::register_format;
 
@@ -21,6 +25,9 @@ type BlockDecoder = fn(&[u8], &mut [f32]);
 type BlockEncoder = fn(&[f32], &mut [u8]);
 
 /// A standard type described by its block geometry and per-block codecs.
+///
+/// The geometry is not written here: [`geometry`] reads it from the ggml
+/// type table (`gguftool_gguf::ggml_type`) when the statics are built.
 pub struct StdType {
     name: &'static str,
     id: u32,
@@ -29,20 +36,33 @@ pub struct StdType {
     description: &'static str,
     decode: BlockDecoder,
     encoder: Option<&'static BlockQuantizer>,
+    dot: DotKind,
+}
+
+/// Elements and bytes per block of the active standard type `id`, from the
+/// ggml type table; evaluated at compile time for the registered statics,
+/// so an id that is not an active type fails the build.
+pub const fn geometry(id: u32) -> (usize, usize) {
+    match ggml_type(id) {
+        Some(t) if matches!(t.status, TypeStatus::Active) => {
+            (t.block_size as usize, t.type_size as usize)
+        }
+        _ => panic!("not an active ggml type id"),
+    }
 }
 
 /// A quantizer made of a per-block encoder (standard types ignore importance).
 pub struct BlockQuantizer {
-    block_size: usize,
-    type_size: usize,
+    id: u32,
     encode: BlockEncoder,
 }
 
 impl Quantizer for BlockQuantizer {
     fn quantize_blocks(&self, src: &[f32], _importance: Option<&[f32]>, dst: &mut [u8]) {
+        let (block_size, type_size) = geometry(self.id);
         for (x, b) in src
-            .chunks_exact(self.block_size)
-            .zip(dst.chunks_exact_mut(self.type_size))
+            .chunks_exact(block_size)
+            .zip(dst.chunks_exact_mut(type_size))
         {
             (self.encode)(x, b);
         }
@@ -79,7 +99,19 @@ impl Format for StdType {
 }
 
 impl Kernel for StdType {
-    unsafe fn dequantize_at(&self, _level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+    fn simd_levels(&self) -> &'static [SimdLevel] {
+        self.dot.simd_levels()
+    }
+
+    fn vec_dot_type(&self) -> VecDotType {
+        self.dot.vec_dot_type()
+    }
+
+    unsafe fn dequantize_at(&self, level: SimdLevel, src: &[u8], dst: &mut [f32]) {
+        // SAFETY: forwarded contract.
+        if unsafe { dot::dequantize(self.dot, level, src, dst) } {
+            return;
+        }
         if self.id == 0 {
             // F32: a plain little-endian copy, without a call per element.
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
@@ -94,38 +126,67 @@ impl Kernel for StdType {
             (self.decode)(b, out);
         }
     }
+
+    unsafe fn dot_at(&self, level: SimdLevel, src: &[u8], x: &[f32]) -> f32 {
+        // SAFETY: forwarded contract.
+        match unsafe { dot::dot_f32(self.dot, level, src, x) } {
+            Some(v) => v,
+            // SAFETY: forwarded contract.
+            None => unsafe { dot::decode_then_dot(self, level, src, x) },
+        }
+    }
+
+    unsafe fn dot_q8_at(&self, level: SimdLevel, src: &[u8], x: &Q8Activations) -> f32 {
+        // SAFETY: forwarded contract (src holds whole blocks of this type,
+        // x as many elements; level is supported).
+        match unsafe { dot::dot_q8(self.dot, level, src, x) } {
+            Some(v) => v,
+            // SAFETY: forwarded contract.
+            None => unsafe { dot::decode_then_dot_q8(self, level, src, x) },
+        }
+    }
+
+    unsafe fn dot_q8k_at(&self, level: SimdLevel, src: &[u8], x: &Q8KActivations) -> f32 {
+        // SAFETY: forwarded contract.
+        match unsafe { dot::dot_q8k(self.dot, level, src, x) } {
+            Some(v) => v,
+            // SAFETY: forwarded contract.
+            None => unsafe { dot::decode_then_dot_q8k(self, level, src, x) },
+        }
+    }
 }
 
 macro_rules! std_type {
-    ($static:ident, $name:literal, $id:literal, $bs:literal, $ts:literal, $desc:literal, $dec:path) => {
+    ($static:ident, $name:literal, $id:literal, $desc:literal, $dec:path, $dot:expr) => {
         register_format!(
             $static,
             &StdType {
                 name: $name,
                 id: $id,
-                block_size: $bs,
-                type_size: $ts,
+                block_size: geometry($id).0,
+                type_size: geometry($id).1,
                 description: $desc,
                 decode: $dec,
                 encoder: None,
+                dot: $dot,
             }
         );
     };
-    ($static:ident, $name:literal, $id:literal, $bs:literal, $ts:literal, $desc:literal, $dec:path, $enc:path) => {
+    ($static:ident, $name:literal, $id:literal, $desc:literal, $dec:path, $dot:expr, $enc:path) => {
         register_format!(
             $static,
             &StdType {
                 name: $name,
                 id: $id,
-                block_size: $bs,
-                type_size: $ts,
+                block_size: geometry($id).0,
+                type_size: geometry($id).1,
                 description: $desc,
                 decode: $dec,
                 encoder: Some(&BlockQuantizer {
-                    block_size: $bs,
-                    type_size: $ts,
+                    id: $id,
                     encode: $enc,
                 }),
+                dot: $dot,
             }
         );
     };
@@ -135,204 +196,203 @@ std_type!(
     F32,
     "f32",
     0,
-    1,
-    4,
     "IEEE single precision",
     float::dequant_f32,
+    DotKind::F32,
     float::quant_f32
 );
+
 std_type!(
     F16,
     "f16",
     1,
-    1,
-    2,
     "IEEE half precision",
     float::dequant_f16,
+    DotKind::F16,
     float::quant_f16
 );
+
 std_type!(
     BF16,
     "bf16",
     30,
-    1,
-    2,
     "bfloat16",
     float::dequant_bf16,
+    DotKind::Bf16,
     float::quant_bf16
 );
+
 std_type!(
     F64,
     "f64",
     28,
-    1,
-    8,
     "IEEE double precision (decoded to f32)",
-    float::dequant_f64
+    float::dequant_f64,
+    DotKind::None
 );
+
 std_type!(
     Q4_0,
     "q4_0",
     2,
-    32,
-    18,
     "4-bit, f16 scale per 32",
     legacy::dequant_q4_0,
+    DotKind::Q4_0,
     legacy::quant_q4_0
 );
+
 std_type!(
     Q4_1,
     "q4_1",
     3,
-    32,
-    20,
     "4-bit, f16 scale and min per 32",
-    legacy::dequant_q4_1
+    legacy::dequant_q4_1,
+    DotKind::Q4_1
 );
+
 std_type!(
     Q5_0,
     "q5_0",
     6,
-    32,
-    22,
     "5-bit, f16 scale per 32",
-    legacy::dequant_q5_0
+    legacy::dequant_q5_0,
+    DotKind::Q5_0
 );
+
 std_type!(
     Q5_1,
     "q5_1",
     7,
-    32,
-    24,
     "5-bit, f16 scale and min per 32",
-    legacy::dequant_q5_1
+    legacy::dequant_q5_1,
+    DotKind::Q5_1
 );
+
 std_type!(
     Q8_0,
     "q8_0",
     8,
-    32,
-    34,
     "8-bit, f16 scale per 32",
     legacy::dequant_q8_0,
+    DotKind::Q8_0,
     legacy::quant_q8_0
 );
+
 std_type!(
     Q2_K,
     "q2_k",
     10,
-    256,
-    84,
     "2-bit K-quant",
-    kquants::dequant_q2_k
+    kquants::dequant_q2_k,
+    DotKind::Q2K
 );
+
 std_type!(
     Q3_K,
     "q3_k",
     11,
-    256,
-    110,
     "3-bit K-quant",
-    kquants::dequant_q3_k
+    kquants::dequant_q3_k,
+    DotKind::Q3K
 );
+
 std_type!(
     Q4_K,
     "q4_k",
     12,
-    256,
-    144,
     "4-bit K-quant",
-    kquants::dequant_q4_k
+    kquants::dequant_q4_k,
+    DotKind::Q4K
 );
+
 std_type!(
     Q5_K,
     "q5_k",
     13,
-    256,
-    176,
     "5-bit K-quant",
-    kquants::dequant_q5_k
+    kquants::dequant_q5_k,
+    DotKind::Q5K
 );
+
 std_type!(
     Q6_K,
     "q6_k",
     14,
-    256,
-    210,
     "6-bit K-quant",
-    kquants::dequant_q6_k
+    kquants::dequant_q6_k,
+    DotKind::Q6K
 );
+
 std_type!(
     IQ4_NL,
     "iq4_nl",
     20,
-    32,
-    18,
     "4-bit non-linear levels per 32",
-    legacy::dequant_iq4_nl
+    legacy::dequant_iq4_nl,
+    DotKind::Iq4Nl
 );
+
 std_type!(
     IQ4_XS,
     "iq4_xs",
     23,
-    256,
-    136,
     "4-bit non-linear, 6-bit sub-scales",
-    kquants::dequant_iq4_xs
+    kquants::dequant_iq4_xs,
+    DotKind::Iq4Xs
 );
+
 std_type!(
     TQ1_0,
     "tq1_0",
     34,
-    256,
-    54,
     "ternary, base-3 packed",
     ternary::dequant_tq1_0,
+    DotKind::None,
     ternary::quant_tq1_0
 );
+
 std_type!(
     TQ2_0,
     "tq2_0",
     35,
-    256,
-    66,
     "ternary, 2-bit packed",
     ternary::dequant_tq2_0,
+    DotKind::None,
     ternary::quant_tq2_0
 );
+
 std_type!(
     MXFP4,
     "mxfp4",
     39,
-    32,
-    17,
     "E2M1 with E8M0 scale per 32",
-    legacy::dequant_mxfp4
+    legacy::dequant_mxfp4,
+    DotKind::None
 );
+
 std_type!(
     NVFP4,
     "nvfp4",
     40,
-    64,
-    36,
     "E2M1 with UE4M3 scale per 16",
-    nvfp4::dequant_nvfp4
+    nvfp4::dequant_nvfp4,
+    DotKind::None
 );
+
 std_type!(
     Q1_0,
     "q1_0",
     41,
-    128,
-    18,
     "1-bit sign, f16 scale per 128",
-    legacy::dequant_q1_0
+    legacy::dequant_q1_0,
+    DotKind::None
 );
+
 std_type!(
     Q2_0,
     "q2_0",
     42,
-    64,
-    18,
     "2-bit {-1,0,1,2}, f16 scale per 64",
-    legacy::dequant_q2_0
+    legacy::dequant_q2_0,
+    DotKind::None
 );

@@ -5,33 +5,7 @@
 use crate::sensitivity::TensorSensitivity;
 use std::collections::BinaryHeap;
 
-/// The format chosen for one tensor.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Choice {
-    /// Index of the tensor in the source file.
-    pub index: usize,
-    /// Tensor name.
-    pub name: String,
-    /// Chosen format.
-    pub format: &'static str,
-    /// Bits of the tensor in that format.
-    pub bits: u64,
-    /// Its estimated error.
-    pub error: f64,
-    /// Element count.
-    pub elements: u64,
-}
-
-/// A complete allocation.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Allocation {
-    /// One choice per tensor, in input order.
-    pub choices: Vec<Choice>,
-    /// Average bits per weight reached.
-    pub bits_per_weight: f64,
-    /// Sum of the chosen errors.
-    pub total_error: f64,
-}
+pub use gguftool_quant::recipe::{Allocation, Choice};
 
 /// Indices of the lower convex hull of `(bits, error)` points sorted by
 /// bits: each step up buys the most error reduction per bit.

@@ -6,10 +6,13 @@
 //! of rows of each tensor; [`allocate`] solves the resulting multiple-choice
 //! knapsack by greedy upgrades along each tensor's lower convex hull of
 //! (bits, error), which is optimal up to the last upgrade that does not fit.
+//! [`Mixed`] puts both behind the registry's recipe interface as `mixed`.
 #![warn(missing_docs)]
 
 pub mod allocate;
+pub mod recipe;
 pub mod sensitivity;
 
 pub use allocate::{allocate, Allocation, Choice};
+pub use recipe::Mixed;
 pub use sensitivity::{sensitivity, Objective, Option as CandidateError, TensorSensitivity};

@@ -8,17 +8,7 @@ use gguftool_quant::rows::row_importance;
 use gguftool_quant::rows::{tensor_decoder, RowCodec, DEFAULT_SEED};
 use rayon::prelude::*;
 
-/// How a tensor's error is measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub enum Objective {
-    /// `sum imp * (w - q)^2 / sum imp * w^2` on the sampled rows: the
-    /// relative output noise of the matrix (scale-free, so tensors with and
-    /// without importance data, or of different magnitudes, compare).
-    Relative,
-    /// `sum imp * (w - q)^2` scaled to the whole tensor: the expected squared
-    /// output error when the importance holds the inputs' second moments.
-    Absolute,
-}
+pub use gguftool_quant::recipe::Objective;
 
 /// One candidate's cost and error for one tensor.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -5,6 +5,7 @@
 use gguftool_ggml as _;
 use gguftool_quant::activation::Q8Activations;
 use gguftool_quant::format::{quantize, Format, SimdLevel};
+use gguftool_quant::rng::SplitMix64;
 use gguftool_quant::{registry, simd};
 use gguftool_ternary::encode::mse_optimal;
 use proptest::prelude::*;
@@ -14,16 +15,11 @@ fn fmt(name: &str) -> &'static dyn Format {
 }
 
 fn weights(n: usize, seed: u64) -> Vec<f32> {
-    // A small LCG-driven heavy-ish tail, deterministic.
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    // A heavy-ish tail from the project's one generator, deterministic.
+    let mut rng = SplitMix64::new(seed);
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let u = ((s >> 11) as f64 / (1u64 << 53) as f64) as f32 - 0.5;
+            let u = rng.next_f64() as f32 - 0.5;
             u * u * u * 8.0 + u * 0.1
         })
         .collect()

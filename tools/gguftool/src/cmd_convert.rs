@@ -1,14 +1,19 @@
 //! `gguftool convert`: quantize a model to any registered format.
 
-use crate::mixed::{self, MixedArgs};
+use crate::escape::escape_for_terminal as esc;
 use crate::progress::bytes_bar;
+use crate::{as_usage, usage, CliError};
 use gguftool_calib::imatrix::Imatrix;
-use gguftool_convert::policy::{self, format_by_name, parse_tensor_type, Provenance, QuantPolicy};
+use gguftool_convert::policy::{self, parse_tensor_type, Provenance, QuantPolicy};
+use gguftool_convert::recipe::RecipeSettings;
 use gguftool_convert::{self, Plan, TensorAction};
 use gguftool_gguf::integrity::sha256_hex;
-use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::seal::WriteOptions;
 use gguftool_gguf::Error;
 use gguftool_gguf::GgufFile;
+use gguftool_quant::format::Format;
+use gguftool_quant::recipe::{Allocation, Objective, Recipe, RecipeError};
+use gguftool_quant::registry;
 use regex::Regex;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -23,16 +28,17 @@ pub struct ConvertArgs {
     /// Output file.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Target format for weight matrices (see `gguftool formats`), or
-    /// `mixed` to choose one per tensor under the --bpw budget.
+    /// Target format for weight matrices, or a recipe such as `mixed` that
+    /// chooses one per tensor under the --bpw budget (see `gguftool formats`).
     #[arg(short, long)]
     pub format: String,
-    /// With `--format mixed`: average bits per weight over the allocated matrices.
+    /// With `--format mixed`: average bits per weight over the allocated
+    /// matrices (finite, within the candidates' range).
     #[arg(long, value_name = "BITS")]
     pub bpw: Option<f64>,
-    /// With `--format mixed`: candidate formats (comma-separated; default:
-    /// every registered block format that can encode and suits post-training
-    /// quantization, so not the ternary ones).
+    /// With `--format mixed`: candidate formats, quantized block formats that
+    /// can encode (comma-separated; default: every registered one that suits
+    /// post-training quantization, so not the ternary ones).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub candidates: Vec<String>,
     /// With `--format mixed`: let the allocator choose output.weight (and a
@@ -65,12 +71,17 @@ pub struct ConvertArgs {
     /// type when embeddings are tied).
     #[arg(long, value_name = "FORMAT")]
     pub token_embedding_type: Option<String>,
-    /// Format for matrices whose rows do not fit the chosen format's blocks.
+    /// Format for matrices whose rows do not fit the chosen format's blocks
+    /// (f16 where this one does not fit either).
     #[arg(long, value_name = "FORMAT", default_value = "q8_0")]
     pub fallback: String,
     /// llama.cpp importance matrix (GGUF from llama-imatrix, or legacy .dat).
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
+    /// Calibration file from `gguftool calibrate` (input Hessians): matrices
+    /// whose input it covers are rounded with GPTQ.
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
     /// Print the plan and the resulting size; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -94,45 +105,151 @@ pub enum ObjectiveArg {
     Absolute,
 }
 
-fn regexes(args: &[String]) -> Result<Vec<Regex>, Error> {
+/// Compiles `--keep` patterns; an invalid one is a usage error on one line.
+fn regexes(args: &[String]) -> Result<Vec<Regex>, CliError> {
     args.iter()
-        .map(|r| Regex::new(r).map_err(|e| Error::Other(format!("--keep {r:?}: {e}"))))
+        .map(|r| {
+            if r.is_empty() {
+                return Err(usage("--keep: empty pattern (it would match every tensor)"));
+            }
+            Regex::new(r)
+                .map_err(|e| usage(format!("--keep {r:?}: {}", policy::regex_error_line(&e))))
+        })
         .collect()
 }
 
-fn optional_format(
-    name: &Option<String>,
-) -> Result<Option<&'static dyn gguftool_quant::format::Format>, Error> {
-    name.as_deref().map(format_by_name).transpose()
+/// Names of the formats that can encode, sorted.
+fn encodable_names() -> String {
+    let mut names: Vec<&str> = registry::all()
+        .iter()
+        .filter(|f| f.quantizer().is_some())
+        .map(|f| f.name())
+        .collect();
+    names.sort_unstable();
+    names.join(", ")
+}
+
+/// The format `name` given to `flag`, which must be able to encode.
+pub fn encoding_format(flag: &str, name: &str) -> Result<&'static dyn Format, CliError> {
+    let f = registry::by_name(name).ok_or_else(|| {
+        usage(format!(
+            "{flag} {name:?}: unknown format (formats that can encode: {})",
+            encodable_names()
+        ))
+    })?;
+    if f.quantizer().is_none() {
+        return Err(usage(format!(
+            "{flag} {}: this format cannot encode (formats that can: {})",
+            f.name(),
+            encodable_names()
+        )));
+    }
+    Ok(f)
+}
+
+/// What `--format` names: a format or a recipe.
+enum Target {
+    Format(&'static dyn Format),
+    Recipe(&'static dyn Recipe),
+}
+
+fn target(name: &str) -> Result<Target, CliError> {
+    if let Some(f) = registry::by_name(name) {
+        return encoding_format("--format", f.name()).map(Target::Format);
+    }
+    if let Some(r) = registry::recipe_by_name(name) {
+        return Ok(Target::Recipe(r));
+    }
+    let mut recipes: Vec<&str> = registry::recipes().iter().map(|r| r.name()).collect();
+    recipes.sort_unstable();
+    Err(usage(format!(
+        "--format {name:?}: unknown format or recipe (formats that can encode: {}; recipes: {})",
+        encodable_names(),
+        recipes.join(", ")
+    )))
+}
+
+/// Tallies of a plan for the summary and the dry run.
+struct PlanSummary {
+    /// Output type name and tensor count, most tensors first.
+    types: Vec<(&'static str, usize)>,
+    /// Quantized (block) elements and their bytes.
+    q_elems: u64,
+    q_bytes: u64,
+    /// Tensors given another type than asked for, with the reason.
+    substitutions: Vec<(String, String)>,
+}
+
+impl PlanSummary {
+    fn of(src: &GgufFile, plan: &Plan) -> Self {
+        let h = src.header();
+        let mut types: Vec<(&'static str, usize)> = Vec::new();
+        let (mut q_elems, mut q_bytes) = (0u64, 0u64);
+        let mut substitutions = Vec::new();
+        for t in &plan.tensors {
+            let info = &h.tensors[t.source_index];
+            let to = registry::by_type_id(t.spec.ggml_type).map_or(info.type_name, |f| f.name());
+            match types.iter_mut().find(|(n, _)| *n == to) {
+                Some((_, c)) => *c += 1,
+                None => types.push((to, 1)),
+            }
+            if let TensorAction::Transcode { target, .. } = &t.action {
+                if target.block_size() > 1 {
+                    q_elems += info.n_elements;
+                    q_bytes += t.spec.n_bytes;
+                }
+            }
+            if let Some(note) = &t.note {
+                substitutions.push((info.name.clone(), note.clone()));
+            }
+        }
+        types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        PlanSummary {
+            types,
+            q_elems,
+            q_bytes,
+            substitutions,
+        }
+    }
+
+    fn bpw(&self) -> f64 {
+        if self.q_elems > 0 {
+            self.q_bytes as f64 * 8.0 / self.q_elems as f64
+        } else {
+            0.0
+        }
+    }
+
+    fn types_line(&self) -> String {
+        let parts: Vec<String> = self
+            .types
+            .iter()
+            .map(|(n, c)| format!("{n} x{c}"))
+            .collect();
+        parts.join(", ")
+    }
 }
 
 fn print_plan(
     src: &GgufFile,
     plan: &Plan,
     file_size: u64,
-    allocation: Option<&gguftool_mixed::Allocation>,
+    allocation: Option<&Allocation>,
     as_json: bool,
 ) {
     let h = src.header();
-    let (mut q_elems, mut q_bytes) = (0u64, 0u64);
-    let mut rows = Vec::new();
-    for t in &plan.tensors {
-        let info = &h.tensors[t.source_index];
-        let to = gguftool_quant::registry::by_type_id(t.spec.ggml_type)
-            .map_or(info.type_name, |f| f.name());
-        if let TensorAction::Transcode { target, .. } = &t.action {
-            if target.block_size() > 1 {
-                q_elems += info.n_elements;
-                q_bytes += t.spec.n_bytes;
-            }
-        }
-        rows.push((info, to, t));
-    }
-    let bpw = if q_elems > 0 {
-        q_bytes as f64 * 8.0 / q_elems as f64
-    } else {
-        0.0
-    };
+    let summary = PlanSummary::of(src, plan);
+    let bpw = summary.bpw();
+    let (q_elems, q_bytes) = (summary.q_elems, summary.q_bytes);
+    let rows: Vec<_> = plan
+        .tensors
+        .iter()
+        .map(|t| {
+            let info = &h.tensors[t.source_index];
+            let to = registry::by_type_id(t.spec.ggml_type).map_or(info.type_name, |f| f.name());
+            (info, to, t)
+        })
+        .collect();
     if as_json {
         let tensors: Vec<_> = rows
             .iter()
@@ -152,19 +269,48 @@ fn print_plan(
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return;
     }
+    let shapes: Vec<String> = rows
+        .iter()
+        .map(|(i, _, _)| format!("{:?}", i.dims))
+        .collect();
+    let names: Vec<_> = rows.iter().map(|(i, _, _)| esc(&i.name)).collect();
+    let nw = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(6);
+    let fw = rows
+        .iter()
+        .map(|(i, _, _)| i.type_name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let tw = rows
+        .iter()
+        .map(|(_, to, _)| to.len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
+    let sw = shapes.iter().map(String::len).max().unwrap_or(0).max(5);
     println!(
-        "{:<40} {:<8} {:<8} {:<20} {:>12} {:>12}  note",
+        "{:<nw$} {:<fw$} {:<tw$} {:<sw$} {:>12} {:>12}  note",
         "tensor", "from", "to", "shape", "bytes in", "bytes out"
     );
-    for (info, to, t) in &rows {
-        let shape = format!("{:?}", info.dims);
+    for (((info, to, t), shape), name) in rows.iter().zip(&shapes).zip(&names) {
         let mut note = t.note.clone().unwrap_or_default();
         if t.importance.is_some() {
             note = format!("imatrix {note}");
         }
         println!(
-            "{:<40} {:<8} {:<8} {:<20} {:>12} {:>12}  {}",
-            info.name, info.type_name, to, shape, info.n_bytes, t.spec.n_bytes, note
+            "{:<nw$} {:<fw$} {:<tw$} {:<sw$} {:>12} {:>12}  {}",
+            name,
+            info.type_name,
+            to,
+            shape,
+            info.n_bytes,
+            t.spec.n_bytes,
+            esc(&note)
         );
     }
     println!(
@@ -172,10 +318,70 @@ fn print_plan(
         q_elems,
         src.bytes().len()
     );
+    println!("types: {}", summary.types_line());
 }
 
-pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
-    let src = gguftool_quant::registry::open(&a.input)?;
+/// Bits per weight below which a conversion without an imatrix loses
+/// much more quality.
+const LOW_BIT_WARNING_BPW: f64 = 3.0;
+
+pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
+    let start = std::time::Instant::now();
+    // Arguments first: every usage error before any file is read.
+    let target = target(&a.format)?;
+    let recipe = match target {
+        Target::Recipe(r) => Some(r),
+        Target::Format(_) => None,
+    };
+    if recipe.is_some() != a.bpw.is_some() {
+        return Err(usage(match recipe {
+            Some(r) => format!("--format {} needs --bpw", r.name()),
+            None => "--bpw goes with a recipe such as --format mixed".to_string(),
+        }));
+    }
+    if recipe.is_none() && !a.candidates.is_empty() {
+        return Err(usage(
+            "--candidates goes with a recipe such as --format mixed",
+        ));
+    }
+    let candidates: Vec<&'static dyn Format> = a
+        .candidates
+        .iter()
+        .map(|n| encoding_format("--candidates", n))
+        .collect::<Result<_, _>>()?;
+    if let (Some(bpw), Some(r)) = (a.bpw, recipe) {
+        let cands = if candidates.is_empty() {
+            gguftool_quant::registry::default_candidates()
+        } else {
+            candidates.clone()
+        };
+        r.validate(&cands, bpw).map_err(|e| usage(e.to_string()))?;
+    }
+    let tensor_types = a
+        .tensor_type
+        .iter()
+        .map(|s| {
+            let (re, f) = parse_tensor_type(s).map_err(as_usage)?;
+            encoding_format("--tensor-type", f.name())?;
+            Ok((re, f))
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let output_tensor_type = encoding_format(
+        "--output-tensor-type",
+        a.output_tensor_type.as_deref().unwrap_or("q8_0"),
+    )?;
+    let token_embedding_type = a
+        .token_embedding_type
+        .as_deref()
+        .map(|n| encoding_format("--token-embedding-type", n))
+        .transpose()?;
+    let fallback = encoding_format("--fallback", &a.fallback)?;
+    let keep = regexes(&a.keep)?;
+    if a.json && !a.dry_run {
+        return Err(usage("--json goes with --dry-run"));
+    }
+
+    let src = crate::input::open(&a.input)?;
     let imatrix = a
         .imatrix
         .as_deref()
@@ -185,61 +391,64 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
             Ok((Arc::new(m), sha256_hex(&bytes)))
         })
         .transpose()?;
-    let mixed = a.format.eq_ignore_ascii_case("mixed");
-    if mixed != a.bpw.is_some() {
-        return Err(Error::Other(
-            "--bpw goes with --format mixed (and --format mixed needs --bpw)".into(),
-        ));
-    }
     let policy = QuantPolicy {
-        format: if mixed {
-            format_by_name("f32")?
-        } else {
-            format_by_name(&a.format)?
+        format: match target {
+            Target::Format(f) => f,
+            Target::Recipe(_) => policy::format_by_name("f32")?,
         },
         allow_requantize: a.allow_requantize,
-        keep: regexes(&a.keep)?,
-        tensor_types: a
-            .tensor_type
-            .iter()
-            .map(|s| parse_tensor_type(s))
-            .collect::<Result<_, _>>()?,
-        output_tensor_type: format_by_name(a.output_tensor_type.as_deref().unwrap_or("q8_0"))?,
-        token_embedding_type: optional_format(&a.token_embedding_type)?,
-        fallback: format_by_name(&a.fallback)?,
+        keep,
+        tensor_types,
+        output_tensor_type,
+        token_embedding_type,
+        fallback,
         imatrix: imatrix.as_ref().map(|(m, _)| m.clone()),
     };
-    if !mixed && policy.format.quantizer().is_none() {
-        return Err(Error::Other(format!(
-            "format {} cannot quantize",
-            policy.format.name()
-        )));
-    }
     let provenance = Provenance {
         // Hashed while converting, then patched in.
         source_sha256: "0".repeat(64),
         imatrix: imatrix.map(|(m, sha)| (sha, m.datasets.clone())),
     };
     let has_imatrix = policy.imatrix.is_some();
-    let (plan, allocation) = if let Some(bpw) = a.bpw {
+    let low_bits = match target {
+        Target::Format(f) => (f.block_size() > 1 && f.bits_per_weight() < LOW_BIT_WARNING_BPW)
+            .then(|| format!("{} ({:.2} bpw)", f.name(), f.bits_per_weight())),
+        Target::Recipe(r) => a
+            .bpw
+            .filter(|b| *b < LOW_BIT_WARNING_BPW)
+            .map(|b| format!("{} at {b} bpw", r.name())),
+    };
+    if let (Some(what), false) = (&low_bits, has_imatrix || a.calibration.is_some()) {
+        eprintln!(
+            "warning: converting to {what} without --imatrix or --calibration: at 2 bits per weight and below, \
+             expect a much higher perplexity than with an importance matrix (`gguftool imatrix` or llama-imatrix makes one) \
+             or a calibration file (`gguftool calibrate`)"
+        );
+    }
+    let (plan, allocation) = if let Some(r) = recipe {
         let pb = crate::progress::count_bar(0, "measuring candidate formats");
-        let args = MixedArgs {
-            bpw,
-            candidates: &a.candidates,
+        let settings = RecipeSettings {
+            bpw: a.bpw.unwrap_or_default(),
+            candidates: &candidates,
             sample_rows: a.sample_rows.max(1),
             objective: match a.objective {
-                ObjectiveArg::Relative => gguftool_mixed::Objective::Relative,
-                ObjectiveArg::Absolute => gguftool_mixed::Objective::Absolute,
+                ObjectiveArg::Relative => Objective::Relative,
+                ObjectiveArg::Absolute => Objective::Absolute,
             },
             pin_output: a.output_tensor_type.is_some() || !a.allocate_output,
             pin_embedding: a.token_embedding_type.is_some(),
         };
-        let r = mixed::plan(&src, policy, &provenance, &args, &|d, t| {
-            pb.set_length(t);
-            pb.set_position(d);
-        })?;
+        let res =
+            gguftool_convert::recipe::plan(&src, r, policy, &provenance, &settings, &|d, t| {
+                pb.set_length(t);
+                pb.set_position(d);
+            });
         pb.finish_and_clear();
-        (r.0, Some(r.1))
+        let (plan, alloc) = res.map_err(|e| match e {
+            RecipeError::Invalid(m) => usage(m),
+            RecipeError::Data(e) => CliError::Failed(e),
+        })?;
+        (plan, Some(alloc))
     } else {
         (policy::plan(&src, &policy, &provenance)?, None)
     };
@@ -261,9 +470,22 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
             );
         }
     }
+    let mut plan = plan;
+    if let Some(path) = &a.calibration {
+        let f = gguftool_quant::registry::open(path)?;
+        let cal = gguftool_calib::calib_file::Calibration::from_gguf(&f)
+            .map_err(|e| gguftool_gguf::Error::Other(format!("{}: {e}", path.display())))?;
+        let n = gguftool_convert::apply_calibration(&mut plan, &src, &cal);
+        eprintln!("calibration: {n} matrices rounded with GPTQ");
+        if n == 0 {
+            eprintln!(
+                "warning: the calibration file covers none of this model's quantized matrices"
+            );
+        }
+    }
     let opts = WriteOptions {
         seal: !a.no_seal,
-        types: &gguftool_quant::registry::TYPES,
+        types: &registry::TYPES,
     };
     if a.dry_run {
         if let Some(alloc) = &allocation {
@@ -275,9 +497,9 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
         print_plan(&src, &plan, size, allocation.as_ref(), a.json);
         return Ok(ExitCode::SUCCESS);
     }
+    let planned = start.elapsed();
     let total: u64 = src.header().tensors.iter().map(|t| t.n_bytes).sum();
     let pb = bytes_bar(total, &format!("converting to {}", a.format));
-    let start = std::time::Instant::now();
     gguftool_convert::execute_with_source_hash(
         &src,
         &plan,
@@ -288,12 +510,43 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, Error> {
         &|n| pb.inc(n),
     )?;
     pb.finish_and_clear();
+    let summary = PlanSummary::of(&src, &plan);
+    let elapsed = start.elapsed();
     eprintln!(
-        "wrote {} ({} tensors, {} bytes) in {:.1} s",
+        "wrote {} ({} tensors, {} bytes) in {:.1} s ({} {:.1} s, write {:.1} s)",
         a.output.display(),
         plan.tensors.len(),
         plan.output_file_size(opts)?,
-        start.elapsed().as_secs_f64()
+        elapsed.as_secs_f64(),
+        if recipe.is_some() {
+            "plan and measure"
+        } else {
+            "plan"
+        },
+        planned.as_secs_f64(),
+        (elapsed - planned).as_secs_f64(),
     );
+    eprintln!("types: {}", summary.types_line());
+    eprintln!(
+        "quantized: {} elements at {:.4} bits/weight{}",
+        summary.q_elems,
+        summary.bpw(),
+        allocation
+            .as_ref()
+            .map(|al| format!(
+                " (allocated {} tensors at {:.4} bpw)",
+                al.choices.len(),
+                al.bits_per_weight
+            ))
+            .unwrap_or_default()
+    );
+    if summary.substitutions.is_empty() {
+        eprintln!("fallbacks: none");
+    } else {
+        eprintln!("fallbacks: {} tensors", summary.substitutions.len());
+        for (name, note) in &summary.substitutions {
+            eprintln!("  {}: {}", esc(name), esc(note));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

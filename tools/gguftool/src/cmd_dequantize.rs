@@ -3,7 +3,7 @@
 use crate::progress::bytes_bar;
 use gguftool_convert::{self, Plan};
 use gguftool_gguf::ggml_type::ids;
-use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::seal::WriteOptions;
 use gguftool_gguf::Error;
 use gguftool_gguf::Value;
 use gguftool_quant::registry;
@@ -49,8 +49,8 @@ pub fn run(
     to: FloatTarget,
     force: bool,
     seal: bool,
-) -> Result<ExitCode, Error> {
-    let src = gguftool_quant::registry::open(input)?;
+) -> Result<ExitCode, crate::CliError> {
+    let src = crate::input::open(input)?;
     let h = src.header();
     let lookup = |id| {
         registry::by_type_id(id)

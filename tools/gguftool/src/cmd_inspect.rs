@@ -1,9 +1,11 @@
 //! `gguftool inspect`: header, metadata and tensor table.
 
+use crate::escape::escape_for_terminal as esc;
 use crate::json::{value_json, value_text};
 use gguftool_gguf::TensorInfo;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -24,8 +26,27 @@ fn type_summary(tensors: &[TensorInfo]) -> BTreeMap<&'static str, (usize, u64, u
     m
 }
 
-pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_gguf::Error> {
-    let file = gguftool_quant::registry::open(path)?;
+pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, crate::CliError> {
+    let file = match crate::input::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            // Show what the fixed header says before the error (text only;
+            // JSON output stays all-or-nothing).
+            if !as_json && !matches!(e, gguftool_gguf::Error::Io { .. }) && path.is_file() {
+                if let Some(rows) = crate::input::raw_header(path) {
+                    println!("file:        {}", esc(&path.display().to_string()));
+                    if let Ok(m) = std::fs::metadata(path) {
+                        println!("size:        {} bytes", m.len());
+                    }
+                    for (k, v) in rows {
+                        println!("{:<12} {v}", format!("{k}:"));
+                    }
+                    println!("(could not parse further; see the error)");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let h = file.header();
     let n_params: u64 = h.tensors.iter().map(|t| t.n_elements).sum();
     let n_bytes: u64 = h.tensors.iter().map(|t| t.n_bytes).sum();
@@ -38,10 +59,9 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
         let metadata: serde_json::Map<String, serde_json::Value> = h
             .metadata
             .entries()
-            .iter()
             .map(|(k, v)| {
                 (
-                    k.clone(),
+                    k.to_string(),
                     json!({"type": v.value_type().name(), "value": value_json(v, full)}),
                 )
             })
@@ -75,49 +95,94 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, gguftool_
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("file:        {}", path.display());
-    println!("size:        {} bytes", file.bytes().len());
-    println!("version:     GGUF v{}", h.version);
-    println!("alignment:   {}", h.alignment);
-    println!("data offset: {}", h.data_offset);
-    println!(
+    // One buffered writer: a file may have millions of keys, and a write
+    // per line made listing them take tens of seconds.
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    macro_rules! outln {
+        ($($t:tt)*) => {
+            let _ = writeln!(out, $($t)*);
+        };
+    }
+    outln!("file:        {}", esc(&path.display().to_string()));
+    outln!("size:        {} bytes", file.bytes().len());
+    outln!("version:     GGUF v{}", h.version);
+    outln!("alignment:   {}", h.alignment);
+    outln!("data offset: {}", h.data_offset);
+    outln!(
         "tensors:     {} ({} parameters, {} bytes, {:.4} bits/weight)",
         h.tensors.len(),
         n_params,
         n_bytes,
         bpw
     );
-    println!("\nmetadata ({} keys):", h.metadata.len());
+    outln!("\nmetadata ({} keys):", h.metadata.len());
+    let kw = h
+        .metadata
+        .entries()
+        .map(|(k, _)| esc(k).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3);
     for (k, v) in h.metadata.entries() {
-        println!(
-            "  {k:<40} {:<7} {}",
+        outln!(
+            "  {:<kw$} {:<7} {}",
+            esc(k),
             v.value_type().name(),
-            value_text(v, full)
+            esc(&value_text(v, full))
         );
     }
-    println!("\ntensor types:");
-    for (ty, (n, e, b)) in type_summary(&h.tensors) {
+    outln!("\ntensor types:");
+    let summary = type_summary(&h.tensors);
+    let tyw = summary.keys().map(|t| t.len()).max().unwrap_or(0).max(4);
+    for (ty, (n, e, b)) in summary {
         let bpw = if e > 0 {
             b as f64 * 8.0 / e as f64
         } else {
             0.0
         };
-        println!("  {ty:<8} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
+        outln!("  {ty:<tyw$} {n:>5} tensors {e:>12} elements {b:>12} bytes {bpw:>8.4} bpw");
     }
-    println!("\ntensors:");
-    println!(
-        "  {:<40} {:<8} {:<24} {:>12} {:>8}",
-        "name", "type", "shape", "bytes", "bpw"
+    outln!("\ntensors:");
+    let nw = h
+        .tensors
+        .iter()
+        .map(|t| esc(&t.name).chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let tw = h
+        .tensors
+        .iter()
+        .map(|t| t.type_name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let sw = h
+        .tensors
+        .iter()
+        .map(|t| shape(t).len())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    outln!(
+        "  {:<nw$} {:<tw$} {:<sw$} {:>12} {:>8}",
+        "name",
+        "type",
+        "shape",
+        "bytes",
+        "bpw"
     );
     for t in &h.tensors {
-        println!(
-            "  {:<40} {:<8} {:<24} {:>12} {:>8.4}",
-            t.name,
+        outln!(
+            "  {:<nw$} {:<tw$} {:<sw$} {:>12} {:>8.4}",
+            esc(&t.name),
             t.type_name,
             shape(t),
             t.n_bytes,
             t.bits_per_weight()
         );
     }
+    let _ = out.flush();
     Ok(ExitCode::SUCCESS)
 }

@@ -3,12 +3,12 @@
 
 use crate::progress::bytes_bar;
 use gguftool_convert::{self, Plan};
-use gguftool_gguf::write::WriteOptions;
+use gguftool_gguf::seal::WriteOptions;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn run(input: &Path, output: &Path, force: bool) -> Result<ExitCode, gguftool_gguf::Error> {
-    let src = gguftool_quant::registry::open(input)?;
+pub fn run(input: &Path, output: &Path, force: bool) -> Result<ExitCode, crate::CliError> {
+    let src = crate::input::open(input)?;
     let h = src.header();
     let plan = Plan {
         metadata: h.metadata.clone(),

@@ -1,6 +1,7 @@
 //! `gguftool verify`: structural validation, integrity manifest check,
 //! chat-template scan.
 
+use crate::escape::{escape_for_terminal as esc, sha256sum_line};
 use gguftool_gguf::integrity::{self, IntegrityReport};
 use gguftool_gguf::template_scan;
 use gguftool_gguf::GgufFile;
@@ -20,7 +21,8 @@ fn warnings(file: &GgufFile) -> Vec<String> {
             let hits = template_scan::scan(t);
             if !hits.is_empty() {
                 w.push(format!(
-                    "{k}: suspicious patterns {hits:?}; review before rendering"
+                    "{}: suspicious patterns {hits:?}; review before rendering",
+                    esc(k)
                 ));
             }
         }
@@ -28,23 +30,14 @@ fn warnings(file: &GgufFile) -> Vec<String> {
     w
 }
 
-/// Failures found by the integrity check, one line each.
+/// Failures found by the integrity check, one line each, naming the key,
+/// tensor or header field concerned.
 fn failures(r: &IntegrityReport) -> Vec<String> {
     let mut f = Vec::new();
     if let Some(e) = &r.manifest_error {
         f.push(format!("integrity manifest malformed: {e}"));
     }
-    if r.metadata_ok == Some(false) {
-        f.push("metadata changed since sealing (metadata digest mismatch)".into());
-    }
-    if r.tensor_info_ok == Some(false) {
-        f.push("tensor table (names, types or shapes) changed since sealing".into());
-    }
-    for t in &r.changed_tensors {
-        f.push(format!(
-            "tensor {t:?}: data changed since sealing (sha256 mismatch)"
-        ));
-    }
+    f.extend(r.changes.iter().map(|c| esc(&c.to_string()).into_owned()));
     f
 }
 
@@ -53,10 +46,16 @@ pub fn run(
     as_json: bool,
     sha256sum: bool,
     strict: bool,
-) -> Result<ExitCode, gguftool_gguf::Error> {
-    let file = gguftool_quant::registry::open(path)?;
+) -> Result<ExitCode, crate::CliError> {
+    let file = crate::input::open(path)?;
     let report = integrity::check(&file);
-    let warns = warnings(&file);
+    let mut warns = warnings(&file);
+    if let Some(v @ 1) = report.manifest_version {
+        warns.push(format!(
+            "older integrity manifest (version {v}): it cannot name changed keys or tensors and does not cover the header fields or trailing bytes; run `gguftool seal` to upgrade to version {}",
+            integrity::MANIFEST_VERSION
+        ));
+    }
     let fails = failures(&report);
     let ok = fails.is_empty() && (!strict || warns.is_empty());
     if as_json {
@@ -68,6 +67,7 @@ pub fn run(
             "metadata_ok": report.metadata_ok,
             "tensor_info_ok": report.tensor_info_ok,
             "changed_tensors": report.changed_tensors,
+            "manifest_version": report.manifest_version,
             "failures": fails,
             "warnings": warns,
             "tensors": report.digests.iter().map(|(n, d)| json!({"name": n, "sha256": d})).collect::<Vec<_>>(),
@@ -75,7 +75,7 @@ pub fn run(
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if sha256sum {
         for (name, d) in &report.digests {
-            println!("{d}  {name}");
+            println!("{}", sha256sum_line(d, name));
         }
     } else {
         for w in &warns {
@@ -93,7 +93,7 @@ pub fn run(
             };
             println!(
                 "ok: {}: valid GGUF v{}, {n} tensors, {seal}",
-                path.display(),
+                esc(&path.display().to_string()),
                 file.header().version
             );
         }

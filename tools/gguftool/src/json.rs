@@ -17,7 +17,8 @@ fn float(f: f64) -> Json {
     }
 }
 
-/// A value as JSON; arrays longer than the preview are summarized unless `full`.
+/// A value as JSON; arrays are always `{"type": "array", "elem_type", "len",
+/// "values", "truncated"}`, with only the first values unless `full`.
 pub fn value_json(v: &Value, full: bool) -> Json {
     match v {
         Value::U8(x) => json!(x),
@@ -46,11 +47,14 @@ fn array_json(a: &Array, full: bool) -> Json {
         .filter_map(|i| a.get(i))
         .map(|v| value_json(&v, full))
         .collect();
-    if n == a.len() {
-        Json::Array(items)
-    } else {
-        json!({ "type": a.elem_type().name(), "len": a.len(), "head": items })
-    }
+    // One shape whether or not the array is summarized.
+    json!({
+        "type": "array",
+        "elem_type": a.elem_type().name(),
+        "len": a.len(),
+        "values": items,
+        "truncated": n < a.len(),
+    })
 }
 
 /// A value as one line of text for listings.

@@ -12,13 +12,16 @@ mod cmd_quality;
 mod cmd_seal;
 mod cmd_tokenize;
 mod cmd_verify;
+mod escape;
+mod input;
 mod json;
 mod mixed;
 mod progress;
 
 // Link every format plugin so its registration is kept by the linker.
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -124,9 +127,35 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> Result<ExitCode, gguftool_gguf::Error> {
+/// Why a command failed: a usage error (bad arguments; exit 2, like clap's
+/// own errors) or a failure reading, checking or writing data (exit 1).
+#[derive(Debug)]
+pub enum CliError {
+    /// The arguments are at fault.
+    Usage(String),
+    /// A file or its data is at fault.
+    Failed(gguftool_gguf::Error),
+}
+
+impl From<gguftool_gguf::Error> for CliError {
+    fn from(e: gguftool_gguf::Error) -> Self {
+        CliError::Failed(e)
+    }
+}
+
+/// A usage error.
+pub fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+/// Turns any error of argument parsing (format lookups, patterns) into a usage error.
+pub fn as_usage(e: gguftool_gguf::Error) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError> {
     if gguftool_formats::link() == 0 {
-        return Err(gguftool_gguf::Error::Other("no formats linked".into()));
+        return Err(gguftool_gguf::Error::Other("no formats linked".into()).into());
     }
     gguftool_quant::registry::check().map_err(gguftool_gguf::Error::Other)?;
     match cli.command {
@@ -150,7 +179,19 @@ fn run(cli: Cli) -> Result<ExitCode, gguftool_gguf::Error> {
             no_seal,
         } => cmd_dequantize::run(&input, &output, to, force, !no_seal),
         Command::Convert(args) => cmd_convert::run(*args),
-        Command::Qat(args) => cmd_qat::run(*args),
+        Command::Qat(args) => {
+            let given = |id: &str| {
+                matches
+                    .subcommand_matches("qat")
+                    .and_then(|m| m.value_source(id))
+                    == Some(ValueSource::CommandLine)
+            };
+            let given = cmd_qat::Given {
+                epochs: given("epochs"),
+                lr: given("lr"),
+            };
+            cmd_qat::run(*args, given)
+        }
         Command::Quality {
             original,
             quantized,
@@ -162,8 +203,8 @@ fn run(cli: Cli) -> Result<ExitCode, gguftool_gguf::Error> {
             json,
         } => cmd_bench::run(&formats, millis, json),
         Command::Formats { json } => cmd_formats::run(json),
-        Command::Tokenize(args) => cmd_tokenize::run(*args),
-        Command::Perplexity(args) => cmd_perplexity::run(*args),
+        Command::Tokenize(args) => cmd_tokenize::run(*args).map_err(CliError::from),
+        Command::Perplexity(args) => cmd_perplexity::run(*args).map_err(CliError::from),
     }
 }
 
@@ -174,20 +215,28 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     // A bad GGUFTOOL_SIMD is a usage error, reported before any work.
     if let Err(e) = gguftool_quant::simd::init() {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => code,
-        Err(e @ gguftool_gguf::Error::OutputExists(_)) => {
+        Err(CliError::Usage(msg)) => {
+            eprintln!("error: {}", escape::escape_for_terminal(&msg));
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(e @ gguftool_gguf::Error::OutputExists(_))) => {
             eprintln!("error: {e} (use --force to overwrite)");
             ExitCode::from(1)
         }
-        Err(e) => {
-            eprintln!("error: {e}");
+        Err(CliError::Failed(e)) => {
+            eprintln!("error: {}", escape::escape_for_terminal(&e.to_string()));
             ExitCode::from(1)
         }
     }

@@ -93,11 +93,29 @@ fn inspect_json_describes_the_fixture() {
     assert_eq!(v["version"], 3);
     assert_eq!(v["tensor_count"], 21);
     assert_eq!(v["metadata"]["general.architecture"]["value"], "llama");
+    // Arrays always have one shape, summarized or not, nested or not.
+    let arr = |elem: &str, len: usize, values: serde_json::Value| serde_json::json!({"type": "array", "elem_type": elem, "len": len, "values": values, "truncated": false});
     assert_eq!(
         v["metadata"]["gguftool.fixture.nested"]["value"],
-        serde_json::json!([[1, 2], [3, 4, 5]])
+        arr(
+            "array",
+            2,
+            serde_json::json!([
+                arr("i32", 2, serde_json::json!([1, 2])),
+                arr("i32", 3, serde_json::json!([3, 4, 5]))
+            ])
+        )
     );
-    assert_eq!(v["metadata"]["tokenizer.ggml.tokens"]["value"]["len"], 275);
+    let tokens = &v["metadata"]["tokenizer.ggml.tokens"]["value"];
+    assert_eq!(tokens["len"], 275);
+    assert_eq!(tokens["truncated"], true);
+    assert_eq!(tokens["type"], "array");
+    assert_eq!(tokens["values"].as_array().unwrap().len(), 8);
+    // Metadata keeps the file's order.
+    let keys: Vec<&String> = v["metadata"].as_object().unwrap().keys().collect();
+    assert_eq!(keys[0], "general.architecture");
+    assert_eq!(keys[1], "general.name");
+    assert_eq!(keys[2], "llama.context_length");
     let t0 = &v["tensors"][0];
     assert_eq!(t0["name"], "token_embd.weight");
     assert_eq!(t0["shape"], serde_json::json!([64, 275]));
@@ -193,7 +211,7 @@ fn verify_reports_metadata_edits() {
     let out = run(&["verify", p(&bad)]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("metadata changed since sealing"),
+        stderr(&out).contains("metadata key \"general.name\" changed since sealing"),
         "{}",
         stderr(&out)
     );

@@ -170,7 +170,13 @@ fn quantized_input_needs_allow_requantize() {
         "piq9",
         "--force",
     ]);
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown format \"piq9\""));
+    assert_eq!(
+        unknown.status.code(),
+        Some(2),
+        "an unknown format is a usage error"
+    );
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("\"piq9\": unknown format or recipe"), "{err}");
 }
 
 /// A legacy .dat importance matrix that makes column 0 of every row of one
@@ -257,14 +263,20 @@ fn simd_override_caps_the_kernels() {
         .iter()
         .map(|r| r["level"].as_str().unwrap())
         .collect();
-    assert_eq!(levels, ["scalar"; 3]);
+    assert_eq!(
+        levels, ["scalar"; 4],
+        "lower-case level names, as in the text output"
+    );
     let kernels: Vec<&str> = rows
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["kernel"].as_str().unwrap())
         .collect();
-    assert_eq!(kernels, ["dequantize", "dot_f32", "dot_q8"]);
+    assert_eq!(
+        kernels,
+        ["dequantize", "dot_f32", "dot_q8", "dot_q8_decode"]
+    );
 }
 
 #[test]
@@ -415,7 +427,11 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
         "--bpw",
         "1",
     ]);
-    assert_eq!(low.status.code(), Some(1));
+    assert_eq!(
+        low.status.code(),
+        Some(2),
+        "a budget out of range is a usage error"
+    );
     assert!(String::from_utf8_lossy(&low.stderr).contains("below the smallest"));
     let stray = run(&[
         "convert",
@@ -427,7 +443,11 @@ fn mixed_allocation_keeps_the_budget_and_is_deterministic() {
         "--bpw",
         "3",
     ]);
-    assert_eq!(stray.status.code(), Some(1));
+    assert_eq!(
+        stray.status.code(),
+        Some(2),
+        "--bpw without a recipe is a usage error"
+    );
 }
 
 #[test]
@@ -445,4 +465,102 @@ fn ternary_conversions_and_quality() {
     // Gaussian weights: ternary keeps a few dB; the MSE-optimal scale beats absmean.
     assert!(sqnr["ternary"] > 2.0, "{sqnr:?}");
     assert!(sqnr["ternary_mse"] > sqnr["ternary"], "{sqnr:?}");
+}
+
+#[test]
+fn calibration_rounds_covered_matrices_with_gptq() {
+    use gguftool_calib::calib_file::{CalibInput, Calibration};
+    use gguftool_calib::gptq::Hessian;
+    use gguftool_quant::hadamard::SplitMix64;
+    let dir = tempfile::tempdir().unwrap();
+    let src = gguftool_quant::registry::open(tiny()).unwrap();
+    let name = "blk.0.attn_q.weight";
+    let idx = src.header().tensor_index(name).unwrap();
+    let n = src.header().tensors[idx].row_len() as usize;
+    // Correlated inputs with a few loud channels.
+    let mut rng = SplitMix64::new(3);
+    let basis: Vec<f32> = (0..4 * n).map(|_| rng.next_normal() as f32).collect();
+    let x: Vec<f32> = (0..256)
+        .flat_map(|_| {
+            let z: Vec<f32> = (0..4).map(|_| rng.next_normal() as f32).collect();
+            (0..n)
+                .map(|j| {
+                    let v: f32 = (0..4).map(|c| z[c] * basis[c * n + j]).sum();
+                    if j % 11 == 0 {
+                        6.0 * v
+                    } else {
+                        v
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut h = Hessian::new(n);
+    h.accumulate(&x).unwrap();
+    let cal = Calibration {
+        datasets: vec!["synthetic".into()],
+        inputs: vec![CalibInput {
+            site: name.into(),
+            consumers: vec![name.into(), "blk.0.attn_k.weight".into()],
+            hessian: h.clone(),
+        }],
+    };
+    let cal_path = dir.path().join("calib.gguf");
+    let bytes = cal
+        .write(std::io::Cursor::new(Vec::new()))
+        .unwrap()
+        .into_inner();
+    std::fs::write(&cal_path, bytes).unwrap();
+    let plain = dir.path().join("plain.gguf");
+    let gptq = dir.path().join("gptq.gguf");
+    ok(&["convert", s(&tiny()), "-o", s(&plain), "--format", "q4_0"]);
+    let o = ok(&[
+        "convert",
+        s(&tiny()),
+        "-o",
+        s(&gptq),
+        "--format",
+        "q4_0",
+        "--calibration",
+        s(&cal_path),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("calibration: 2 matrices rounded with GPTQ")
+    );
+    let w = {
+        let mut v = vec![0f32; src.header().tensors[idx].n_elements as usize];
+        gguftool_quant::rows::tensor_decoder(&src, idx)
+            .unwrap()
+            .decode(src.tensor_data(idx), &mut v)
+            .unwrap();
+        v
+    };
+    let err = |p: &Path| -> f64 {
+        let f = gguftool_quant::registry::open(p).unwrap();
+        let i = f.header().tensor_index(name).unwrap();
+        let mut q = vec![0f32; w.len()];
+        gguftool_quant::rows::tensor_decoder(&f, i)
+            .unwrap()
+            .decode(f.tensor_data(i), &mut q)
+            .unwrap();
+        w.chunks(n)
+            .zip(q.chunks(n))
+            .map(|(a, b)| {
+                h.quadratic_form(&a.iter().zip(b).map(|(x, y)| x - y).collect::<Vec<_>>())
+            })
+            .sum()
+    };
+    let (e_plain, e_gptq) = (err(&plain), err(&gptq));
+    assert!(e_gptq < 0.7 * e_plain, "GPTQ {e_gptq} vs plain {e_plain}");
+    // A tensor the file does not cover is encoded as without calibration.
+    let other = "blk.1.ffn_up.weight";
+    let (a, b) = (
+        gguftool_quant::registry::open(&plain).unwrap(),
+        gguftool_quant::registry::open(&gptq).unwrap(),
+    );
+    let (ia, ib) = (
+        a.header().tensor_index(other).unwrap(),
+        b.header().tensor_index(other).unwrap(),
+    );
+    assert_eq!(a.tensor_data(ia), b.tensor_data(ib));
 }

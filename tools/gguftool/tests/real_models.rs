@@ -3,7 +3,7 @@
 //! `cargo test --release -p gguftool --test real_models -- --ignored`.
 
 use gguftool_formats as _;
-use gguftool_gguf::write::{rewrite, WriteOptions};
+use gguftool_gguf::seal::{rewrite, WriteOptions};
 use gguftool_quant::registry;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,325 @@
+//! GPTQ for any format: rounds a weight matrix block by block with the
+//! format's own quantizer, feeding each block's rounding error forward to
+//! the columns not yet rounded through the upper Cholesky factor of the
+//! damped inverse Hessian.
+//!
+//! Algorithm: Frantar et al., "GPTQ: Accurate Post-Training Quantization for
+//! Generative Pre-trained Transformers" (2022), with the column block set to
+//! the format's block (its scale is chosen jointly over the block, so the
+//! block is rounded at once and its error `E` updates the remaining columns
+//! by `E U_SS^{-1} U_S,rest`, the optimal-brain-surgeon update for a set of
+//! leading columns). Dead inputs (`H_ii = 0`) get a unit diagonal and zero
+//! weight, and the damping `lambda * mean(diag H)` is raised tenfold until
+//! the factorization succeeds, as the reference implementation does.
+//! Formats with a row transform (Q2+QuIP) are rounded in the rotated basis
+//! with `H' = R H R^T`, which makes QuIP's LDLQ a special case.
+
+use crate::linalg::{cholesky_in_place, inverse_from_cholesky, upper_cholesky};
+use gguftool_quant::format::Format;
+use gguftool_quant::rows::RowCodec;
+use rayon::prelude::*;
+
+/// Second moments of a linear layer's input, `H = sum_t x_t x_t^T`
+/// (`n x n`, f64, row-major), and the number of rows accumulated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hessian {
+    n: usize,
+    h: Vec<f64>,
+    tokens: u64,
+}
+
+impl Hessian {
+    /// An empty accumulator for inputs of width `n`.
+    pub fn new(n: usize) -> Self {
+        Self {
+            n,
+            h: vec![0.0; n * n],
+            tokens: 0,
+        }
+    }
+
+    /// Wraps an existing `n x n` matrix.
+    ///
+    /// # Errors
+    /// `h.len() != n * n`, or a non-finite entry.
+    pub fn from_matrix(n: usize, h: Vec<f64>, tokens: u64) -> Result<Self, GptqError> {
+        if h.len() != n * n {
+            return Err(GptqError::Shape(format!(
+                "Hessian of {} values for n = {n}",
+                h.len()
+            )));
+        }
+        if let Some(i) = h.iter().position(|v| !v.is_finite()) {
+            return Err(GptqError::Shape(format!("Hessian entry {i} is not finite")));
+        }
+        Ok(Self { n, h, tokens })
+    }
+
+    /// Adds the rows of `x` (`rows x n`, row-major).
+    ///
+    /// # Errors
+    /// `x.len()` is not a multiple of `n`.
+    pub fn accumulate(&mut self, x: &[f32]) -> Result<(), GptqError> {
+        let n = self.n;
+        if n == 0 || !x.len().is_multiple_of(n) {
+            return Err(GptqError::Shape(format!(
+                "{} inputs for width {n}",
+                x.len()
+            )));
+        }
+        let rows: Vec<&[f32]> = x.chunks_exact(n).collect();
+        self.h.par_chunks_mut(n).enumerate().for_each(|(i, hi)| {
+            for r in &rows {
+                let xi = r[i] as f64;
+                if xi != 0.0 {
+                    hi.iter_mut()
+                        .zip(r.iter())
+                        .for_each(|(h, &xj)| *h += xi * xj as f64);
+                }
+            }
+        });
+        self.tokens += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Input width.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Rows accumulated.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// The matrix, row-major.
+    pub fn matrix(&self) -> &[f64] {
+        &self.h
+    }
+
+    /// `d^T H d` for a vector `d` of length `n`.
+    pub fn quadratic_form(&self, d: &[f32]) -> f64 {
+        let n = self.n;
+        (0..n)
+            .map(|i| {
+                let hd: f64 = self.h[i * n..(i + 1) * n]
+                    .iter()
+                    .zip(d)
+                    .map(|(h, &x)| h * x as f64)
+                    .sum();
+                hd * d[i] as f64
+            })
+            .sum()
+    }
+}
+
+/// Errors of Hessian-aware rounding.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GptqError {
+    /// Shapes that do not fit together.
+    #[error("{0}")]
+    Shape(String),
+    /// The format cannot encode, or refused its input.
+    #[error("{0}")]
+    Format(String),
+    /// The damped Hessian could not be factorized even after raising the damping.
+    #[error("Hessian not positive definite even with damping {damp:e} (pivot {pivot})")]
+    NotPositiveDefinite {
+        /// Last damping tried (relative to the mean diagonal).
+        damp: f64,
+        /// Column of the failing pivot.
+        pivot: usize,
+    },
+}
+
+/// Options of [`gptq`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GptqOptions {
+    /// Initial damping relative to the mean diagonal of `H` (GPTQ: 0.01).
+    pub damp: f64,
+    /// Times the damping may be raised tenfold when factorization fails.
+    pub max_retries: u32,
+}
+
+impl Default for GptqOptions {
+    fn default() -> Self {
+        Self {
+            damp: 0.01,
+            max_retries: 6,
+        }
+    }
+}
+
+/// What [`gptq`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GptqReport {
+    /// Damping finally used (relative to the mean diagonal).
+    pub damp: f64,
+    /// Times the damping was raised.
+    pub retries: u32,
+    /// Input columns with no signal (`H_ii = 0`), whose weights were zeroed.
+    pub dead_columns: usize,
+}
+
+/// Rounds `w` (`rows x n`, row-major, original basis) into whole rows of
+/// `format` (`rows * row_bytes` bytes) minimising `tr(dW H dW^T)`.
+/// `seed` is the row-transform seed for formats that have one.
+///
+/// # Errors
+/// Shapes that do not fit, a format without an encoder, or a Hessian that
+/// cannot be factorized.
+pub fn gptq(
+    format: &dyn Format,
+    w: &[f32],
+    h: &Hessian,
+    seed: Option<u64>,
+    opts: GptqOptions,
+) -> Result<(Vec<u8>, GptqReport), GptqError> {
+    let n = h.n();
+    if n == 0 || !w.len().is_multiple_of(n) {
+        return Err(GptqError::Shape(format!(
+            "{} weights for rows of {n}",
+            w.len()
+        )));
+    }
+    let rows = w.len() / n;
+    let codec = RowCodec::new(format, n, seed).map_err(|e| GptqError::Format(e.to_string()))?;
+    let quantizer = format
+        .quantizer()
+        .ok_or_else(|| GptqError::Format(format!("{} cannot quantize", format.name())))?;
+    let (bs, ts) = (format.block_size(), format.type_size());
+
+    // Work in the basis the blocks are encoded in.
+    let mut w = w.to_vec();
+    let mut hm = h.matrix().to_vec();
+    if let Some(t) = codec.transform() {
+        w.par_chunks_mut(n).for_each(|r| t.forward(r));
+        rotate_symmetric(&mut hm, n, |v| t.forward(v));
+    }
+
+    // Dead inputs: unit diagonal, zero weight (GPTQ).
+    let mut dead_columns = 0;
+    for i in 0..n {
+        if hm[i * n + i] <= 0.0 {
+            hm[i * n + i] = 1.0;
+            dead_columns += 1;
+            w.chunks_exact_mut(n).for_each(|r| r[i] = 0.0);
+        }
+    }
+
+    let mean_diag = (0..n).map(|i| hm[i * n + i]).sum::<f64>() / n as f64;
+    let mut damp = opts.damp;
+    let mut retries = 0;
+    let u = loop {
+        let mut a = hm.clone();
+        for i in 0..n {
+            a[i * n + i] += damp * mean_diag;
+        }
+        let factored = cholesky_in_place(&mut a, n)
+            .and_then(|()| upper_cholesky(&inverse_from_cholesky(&a, n), n));
+        match factored {
+            Ok(u) => break u,
+            Err(pivot) if retries >= opts.max_retries => {
+                return Err(GptqError::NotPositiveDefinite { damp, pivot })
+            }
+            Err(_) => {
+                damp *= 10.0;
+                retries += 1;
+            }
+        }
+    };
+
+    let blocks_per_row = n / bs;
+    let row_bytes = blocks_per_row * ts;
+    let mut out = vec![0u8; rows * row_bytes];
+    let mut seg = vec![0f32; rows * bs];
+    let mut imp = vec![0f32; rows * bs];
+    let mut enc = vec![0u8; rows * ts];
+    let mut dec = vec![0f32; rows * bs];
+    for blk in 0..blocks_per_row {
+        let b = blk * bs;
+        for (r, s) in seg.chunks_exact_mut(bs).enumerate() {
+            s.copy_from_slice(&w[r * n + b..r * n + b + bs]);
+        }
+        // The error of column j costs about (err_j / U_jj)^2 after feedback.
+        for (r, im) in imp.chunks_exact_mut(bs).enumerate() {
+            let _ = r;
+            for (j, v) in im.iter_mut().enumerate() {
+                let ujj = u[(b + j) * n + b + j];
+                *v = (1.0 / (ujj * ujj)) as f32;
+            }
+        }
+        quantizer.quantize_blocks(&seg, Some(&imp), &mut enc);
+        format
+            .dequantize(&enc, &mut dec)
+            .map_err(|e| GptqError::Format(e.to_string()))?;
+        for r in 0..rows {
+            out[r * row_bytes + blk * ts..r * row_bytes + (blk + 1) * ts]
+                .copy_from_slice(&enc[r * ts..(r + 1) * ts]);
+        }
+        let rest = b + bs;
+        if rest == n {
+            break;
+        }
+        // W[:, rest..] -= (W_S - Q_S) U_SS^{-1} U_S,rest, row by row.
+        let u = &u;
+        w.par_chunks_mut(n)
+            .zip(seg.par_chunks(bs))
+            .zip(dec.par_chunks(bs))
+            .for_each(|((wr, s), q)| {
+                // e' U_SS = e (U_SS upper triangular): forward substitution.
+                let mut e = vec![0f64; bs];
+                for j in 0..bs {
+                    let mut v = (s[j] - q[j]) as f64;
+                    for k in 0..j {
+                        v -= e[k] * u[(b + k) * n + b + j];
+                    }
+                    e[j] = v / u[(b + j) * n + b + j];
+                }
+                for (k, &ek) in e.iter().enumerate() {
+                    if ek == 0.0 {
+                        continue;
+                    }
+                    let urow = &u[(b + k) * n + rest..(b + k + 1) * n];
+                    wr[rest..]
+                        .iter_mut()
+                        .zip(urow)
+                        .for_each(|(x, &uk)| *x -= (ek * uk) as f32);
+                }
+            });
+    }
+    Ok((
+        out,
+        GptqReport {
+            damp,
+            retries,
+            dead_columns,
+        },
+    ))
+}
+
+/// `H <- R H R^T` for a symmetric `H`, where `apply` computes `R v` in place.
+fn rotate_symmetric(h: &mut [f64], n: usize, apply: impl Fn(&mut [f32]) + Sync) {
+    let mut v = vec![0f32; n];
+    // Rows: (R H)^T = H R^T, so rotate each row of H (H symmetric).
+    for i in 0..n {
+        v.iter_mut()
+            .zip(&h[i * n..(i + 1) * n])
+            .for_each(|(a, &b)| *a = b as f32);
+        apply(&mut v);
+        h[i * n..(i + 1) * n]
+            .iter_mut()
+            .zip(&v)
+            .for_each(|(a, &b)| *a = b as f64);
+    }
+    // Columns.
+    for j in 0..n {
+        v.iter_mut()
+            .enumerate()
+            .for_each(|(i, a)| *a = h[i * n + j] as f32);
+        apply(&mut v);
+        v.iter()
+            .enumerate()
+            .for_each(|(i, &a)| h[i * n + j] = a as f64);
+    }
+}

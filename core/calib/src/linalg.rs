@@ -1,0 +1,144 @@
+//! Dense symmetric linear algebra in f64 for Hessian-aware rounding:
+//! Cholesky factorization, the inverse from it, and the upper Cholesky
+//! factor of the inverse that GPTQ feeds errors through.
+//!
+//! Matrices are `n x n`, row-major `Vec<f64>`. `O(n^3)` each; n is a
+//! layer's input width (<= a few thousand here).
+
+/// Cholesky factorization `A = L L^T` in place (lower triangle holds `L`,
+/// the strict upper triangle is zeroed).
+///
+/// # Errors
+/// Returns the index of the first non-positive pivot when `A` is not
+/// positive definite.
+pub fn cholesky_in_place(a: &mut [f64], n: usize) -> Result<(), usize> {
+    debug_assert_eq!(a.len(), n * n);
+    for j in 0..n {
+        let d = a[j * n + j] - dot(&a[j * n..j * n + j], &a[j * n..j * n + j]);
+        if !(d > 0.0 && d.is_finite()) {
+            return Err(j);
+        }
+        let ljj = d.sqrt();
+        a[j * n + j] = ljj;
+        a[j * n + j + 1..(j + 1) * n]
+            .iter_mut()
+            .for_each(|v| *v = 0.0);
+        for i in j + 1..n {
+            let s = a[i * n + j] - dot(&a[i * n..i * n + j], &a[j * n..j * n + j]);
+            a[i * n + j] = s / ljj;
+        }
+    }
+    Ok(())
+}
+
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    x.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+/// `A^{-1}` from its Cholesky factor `L` (lower, as left by
+/// [`cholesky_in_place`]): solves `L L^T X = I` column by column.
+pub fn inverse_from_cholesky(l: &[f64], n: usize) -> Vec<f64> {
+    let mut inv = vec![0f64; n * n];
+    let mut y = vec![0f64; n];
+    for c in 0..n {
+        // Forward: L y = e_c (y is zero above c).
+        y.iter_mut().for_each(|v| *v = 0.0);
+        for i in c..n {
+            let mut s = if i == c { 1.0 } else { 0.0 };
+            for k in c..i {
+                s -= l[i * n + k] * y[k];
+            }
+            y[i] = s / l[i * n + i];
+        }
+        // Backward: L^T x = y.
+        for i in (0..n).rev() {
+            let mut s = y[i];
+            for k in i + 1..n {
+                s -= l[k * n + i] * inv[k * n + c];
+            }
+            inv[i * n + c] = s / l[i * n + i];
+        }
+    }
+    // Symmetrize away rounding noise.
+    for i in 0..n {
+        for j in 0..i {
+            let m = 0.5 * (inv[i * n + j] + inv[j * n + i]);
+            inv[i * n + j] = m;
+            inv[j * n + i] = m;
+        }
+    }
+    inv
+}
+
+/// The upper Cholesky factor `U` of a symmetric positive definite `A`
+/// (`A = U^T U`), row-major with zeros below the diagonal.
+///
+/// # Errors
+/// The first non-positive pivot, as [`cholesky_in_place`].
+pub fn upper_cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, usize> {
+    let mut l = a.to_vec();
+    cholesky_in_place(&mut l, n)?;
+    // U = L^T.
+    let mut u = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            u[j * n + i] = l[i * n + j];
+        }
+    }
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spd(n: usize) -> Vec<f64> {
+        let mut x = vec![0f64; n * n];
+        let mut s = 1u64;
+        for v in x.iter_mut() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *v = ((s >> 11) as f64 / (1u64 << 53) as f64) - 0.5;
+        }
+        let mut a = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                a[i * n + j] = (0..n).map(|k| x[i * n + k] * x[j * n + k]).sum::<f64>()
+                    + if i == j { 0.1 } else { 0.0 };
+            }
+        }
+        a
+    }
+
+    #[test]
+    fn inverse_and_factors_reconstruct() {
+        let n = 9;
+        let a = spd(n);
+        let mut l = a.clone();
+        cholesky_in_place(&mut l, n).unwrap();
+        let inv = inverse_from_cholesky(&l, n);
+        for i in 0..n {
+            for j in 0..n {
+                let p: f64 = (0..n).map(|k| a[i * n + k] * inv[k * n + j]).sum();
+                assert!(
+                    (p - if i == j { 1.0 } else { 0.0 }).abs() < 1e-9,
+                    "{i},{j}: {p}"
+                );
+            }
+        }
+        let u = upper_cholesky(&inv, n).unwrap();
+        for i in 0..n {
+            for j in 0..n {
+                let p: f64 = (0..n).map(|k| u[k * n + i] * u[k * n + j]).sum();
+                assert!((p - inv[i * n + j]).abs() < 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn indefinite_matrix_reports_the_pivot() {
+        let mut a = vec![1.0, 2.0, 2.0, 1.0];
+        assert_eq!(cholesky_in_place(&mut a, 2), Err(1));
+    }
+}
