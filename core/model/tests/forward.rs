@@ -43,13 +43,8 @@ fn build(md: &Metadata, tensors: &[Tensor]) -> GgufFile {
             n_bytes: v.len() as u64 * 4,
         })
         .collect();
-    let mut w = GgufWriter::begin(
-        std::io::Cursor::new(Vec::new()),
-        md,
-        specs,
-        &StandardTypes,
-    )
-    .unwrap();
+    let mut w =
+        GgufWriter::begin(std::io::Cursor::new(Vec::new()), md, specs, &StandardTypes).unwrap();
     for (_, _, v) in tensors {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         w.write_tensor_data(&bytes).unwrap();
