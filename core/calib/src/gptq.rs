@@ -82,6 +82,27 @@ impl Hessian {
         Ok(())
     }
 
+    /// Adds a lower triangle (row-major, `n (n + 1) / 2` values: row `i`
+    /// holds columns `0..=i`) into both triangles, and `rows` to the count.
+    ///
+    /// # Panics
+    /// Never for a triangle of the right length; a shorter one adds a prefix.
+    pub fn add_lower(&mut self, lower: &[f64], rows: u64) {
+        let n = self.n;
+        let mut k = 0;
+        for i in 0..n {
+            for j in 0..=i {
+                let Some(&v) = lower.get(k) else { return };
+                self.h[i * n + j] += v;
+                if i != j {
+                    self.h[j * n + i] += v;
+                }
+                k += 1;
+            }
+        }
+        self.tokens += rows;
+    }
+
     /// Input width.
     pub fn n(&self) -> usize {
         self.n

@@ -45,6 +45,14 @@ pub struct CollectError {
 }
 
 impl ImatrixCollector {
+    /// An empty collector for chunks of `chunk_size` tokens.
+    pub fn new(chunk_size: u32) -> Self {
+        Self {
+            chunk_size,
+            ..Default::default()
+        }
+    }
+
     /// Adds the input rows `x` (`rows x n_cols`) of matrix `mat` of weight
     /// `tensor` (which has `n_mat` matrices): `sums[j] += x_j^2`, `counts += rows`.
     ///

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod calib_file;
+pub mod collect;
 pub mod gptq;
 pub mod imatrix;
 pub mod imatrix_write;

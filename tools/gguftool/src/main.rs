@@ -2,10 +2,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod cmd_bench;
+mod cmd_calibrate;
 mod cmd_convert;
 mod cmd_dequantize;
 mod cmd_formats;
 mod cmd_inspect;
+mod cmd_perplexity;
 mod cmd_qat;
 mod cmd_quality;
 mod cmd_seal;
@@ -117,6 +119,12 @@ enum Command {
     },
     /// Tokenize a text with a model's tokenizer, as llama.cpp's llama-tokenize does.
     Tokenize(Box<cmd_tokenize::TokenizeArgs>),
+    /// Perplexity and KL divergence of a model on a text, as llama.cpp's llama-perplexity computes them.
+    Perplexity(Box<cmd_perplexity::PerplexityArgs>),
+    /// Importance matrix of a model on a text (llama.cpp's GGUF imatrix, as llama-imatrix writes it).
+    Imatrix(Box<cmd_calibrate::ImatrixArgs>),
+    /// Input Hessians (X^T X per linear input) for GPTQ (`convert --calibration`), optionally with the imatrix.
+    Calibrate(Box<cmd_calibrate::CalibrateArgs>),
     /// List registered formats.
     Formats {
         /// Machine-readable output.
@@ -202,6 +210,9 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError> {
         } => cmd_bench::run(&formats, millis, json),
         Command::Formats { json } => cmd_formats::run(json),
         Command::Tokenize(args) => cmd_tokenize::run(*args).map_err(CliError::from),
+        Command::Perplexity(args) => cmd_perplexity::run(*args).map_err(CliError::from),
+        Command::Imatrix(args) => cmd_calibrate::run_imatrix(*args),
+        Command::Calibrate(args) => cmd_calibrate::run_calibrate(*args),
     }
 }
 

@@ -1,0 +1,156 @@
+//! `gguftool imatrix` against llama-imatrix's file for the tiny fixture
+//! (fixtures/runtime/tiny-llama.imatrix, made by scripts/imatrix_golden.sh),
+//! and `gguftool calibrate`: Hessians whose diagonals are the imatrix of the
+//! same pass, files that `convert` takes.
+
+use gguftool_calib::calib_file::Calibration;
+use gguftool_calib::imatrix::Imatrix;
+use gguftool_formats as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn gguftool(args: &[&str]) -> std::process::Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn imatrix_matches_llama_imatrix_on_the_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.imatrix");
+    let model = root().join("fixtures/tiny-llama-f32.gguf");
+    let text = root().join("fixtures/runtime/tiny.txt");
+    gguftool(&[
+        "imatrix",
+        s(&model),
+        "-f",
+        s(&text),
+        "-o",
+        s(&ours),
+        "-c",
+        "32",
+        "-b",
+        "32",
+        "--chunks",
+        "4",
+        "-t",
+        "1",
+        "--process-output",
+    ]);
+    let theirs = Imatrix::load(&root().join("fixtures/runtime/tiny-llama.imatrix")).unwrap();
+    let ours = Imatrix::load(&ours).unwrap();
+    let mut names: Vec<_> = theirs.entries.keys().collect();
+    names.sort();
+    let mut ours_names: Vec<_> = ours.entries.keys().collect();
+    ours_names.sort();
+    assert_eq!(
+        names, ours_names,
+        "the same weights, as llama-imatrix lists them"
+    );
+    for n in names {
+        let c = cosine(&ours.entries[n], &theirs.entries[n]);
+        assert!(c > 0.999, "{n}: cosine {c}");
+    }
+}
+
+#[test]
+fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/tiny-llama-f32.gguf");
+    let text = root().join("fixtures/runtime/tiny.txt");
+    let (cal, im) = (dir.path().join("c.gguf"), dir.path().join("i.gguf"));
+    gguftool(&[
+        "calibrate",
+        s(&model),
+        "-f",
+        s(&text),
+        "-o",
+        s(&cal),
+        "--imatrix-out",
+        s(&im),
+        "-c",
+        "32",
+        "--chunks",
+        "4",
+        "-t",
+        "1",
+    ]);
+    let f = gguftool_quant::registry::open(&cal).unwrap();
+    let c = Calibration::from_gguf(&f).unwrap();
+    let m = Imatrix::load(&im).unwrap();
+    // q/k/v share a site, gate/up share one: 4 sites per layer, plus the head.
+    assert_eq!(c.inputs.len(), 2 * 4 + 1);
+    for (name, means) in &m.entries {
+        let h = c
+            .hessian_for(name)
+            .unwrap_or_else(|| panic!("{name} not calibrated"));
+        let n = h.n();
+        for (j, &mj) in means.iter().enumerate() {
+            let hj = h.matrix()[j * n + j] / h.tokens() as f64;
+            assert!(
+                (hj - mj as f64).abs() <= 1e-4 * (mj as f64).abs() + 1e-7,
+                "{name}[{j}]: {hj} vs {mj}"
+            );
+        }
+    }
+    assert!(c.hessian_for("output.weight").is_some());
+    // A weight on the text scales its Hessian, not its token count.
+    let cal2 = dir.path().join("c2.gguf");
+    let weighted = format!("{}:2", s(&text));
+    gguftool(&[
+        "calibrate",
+        s(&model),
+        "-f",
+        &weighted,
+        "-o",
+        s(&cal2),
+        "-c",
+        "32",
+        "--chunks",
+        "4",
+        "-t",
+        "1",
+    ]);
+    let c2 = Calibration::from_gguf(&gguftool_quant::registry::open(&cal2).unwrap()).unwrap();
+    let (a, b) = (&c.inputs[0].hessian, &c2.inputs[0].hessian);
+    assert_eq!(a.tokens(), b.tokens());
+    assert!((b.matrix()[0] - 2.0 * a.matrix()[0]).abs() <= 1e-4 * a.matrix()[0].abs());
+    // convert takes both files.
+    let out = dir.path().join("q.gguf");
+    let o = gguftool(&[
+        "convert",
+        s(&model),
+        "-o",
+        s(&out),
+        "--format",
+        "piq2",
+        "--calibration",
+        s(&cal),
+        "--imatrix",
+        s(&im),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("matrices rounded with GPTQ"));
+}

@@ -1,0 +1,125 @@
+//! `gguftool perplexity` on the tiny fixture, against llama-perplexity's
+//! figures and logits file for it (fixtures/runtime, scripts/runtime_golden.sh).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn s(p: &std::path::Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn perplexity_and_logits_file_match_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = s(&root().join("fixtures/tiny-llama-f32.gguf"));
+    let text = s(&root().join("fixtures/runtime/tiny.txt"));
+    let ours = dir.path().join("tiny.logits");
+    let o = run(&[
+        "perplexity",
+        &model,
+        "-f",
+        &text,
+        "-c",
+        "32",
+        "--chunks",
+        "4",
+        "-t",
+        "2",
+        "--kl-divergence-base",
+        &s(&ours),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.starts_with("[1]"), "{out}");
+    assert!(out.contains("[4]"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("Final estimate: PPL = "))
+        .unwrap();
+    let ppl: f64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+    // llama-perplexity on the same file and text: 289.0349 +/- 5.77463.
+    assert!((ppl / 289.0349 - 1.0).abs() < 1e-3, "{line}");
+    // Same header and token stream as llama.cpp's file (same tokenizer,
+    // same chunking), same size.
+    let golden = std::fs::read(root().join("fixtures/runtime/tiny-llama.logits")).unwrap();
+    let mine = std::fs::read(&ours).unwrap();
+    assert_eq!(mine.len(), golden.len());
+    let head = 20 + 4 * 32 * 4;
+    assert_eq!(mine[..head], golden[..head]);
+
+    // KL divergence against our own file is ~0; against llama.cpp's small.
+    for base in [
+        s(&ours),
+        s(&root().join("fixtures/runtime/tiny-llama.logits")),
+    ] {
+        let o = run(&[
+            "perplexity",
+            &model,
+            "--kl-divergence-base",
+            &base,
+            "--kl-divergence",
+            "-t",
+            "1",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8(o.stdout).unwrap();
+        assert!(out.starts_with("chunk             PPL"), "{out}");
+        let last = out.lines().find(|l| l.starts_with("   4")).unwrap();
+        let kld: f64 = last.split_whitespace().nth(7).unwrap().parse().unwrap();
+        assert!(kld < 1e-4, "{last}");
+    }
+}
+
+#[test]
+fn short_text_and_usage_errors() {
+    let model = s(&root().join("fixtures/tiny-llama-f32.gguf"));
+    let text = s(&root().join("fixtures/runtime/tiny.txt"));
+    let o = run(&["perplexity", &model, "-f", &text, "-c", "4096"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(err.contains("tokens") && err.contains("8192"), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
+
+    // --kl-divergence needs the base file; -f is required otherwise.
+    assert_eq!(
+        run(&["perplexity", &model, "--kl-divergence"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(run(&["perplexity", &model]).status.code(), Some(2));
+    assert_eq!(
+        run(&["perplexity", &model, "-f", &text, "-c", "x"])
+            .status
+            .code(),
+        Some(2)
+    );
+    // A missing model is a one-line error, exit 1.
+    let o = run(&["perplexity", "/nonexistent.gguf", "-f", &text]);
+    assert_eq!(o.status.code(), Some(1));
+    // A logits file that is not one.
+    let o = run(&[
+        "perplexity",
+        &model,
+        "--kl-divergence-base",
+        &text,
+        "--kl-divergence",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("_logits_"));
+}
