@@ -50,6 +50,21 @@ fn perplexity_and_logits_file_match_llama_cpp() {
     let ppl: f64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
     // llama-perplexity on the same file and text: 289.0349 +/- 5.77463.
     assert!((ppl / 289.0349 - 1.0).abs() < 1e-3, "{line}");
+    // Smaller forward batches (a chunk in several passes) change nothing.
+    let o = run(&[
+        "perplexity",
+        &model,
+        "-f",
+        &text,
+        "-c",
+        "32",
+        "--chunks",
+        "4",
+        "-b",
+        "7",
+    ]);
+    let out7 = String::from_utf8(o.stdout).unwrap();
+    assert!(out7.contains(line), "{out7}");
     // Same header and token stream as llama.cpp's file (same tokenizer,
     // same chunking), same size.
     let golden = std::fs::read(root().join("fixtures/runtime/tiny-llama.logits")).unwrap();
