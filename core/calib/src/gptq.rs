@@ -262,13 +262,12 @@ pub fn gptq(
         for (r, s) in seg.chunks_exact_mut(bs).enumerate() {
             s.copy_from_slice(&w[r * n + b..r * n + b + bs]);
         }
-        // The error of column j costs about (err_j / U_jj)^2 after feedback.
-        for (r, im) in imp.chunks_exact_mut(bs).enumerate() {
-            let _ = r;
-            for (j, v) in im.iter_mut().enumerate() {
-                let ujj = u[(b + j) * n + b + j];
-                *v = (1.0 / (ujj * ujj)) as f32;
-            }
+        // After feeding the block's error e forward, it still costs
+        // e^T (U_SS^T U_SS)^{-1} e; the encoder sees the diagonal of that
+        // matrix, the squared row norms of U_SS^{-1}.
+        let w_block = block_weights(&u, n, b, bs);
+        for im in imp.chunks_exact_mut(bs) {
+            im.copy_from_slice(&w_block);
         }
         quantizer.quantize_blocks(&seg, Some(&imp), &mut enc);
         format
@@ -317,6 +316,33 @@ pub fn gptq(
             dead_columns,
         },
     ))
+}
+
+/// Diagonal of `(U_SS^T U_SS)^{-1} = U_SS^{-1} U_SS^{-T}` for the block
+/// `S = b..b + bs` of the upper factor `u` (`n x n`): the squared row norms
+/// of `U_SS^{-1}`, found by back substitution.
+fn block_weights(u: &[f64], n: usize, b: usize, bs: usize) -> Vec<f32> {
+    // V = U_SS^{-1}, upper triangular: V[i][j] for j >= i.
+    let mut v = vec![0f64; bs * bs];
+    for i in (0..bs).rev() {
+        let uii = u[(b + i) * n + b + i];
+        v[i * bs + i] = 1.0 / uii;
+        for j in i + 1..bs {
+            let mut s = 0.0;
+            for k in i + 1..=j {
+                s += u[(b + i) * n + b + k] * v[k * bs + j];
+            }
+            v[i * bs + j] = -s / uii;
+        }
+    }
+    (0..bs)
+        .map(|i| {
+            v[i * bs + i..(i + 1) * bs]
+                .iter()
+                .map(|x| x * x)
+                .sum::<f64>() as f32
+        })
+        .collect()
 }
 
 /// `H <- R H R^T` for a symmetric `H`, where `apply` computes `R v` in place.

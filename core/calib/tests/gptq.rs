@@ -44,7 +44,8 @@ fn error(h: &Hessian, w: &[f32], q: &[f32]) -> f64 {
 
 #[test]
 fn gptq_beats_round_to_nearest_for_every_encoder() {
-    let (rows, n, tokens) = (24, 256, 600);
+    // Two 256-blocks per row at least, so every format gets feedback.
+    let (rows, n, tokens) = (12, 512, 700);
     let mut rng = SplitMix64::new(7);
     let w: Vec<f32> = (0..rows * n).map(|_| 0.05 * gaussian(&mut rng)).collect();
     let mut h = Hessian::new(n);
@@ -83,13 +84,12 @@ fn gptq_beats_round_to_nearest_for_every_encoder() {
                 "{}: GPTQ {e_gptq} vs RTN {e_rtn}",
                 f.name()
             );
-        } else if f.suits_post_training() && f.block_size() == 256 && f.row_transform().is_none() {
-            // The llama.cpp K-quants (256-element blocks, imatrix-weighted
-            // scale search): no feedback inside a block, and the weighted
-            // baseline is strong; GPTQ loses to it here (q3_k 0.82x, q4_k 0.91x,
-            // q5_k 0.84x, q6_k 0.94x when added). Known gap, not asserted.
         } else if f.suits_post_training() {
-            assert!(e_gptq < e_rtn, "{}: GPTQ {e_gptq} vs RTN {e_rtn}", f.name());
+            assert!(
+                e_gptq < 0.8 * e_rtn,
+                "{}: GPTQ {e_gptq} vs RTN {e_rtn}",
+                f.name()
+            );
         } else {
             assert!(
                 e_gptq <= e_rtn,
