@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: imatrix_compare A.gguf B.gguf".into());
     };
     let (a, b) = (Imatrix::load(Path::new(a))?, Imatrix::load(Path::new(b))?);
-    let mut names: Vec<&String> = a.entries.keys().filter(|k| b.entries.contains_key(*k)).collect();
+    let mut names: Vec<&String> = a
+        .entries
+        .keys()
+        .filter(|k| b.entries.contains_key(*k))
+        .collect();
     names.sort();
     let only_a = a.entries.len() - names.len();
     let only_b = b.entries.len() - names.len();

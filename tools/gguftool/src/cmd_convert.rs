@@ -1,10 +1,11 @@
 //! `gguftool convert`: quantize a model to any registered format.
 
+use crate::args::{parse_tensor_type, regex_error_line};
 use crate::escape::escape_for_terminal as esc;
 use crate::progress::bytes_bar;
 use crate::{as_usage, usage, CliError};
 use gguftool_calib::imatrix::Imatrix;
-use gguftool_convert::policy::{self, parse_tensor_type, Provenance, QuantPolicy};
+use gguftool_convert::policy::{self, Provenance, QuantPolicy};
 use gguftool_convert::recipe::RecipeSettings;
 use gguftool_convert::{self, Plan, TensorAction};
 use gguftool_gguf::integrity::sha256_hex;
@@ -112,8 +113,7 @@ fn regexes(args: &[String]) -> Result<Vec<Regex>, CliError> {
             if r.is_empty() {
                 return Err(usage("--keep: empty pattern (it would match every tensor)"));
             }
-            Regex::new(r)
-                .map_err(|e| usage(format!("--keep {r:?}: {}", policy::regex_error_line(&e))))
+            Regex::new(r).map_err(|e| usage(format!("--keep {r:?}: {}", regex_error_line(&e))))
         })
         .collect()
 }

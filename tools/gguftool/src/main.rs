@@ -1,6 +1,7 @@
 //! `gguftool`: inspect, verify, seal and convert GGUF model files.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod args;
 mod cmd_bench;
 mod cmd_calibrate;
 mod cmd_convert;
