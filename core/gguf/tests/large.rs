@@ -3,6 +3,8 @@
 //! The address-space cases run in a child process (this test binary re-run
 //! with `LARGE_CHILD` set) under `ulimit -v`.
 
+mod support;
+
 use gguftool_gguf::integrity::{self, Change, Sha256};
 use gguftool_gguf::read::{needs_more, parse_header, parse_header_prefix};
 use gguftool_gguf::seal::{OutputWriter, WriteOptions};
@@ -14,19 +16,6 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "gguftool-large-{tag}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn fixtures() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
@@ -105,7 +94,7 @@ fn prefix_parse_matches_whole_parse_for_every_fixture() {
 /// header-only as mapped, and a changed byte in the second window is named.
 #[test]
 fn header_only_check_matches_mapped_and_names_changed_tensor() {
-    let dir = tempdir("sealed");
+    let dir = support::temp_dir("large-sealed");
     let mut md = Metadata::new();
     md.set("general.architecture", Value::String("llama".into()));
     let big = (gguftool_gguf::WINDOW as usize) * 2 + 12_345 * 4;
@@ -312,7 +301,7 @@ fn run_child(mode: &str, file: &Path, limit_kib: Option<u64>) -> String {
 #[test]
 #[cfg(target_os = "linux")]
 fn sparse_3_gib_file_verifies_under_2_gib_address_space() {
-    let dir = tempdir("sparse");
+    let dir = support::temp_dir("large-sparse");
     let p = large_sparse(&dir);
     let len = std::fs::metadata(&p).unwrap().len();
     assert!(len > LARGE_TENSORS * LARGE_TENSOR_BYTES);
@@ -349,7 +338,7 @@ fn failed_window_names_tensor_size_and_offset() {
         println!("skipped: no prlimit");
         return;
     }
-    let dir = tempdir("window");
+    let dir = support::temp_dir("large-window");
     let mut md = Metadata::new();
     md.set("general.architecture", Value::String("llama".into()));
     let n = 64u64 << 20;

@@ -3,6 +3,8 @@
 //! `MEM_CHILD_FILE` set), under `ulimit -v` where an address-space limit is
 //! the point, reporting its peak RSS growth.
 
+mod support;
+
 use gguftool_gguf::validate::StandardTypes;
 use gguftool_gguf::write::{encode_kv, encode_tensor_info};
 use gguftool_gguf::{Array, GgufFile, StrArray, Value};
@@ -10,24 +12,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn mem_child() {
     let Some(path) = std::env::var_os("MEM_CHILD_FILE") else {
         return;
     };
-    let before = vm_hwm_kib();
+    let before = support::vm_hwm_kib();
     let t = std::time::Instant::now();
     let parsed = GgufFile::open(&path, &StandardTypes).map(|f| f.header().metadata.len());
-    let after = vm_hwm_kib();
+    let after = support::vm_hwm_kib();
     println!(
         "GROWTH_KIB={} MS={} RESULT={:?}",
         after.saturating_sub(before),
@@ -108,7 +101,7 @@ fn big_sparse(dir: &Path) -> PathBuf {
 #[test]
 #[cfg(target_os = "linux")]
 fn raised_counts_fail_cleanly_under_1_gib_address_space() {
-    let dir = tempfile_dir();
+    let dir = support::temp_dir("mem");
     let path = big_sparse(&dir);
     let (_, _, ok) = run_child(&path, Some(1 << 20));
     assert!(ok.starts_with("Ok(1)"), "{ok}");
@@ -126,26 +119,13 @@ fn raised_counts_fail_cleanly_under_1_gib_address_space() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn tempfile_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "gguftool-mem-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Peak RSS while parsing a file of `n` tiny metadata pairs (or one string
 /// array of `n` one-byte strings) stays within the file size (the mapping)
 /// plus a documented multiple of the metadata's encoded size.
 #[test]
 #[cfg(target_os = "linux")]
 fn tiny_metadata_elements_cost_a_small_multiple_of_their_size() {
-    let dir = tempfile_dir();
+    let dir = support::temp_dir("mem");
     let n = 1_000_000usize;
     let pairs: Vec<(String, Value)> = (0..n)
         .map(|i| (format!("k{i:07}"), Value::U8(i as u8)))

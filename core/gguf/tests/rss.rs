@@ -3,6 +3,8 @@
 //! is parsed in a fresh child process (this test binary re-run with
 //! `RSS_CHILD_FILE` set), which reports its peak RSS growth.
 
+mod support;
+
 use gguftool_gguf::validate::StandardTypes;
 use gguftool_gguf::GgufFile;
 use std::path::PathBuf;
@@ -11,23 +13,14 @@ use std::process::Command;
 /// Allowed growth beyond the file's own size.
 const CONSTANT: u64 = 4 << 20;
 
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn rss_child() {
     let Some(path) = std::env::var_os("RSS_CHILD_FILE") else {
         return;
     };
-    let before = vm_hwm_kib();
+    let before = support::vm_hwm_kib();
     let parsed = GgufFile::open(&path, &StandardTypes).map(|f| f.header().tensors.len());
-    let after = vm_hwm_kib();
+    let after = support::vm_hwm_kib();
     println!(
         "RSS_GROWTH_KIB={} ok={}",
         after.saturating_sub(before),
