@@ -248,6 +248,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An I/O failure while mapping or reading one part of a file, naming
+    /// that part (e.g. `tensor "x": mapping 32.0 MiB at offset 4096`).
+    #[error("{path}: {what} failed: {source}")]
+    IoAt {
+        /// The file.
+        path: PathBuf,
+        /// What was being mapped or read.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The output file exists and overwriting was not allowed.
     #[error("{0}: output exists")]
     OutputExists(PathBuf),
@@ -285,5 +297,31 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+
+    /// Wraps an I/O error with the path and the part of the file concerned.
+    pub fn io_at(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::IoAt {
+            path: path.into(),
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// A byte count for messages: `512 bytes`, `32.0 MiB`, `1.5 GiB`.
+pub fn size_text(n: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    if n >= GIB {
+        format!("{:.1} GiB", n as f64 / GIB as f64)
+    } else if n >= MIB {
+        format!("{:.1} MiB", n as f64 / MIB as f64)
+    } else {
+        format!("{n} bytes")
     }
 }

@@ -25,7 +25,7 @@
 
 use crate::value::{Array, Metadata, StrArray, Value};
 use crate::write::{encode_kv, encode_string};
-use crate::{GgufFile, TensorInfo};
+use crate::{GgufFile, TensorInfo, TensorSource};
 use rayon::prelude::*;
 use sha2::Digest;
 
@@ -192,6 +192,29 @@ pub fn tensor_digests(file: &GgufFile) -> Vec<[u8; 32]> {
     (0..file.header().tensors.len())
         .into_par_iter()
         .map(|i| Sha256::digest(file.tensor_data(i)).into())
+        .collect()
+}
+
+/// SHA-256 of every tensor's data from any [`TensorSource`], tensors in
+/// parallel, each read chunk by chunk; `progress` is called with the byte
+/// count of each chunk once it is hashed (from any thread).
+///
+/// # Errors
+/// The first mapping or read that failed, naming the tensor.
+pub fn tensor_digests_from<S: TensorSource + ?Sized>(
+    src: &S,
+    progress: &(dyn Fn(u64) + Sync),
+) -> crate::Result<Vec<[u8; 32]>> {
+    (0..src.header().tensors.len())
+        .into_par_iter()
+        .map(|i| {
+            let mut h = Sha256::new();
+            src.visit_tensor(i, &mut |chunk| {
+                h.update(chunk);
+                progress(chunk.len() as u64);
+            })?;
+            Ok(h.finalize().into())
+        })
         .collect()
 }
 
@@ -413,9 +436,21 @@ pub fn check(file: &GgufFile) -> IntegrityReport {
     check_with_digests(file, tensor_digests(file))
 }
 
+/// [`check`] on any [`TensorSource`], e.g. a
+/// [`HeaderOnlyFile`](crate::HeaderOnlyFile) too large to map whole.
+///
+/// # Errors
+/// A failed mapping or read of tensor data, naming the tensor.
+pub fn check_source<S: TensorSource + ?Sized>(src: &S) -> crate::Result<IntegrityReport> {
+    Ok(check_with_digests(src, tensor_digests_from(src, &|_| {})?))
+}
+
 /// [`check`] with tensor digests computed by the caller (in tensor order),
-/// e.g. with progress reporting or streaming reads.
-pub fn check_with_digests(file: &GgufFile, digests: Vec<[u8; 32]>) -> IntegrityReport {
+/// e.g. with progress reporting ([`tensor_digests_from`]) or streaming reads.
+pub fn check_with_digests<S: TensorSource + ?Sized>(
+    file: &S,
+    digests: Vec<[u8; 32]>,
+) -> IntegrityReport {
     let h = file.header();
     let hexes: Vec<String> = digests.iter().map(|d| hex(d)).collect();
     let mut report = IntegrityReport {
@@ -483,7 +518,7 @@ pub fn check_with_digests(file: &GgufFile, digests: Vec<[u8; 32]>) -> IntegrityR
             }
         }
         if let Some(sealed) = manifest.file_size {
-            let now = file.len();
+            let now = file.file_len();
             if sealed != now {
                 changes.push(Change::FileSize { sealed, now });
             }

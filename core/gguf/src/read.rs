@@ -22,31 +22,51 @@ pub const MAX_ARRAY_DEPTH: u32 = 8;
 pub const MAX_DIMS: u32 = 4;
 
 /// A bounds-checked little-endian cursor that knows where it is.
+///
+/// `bytes` may be only the start of a file of `len` bytes: counts are checked
+/// against the whole file, reads against the bytes at hand (a read past them
+/// but within the file fails as [`GgufError::Truncated`] ending within `len`,
+/// which [`parse_header_prefix`]'s callers answer by reading more).
 pub(crate) struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    len: u64,
 }
 
 impl<'a> Cursor<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, pos: 0 }
+    fn prefix(bytes: &'a [u8], len: u64) -> Self {
+        Self {
+            bytes,
+            pos: 0,
+            len: len.max(bytes.len() as u64),
+        }
     }
 
     pub(crate) fn pos(&self) -> u64 {
         self.pos as u64
     }
 
+    /// Bytes left in the file.
     pub(crate) fn remaining(&self) -> u64 {
+        self.len - self.pos as u64
+    }
+
+    /// Bytes left in the buffer (what may be reserved against).
+    fn available(&self) -> u64 {
         (self.bytes.len() - self.pos) as u64
     }
 
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> GgufResult<&'a [u8]> {
-        if n > self.remaining() {
+        if n > self.available() {
             return Err(GgufError::Truncated {
                 what: what(),
                 offset: self.pos(),
                 needed: n,
-                available: self.remaining(),
+                available: if n > self.remaining() {
+                    self.remaining()
+                } else {
+                    self.available()
+                },
             });
         }
         let start = self.pos;
@@ -127,7 +147,22 @@ pub(crate) fn bounded_capacity(count: u64, elem_bytes: usize, remaining: u64) ->
 /// the whole file (tensor data ranges are checked against its length).
 /// Private tensor type ids are resolved through `types`.
 pub fn parse_header(bytes: &[u8], types: &dyn validate::TypeResolver) -> GgufResult<GgufHeader> {
-    let mut c = Cursor::new(bytes);
+    parse_header_prefix(bytes, bytes.len() as u64, types)
+}
+
+/// [`parse_header`] on the first bytes of a file of `file_len` bytes.
+///
+/// Counts and tensor data ranges are checked against `file_len`; memory is
+/// reserved only against the bytes given. When the header runs past them the
+/// error is [`GgufError::Truncated`] with `offset + needed <= file_len`
+/// (see [`needs_more`]): read at least that far and call again.
+pub fn parse_header_prefix(
+    bytes: &[u8],
+    file_len: u64,
+    types: &dyn validate::TypeResolver,
+) -> GgufResult<GgufHeader> {
+    let file_len = file_len.max(bytes.len() as u64);
+    let mut c = Cursor::prefix(bytes, file_len);
     let magic: [u8; 4] = c.array(&|| "magic".into())?;
     if magic != MAGIC {
         return Err(GgufError::BadMagic { found: magic });
@@ -169,12 +204,25 @@ pub fn parse_header(bytes: &[u8], types: &dyn validate::TypeResolver) -> GgufRes
         infos_end,
         data_offset,
     };
-    validate::tensor_layout(&header, bytes.len() as u64)?;
+    validate::tensor_layout(&header, file_len)?;
     Ok(header)
 }
 
+/// For an error from [`parse_header_prefix`] given `have` bytes of a file of
+/// `file_len` bytes: `Some(end)` when the header continues past the bytes
+/// given, and the parse needs at least the first `end` bytes of the file.
+pub fn needs_more(err: &GgufError, have: u64, file_len: u64) -> Option<u64> {
+    match err {
+        GgufError::Truncated { offset, needed, .. } => {
+            let end = offset.checked_add(*needed)?;
+            (end > have && end <= file_len).then_some(end)
+        }
+        _ => None,
+    }
+}
+
 fn read_metadata(c: &mut Cursor<'_>, n_kv: u64) -> GgufResult<Metadata> {
-    let cap = bounded_capacity(n_kv, Metadata::ENTRY_BYTES + 8, c.remaining());
+    let cap = bounded_capacity(n_kv, Metadata::ENTRY_BYTES + 8, c.available());
     let mut md = Metadata::with_capacity(cap, 0);
     for i in 0..n_kv {
         let key_offset = c.pos();
@@ -197,7 +245,7 @@ fn read_metadata(c: &mut Cursor<'_>, n_kv: u64) -> GgufResult<Metadata> {
     // keys); the offset is recovered by walking the keys again.
     md.finish_index();
     if let Some(dup) = md.first_duplicate() {
-        let mut w = Cursor::new(c.bytes);
+        let mut w = Cursor::prefix(c.bytes, c.len);
         w.pos = 24;
         for _ in 0..dup {
             let _ = w.str(MAX_KEY_LEN, &String::new)?;
@@ -297,7 +345,8 @@ fn read_array(c: &mut Cursor<'_>, what: &dyn Fn() -> String, depth: u32) -> Gguf
         ValueType::I64 => Array::I64(read_fixed(c, n, what, i64::from_le_bytes)?),
         ValueType::F64 => Array::F64(read_fixed(c, n, what, f64::from_le_bytes)?),
         ValueType::Bool => {
-            let mut v = Vec::with_capacity(n as usize); // 1 byte each, as encoded
+            // 1 byte each, as encoded (reserved against the bytes at hand).
+            let mut v = Vec::with_capacity(bounded_capacity(n, 1, c.available()));
             for i in 0..n {
                 v.push(read_scalar_bool(c, &|| elem(i))?);
             }
@@ -305,7 +354,7 @@ fn read_array(c: &mut Cursor<'_>, what: &dyn Fn() -> String, depth: u32) -> Gguf
         }
         ValueType::String => Array::String(read_str_array(c, n, &elem)?),
         ValueType::Array => {
-            let cap = bounded_capacity(n, std::mem::size_of::<Array>(), c.remaining());
+            let cap = bounded_capacity(n, std::mem::size_of::<Array>(), c.available());
             let mut v = Vec::with_capacity(cap);
             for i in 0..n {
                 v.push(read_array(c, &|| elem(i), depth + 1)?);
@@ -327,6 +376,7 @@ fn read_str_array(
     let mut probe = Cursor {
         bytes: c.bytes,
         pos: c.pos,
+        len: c.len,
     };
     let mut text = 0usize;
     for i in 0..n {
@@ -345,7 +395,7 @@ fn read_tensor_infos(
     n: u64,
     types: &dyn validate::TypeResolver,
 ) -> GgufResult<Vec<TensorInfo>> {
-    let cap = bounded_capacity(n, std::mem::size_of::<TensorInfo>() + 64, c.remaining());
+    let cap = bounded_capacity(n, std::mem::size_of::<TensorInfo>() + 64, c.available());
     let mut tensors = Vec::with_capacity(cap);
     let mut seen: HashSet<&str> = HashSet::with_capacity(cap);
     for i in 0..n {

@@ -9,6 +9,12 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
+/// Metadata keys listed in table output before the rest are summarized
+/// (unless `--full`). Models have tens of keys; a file with millions (a
+/// hostile or broken one) would otherwise print millions of lines: 4 M tiny
+/// pairs took 10 s in a debug build, most of it formatting.
+pub const METADATA_PREVIEW: usize = 1_000;
+
 fn shape(t: &TensorInfo) -> String {
     let dims: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
     format!("[{}]", dims.join(", "))
@@ -117,19 +123,31 @@ pub fn run(path: &Path, as_json: bool, full: bool) -> Result<ExitCode, crate::Cl
         bpw
     );
     outln!("\nmetadata ({} keys):", h.metadata.len());
+    let shown = if full {
+        h.metadata.len()
+    } else {
+        h.metadata.len().min(METADATA_PREVIEW)
+    };
     let kw = h
         .metadata
         .entries()
+        .take(shown)
         .map(|(k, _)| esc(k).chars().count())
         .max()
         .unwrap_or(0)
         .max(3);
-    for (k, v) in h.metadata.entries() {
+    for (k, v) in h.metadata.entries().take(shown) {
         outln!(
             "  {:<kw$} {:<7} {}",
             esc(k),
             v.value_type().name(),
             esc(&value_text(v, full))
+        );
+    }
+    if shown < h.metadata.len() {
+        outln!(
+            "  ... {} more keys not shown (use --full to list all)",
+            h.metadata.len() - shown
         );
     }
     outln!("\ntensor types:");

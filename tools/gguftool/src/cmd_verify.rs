@@ -2,16 +2,16 @@
 //! chat-template scan.
 
 use crate::escape::{escape_for_terminal as esc, sha256sum_line};
+use crate::progress;
 use gguftool_gguf::integrity::{self, IntegrityReport};
 use gguftool_gguf::template_scan;
-use gguftool_gguf::GgufFile;
+use gguftool_gguf::GgufHeader;
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 
 /// Warnings that do not make a file invalid.
-fn warnings(file: &GgufFile) -> Vec<String> {
-    let h = file.header();
+fn warnings(h: &GgufHeader) -> Vec<String> {
     let mut w = Vec::new();
     if !h.is_canonical_layout() {
         w.push("tensor data is not laid out in info order at aligned offsets; llama.cpp's loader will refuse this file".to_string());
@@ -47,9 +47,18 @@ pub fn run(
     sha256sum: bool,
     strict: bool,
 ) -> Result<ExitCode, crate::CliError> {
-    let file = crate::input::open(path)?;
-    let report = integrity::check(&file);
-    let mut warns = warnings(&file);
+    // Mapped whole when small enough and the address space allows, else
+    // header-only with tensor data mapped a window at a time.
+    let file = crate::input::open_with(path, |p| {
+        gguftool_gguf::open_source(p, &gguftool_quant::registry::TYPES)
+    })?;
+    let total: u64 = file.header().tensors.iter().map(|t| t.n_bytes).sum();
+    // Drawn only when stderr is a terminal; output is unchanged otherwise.
+    let bar = progress::tty_bytes_bar(total, "hashing");
+    let digests = integrity::tensor_digests_from(&*file, &|n| bar.inc(n));
+    bar.finish_and_clear();
+    let report = integrity::check_with_digests(&*file, digests?);
+    let mut warns = warnings(file.header());
     if let Some(v @ 1) = report.manifest_version {
         warns.push(format!(
             "older integrity manifest (version {v}): it cannot name changed keys or tensors and does not cover the header fields or trailing bytes; run `gguftool seal` to upgrade to version {}",

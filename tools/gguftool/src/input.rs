@@ -61,13 +61,21 @@ pub fn looks_like(b: &[u8]) -> Option<&'static str> {
 /// # Errors
 /// The container's errors, with a directory and a non-GGUF file explained.
 pub fn open(path: &Path) -> Result<GgufFile, Error> {
+    open_with(path, |p| gguftool_quant::registry::open(p))
+}
+
+/// [`open`] with another opener (e.g. the header-only one `verify` uses).
+pub fn open_with<T>(
+    path: &Path,
+    opener: impl FnOnce(&Path) -> Result<T, Error>,
+) -> Result<T, Error> {
     if path.is_dir() {
         return Err(Error::Other(format!(
             "{}: is a directory, not a GGUF file",
             escape_for_terminal(&path.display().to_string())
         )));
     }
-    match gguftool_quant::registry::open(path) {
+    match opener(path) {
         Err(Error::Gguf {
             source: GgufError::BadMagic { found },
             ..

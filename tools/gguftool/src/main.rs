@@ -43,7 +43,8 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
-        /// Print long arrays and strings in full.
+        /// Print long arrays and strings in full, and every metadata key
+        /// (table output lists the first 1000 otherwise).
         #[arg(long)]
         full: bool,
     },

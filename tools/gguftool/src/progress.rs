@@ -1,6 +1,7 @@
 //! Progress bars on stderr (hidden automatically when stderr is not a terminal).
 
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 
 /// A byte-counting progress bar with a message.
 pub fn bytes_bar(total: u64, msg: &str) -> ProgressBar {
@@ -26,4 +27,14 @@ pub fn count_bar(total: u64, msg: &str) -> ProgressBar {
     );
     pb.set_message(msg.to_string());
     pb
+}
+
+/// [`bytes_bar`] when stderr is a terminal, else a hidden bar (nothing is
+/// written, whatever the environment asks of indicatif).
+pub fn tty_bytes_bar(total: u64, msg: &str) -> ProgressBar {
+    if std::io::stderr().is_terminal() {
+        bytes_bar(total, msg)
+    } else {
+        ProgressBar::hidden()
+    }
 }
