@@ -71,7 +71,7 @@ impl Sampler {
     /// Picks a token from one row of logits (`n_vocab` values).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;
-        if !(p.temp > 0.0) {
+        if p.temp.is_nan() || p.temp <= 0.0 {
             return argmax(logits);
         }
         let cand = &mut self.cand;
