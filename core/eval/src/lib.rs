@@ -6,12 +6,16 @@
 //! (ours or llama.cpp's), with llama.cpp's statistics and output lines.
 #![warn(missing_docs)]
 
+pub mod generate;
 pub mod kld;
 mod nll;
 pub mod ppl;
+pub mod sample;
 
+pub use generate::{generate, GenStats, Stop};
 pub use kld::{kl_divergence, KldChunk, KldResult};
 pub use ppl::{perplexity, tokenize_for_perplexity, PplParams, PplResult};
+pub use sample::{argmax, Sampler, SamplerParams};
 
 use gguftool_model::Model;
 

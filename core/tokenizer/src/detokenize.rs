@@ -75,3 +75,91 @@ fn decode_byte_level(text: &str) -> Vec<u8> {
     }
     out
 }
+
+/// Incremental text from token pieces: bytes are held back until they form
+/// valid UTF-8, so a character split across tokens is emitted whole. Bytes
+/// that can never be valid become U+FFFD.
+#[derive(Debug, Default, Clone)]
+pub struct Utf8Stream {
+    buf: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// An empty stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `bytes` and returns the text that is complete so far.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.buf.extend_from_slice(bytes);
+        let mut out = String::new();
+        let mut start = 0;
+        loop {
+            match std::str::from_utf8(&self.buf[start..]) {
+                Ok(s) => {
+                    out.push_str(s);
+                    start = self.buf.len();
+                    break;
+                }
+                Err(e) => {
+                    let ok = start + e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.buf[start..ok]).expect("checked"));
+                    match e.error_len() {
+                        Some(n) => {
+                            out.push('\u{fffd}');
+                            start = ok + n;
+                        }
+                        None => {
+                            start = ok;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.buf.drain(..start);
+        out
+    }
+
+    /// The held-back bytes of an unfinished character, lossily.
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.buf).into_owned();
+        self.buf.clear();
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Utf8Stream;
+
+    #[test]
+    fn split_characters_are_held_back() {
+        let text = "a€b😀c";
+        let bytes = text.as_bytes();
+        for cut in 0..=bytes.len() {
+            let mut s = Utf8Stream::new();
+            let mut out = s.push(&bytes[..cut]);
+            out += &s.push(&bytes[cut..]);
+            out += &s.finish();
+            assert_eq!(out, text);
+        }
+        let mut s = Utf8Stream::new();
+        let mut out = String::new();
+        for b in bytes {
+            let piece = s.push(&[*b]);
+            assert!(piece.chars().all(|c| c != '\u{fffd}'));
+            out += &piece;
+        }
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement() {
+        let mut s = Utf8Stream::new();
+        assert_eq!(s.push(b"x\xffy"), "x\u{fffd}y");
+        assert_eq!(s.push(b"\xe2\x82"), "");
+        assert_eq!(s.finish(), "\u{fffd}");
+    }
+}

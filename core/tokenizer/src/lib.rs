@@ -35,6 +35,7 @@ mod unicode;
 pub mod vocab;
 pub mod vocab_data;
 
+pub use detokenize::Utf8Stream;
 pub use error::{Error, Result};
 pub use pre_tokenize::PreTokenizer;
 pub use special::Fragment;

@@ -88,6 +88,9 @@ pub struct Vocab {
     /// Tokens split out of raw text, longest text first.
     pub(crate) special_cache: Vec<TokenId>,
     pub(crate) specials: Specials,
+    /// End-of-generation tokens (EOS, EOT, EOM, FIM pad/rep/sep and the
+    /// known end texts), as llama.cpp's `special_eog_ids`.
+    pub(crate) eog: BTreeSet<TokenId>,
     pub(crate) add_bos: bool,
     pub(crate) add_eos: bool,
     pub(crate) add_space_prefix: bool,
@@ -374,15 +377,17 @@ impl Vocab {
         let has_return = find_eog(&["<|return|>"]).is_some();
         let has_call = find_eog(&["<|call|>", "<|calls|>"]).is_some();
         let has_flush = find_eog(&["<|flush|>"]).is_some();
-        if let Some(end) = find_eog(&["<|end|>"]) {
-            if has_call && (has_return || has_flush) {
-                attrs[end as usize] = attr::USER_DEFINED;
-            }
+        let end = find_eog(&["<|end|>"]).filter(|_| has_call && (has_return || has_flush));
+        let plain_s =
+            find_eog(&["<|tool_response>", "<|plamo:eos|>"]).and_then(|_| find_eog(&["</s>"]));
+        // Neither is an end of generation any more (llama.cpp erases both).
+        if let Some(end) = end {
+            attrs[end as usize] = attr::USER_DEFINED;
+            eog.remove(&end);
         }
-        if find_eog(&["<|tool_response>", "<|plamo:eos|>"]).is_some() {
-            if let Some(s) = find_eog(&["</s>"]) {
-                attrs[s as usize] = attr::NORMAL;
-            }
+        if let Some(s) = plain_s {
+            attrs[s as usize] = attr::NORMAL;
+            eog.remove(&s);
         }
 
         let mut special_cache: Vec<TokenId> = (0..n as TokenId)
@@ -429,6 +434,7 @@ impl Vocab {
             ranks,
             special_cache,
             specials,
+            eog,
             add_bos,
             add_eos,
             add_space_prefix,
@@ -473,6 +479,16 @@ impl Vocab {
     /// Special token ids.
     pub fn specials(&self) -> &Specials {
         &self.specials
+    }
+
+    /// Whether `id` ends generation (llama.cpp's `llama_vocab_is_eog`).
+    pub fn is_eog(&self, id: TokenId) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// The end-of-generation tokens, ascending.
+    pub fn eog_ids(&self) -> impl Iterator<Item = TokenId> + '_ {
+        self.eog.iter().copied()
     }
 
     /// Whether tokenizing with `add_special` prepends BOS.

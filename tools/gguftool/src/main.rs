@@ -3,10 +3,12 @@
 
 mod args;
 mod cmd_bench;
+mod cmd_bench_model;
 mod cmd_calibrate;
 mod cmd_convert;
 mod cmd_dequantize;
 mod cmd_formats;
+mod cmd_generate;
 mod cmd_inspect;
 mod cmd_perplexity;
 mod cmd_qat;
@@ -106,11 +108,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure kernel throughput per format and SIMD level (one thread).
+    /// Measure kernel throughput per format and SIMD level (one thread), or
+    /// with --model a model's prompt and generation speed as llama-bench does.
     Bench {
         /// Formats to measure (default: every block format).
-        #[arg(long = "format", value_name = "NAME")]
+        #[arg(long = "format", value_name = "NAME", conflicts_with = "model")]
         formats: Vec<String>,
+        /// Measure this GGUF model's pp/tg tokens per second instead of kernels.
+        #[arg(short = 'm', long)]
+        model: Option<PathBuf>,
+        /// Prompt tokens of the pp test (0: skip), with --model.
+        #[arg(
+            short = 'p',
+            long = "n-prompt",
+            default_value_t = 512,
+            requires = "model"
+        )]
+        n_prompt: usize,
+        /// Generated tokens of the tg test (0: skip), with --model.
+        #[arg(short = 'n', long = "n-gen", default_value_t = 128, requires = "model")]
+        n_gen: usize,
+        /// Threads, with --model (default: available cores).
+        #[arg(short = 't', long = "threads", requires = "model")]
+        threads: Option<usize>,
+        /// Repetitions per test, with --model.
+        #[arg(
+            short = 'r',
+            long = "repetitions",
+            default_value_t = 3,
+            requires = "model"
+        )]
+        reps: usize,
         /// Milliseconds per measurement.
         #[arg(long, default_value_t = 300)]
         millis: u64,
@@ -126,6 +154,8 @@ enum Command {
     Imatrix(Box<cmd_calibrate::ImatrixArgs>),
     /// Input Hessians (X^T X per linear input) for GPTQ (`convert --calibration`), optionally with the imatrix.
     Calibrate(Box<cmd_calibrate::CalibrateArgs>),
+    /// Generate text from a prompt (llama-cli's sampling flags and timing lines).
+    Generate(Box<cmd_generate::GenerateArgs>),
     /// List registered formats.
     Formats {
         /// Machine-readable output.
@@ -205,11 +235,29 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError> {
             json,
         } => cmd_quality::run(&original, &quantized, json),
         Command::Bench {
+            model: Some(model),
+            n_prompt,
+            n_gen,
+            threads,
+            reps,
+            json,
+            ..
+        } => cmd_bench_model::run(cmd_bench_model::ModelBench {
+            model: &model,
+            n_prompt,
+            n_gen,
+            threads,
+            reps,
+            json,
+        }),
+        Command::Bench {
             formats,
             millis,
             json,
+            ..
         } => cmd_bench::run(&formats, millis, json),
         Command::Formats { json } => cmd_formats::run(json),
+        Command::Generate(args) => cmd_generate::run(*args),
         Command::Tokenize(args) => cmd_tokenize::run(*args).map_err(CliError::from),
         Command::Perplexity(args) => cmd_perplexity::run(*args).map_err(CliError::from),
         Command::Imatrix(args) => cmd_calibrate::run_imatrix(*args),

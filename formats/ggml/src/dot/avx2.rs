@@ -139,6 +139,12 @@ unsafe fn blocks32<const MIN: bool>(
         while i < n {
             let m = (n - i).min(8);
             let blocks = &src[i * type_size..(i + m) * type_size];
+            // The next rows' bytes stream in while this group computes
+            // (decode reads every weight once, straight from DRAM).
+            let ahead = blocks.as_ptr().wrapping_add(1024);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(128) as *const i8);
             let mut dx = [0f32; 8];
             dx[..m].copy_from_slice(&scales[i..i + m]);
             let dx = _mm256_loadu_ps(dx.as_ptr());
@@ -286,6 +292,15 @@ unsafe fn blocks256(
         .zip(x.d())
         .zip(x.bsums().chunks_exact(16))
     {
+        // Stream the bytes of a few blocks ahead (decode reads each weight
+        // once, from DRAM); past the end it is a harmless hint.
+        let ahead = b.as_ptr().wrapping_add(1024);
+        let mut o = 0;
+        while o < type_size {
+            // SAFETY: SSE is baseline on x86_64; a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(o) as *const i8) };
+            o += 64;
+        }
         let (dw, isum, dmin, imin) = f(b, q, bs);
         acc += (dw * dx) * isum as f32;
         if imin != 0 {
