@@ -245,6 +245,12 @@ fn execute_inner(
         OutputWriter<std::io::BufWriter<std::fs::File>>,
     ) -> Result<std::io::BufWriter<std::fs::File>>,
 ) -> Result<()> {
+    if same_file(src.path(), out) {
+        return Err(Error::Other(format!(
+            "{}: the output is the input file; write to another path (the input would be replaced)",
+            out.display()
+        )));
+    }
     let output = AtomicOutput::create(out, force)?;
     let specs = plan.tensors.iter().map(|t| t.spec.clone()).collect();
     let metadata = plan.output_metadata(opts);
@@ -380,6 +386,24 @@ fn gptq_tensor(
         out.extend_from_slice(&bytes);
     }
     Ok(out)
+}
+
+/// True when `a` and `b` name the same existing file (same device and
+/// inode on Unix, same canonical path elsewhere).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        ma.dev() == mb.dev() && ma.ino() == mb.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    }
 }
 
 /// Source format and its file's row-transform seed, then the same for the target.

@@ -420,7 +420,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
     };
     if let (Some(what), false) = (&low_bits, has_imatrix || a.calibration.is_some()) {
         eprintln!(
-            "warning: converting to {what} without --imatrix or --calibration: at 2 bits per weight and below, \
+            "warning: converting to {what} without --imatrix or --calibration: below 3 bits per weight, \
              expect a much higher perplexity than with an importance matrix (`gguftool imatrix` or llama-imatrix makes one) \
              or a calibration file (`gguftool calibrate`)"
         );

@@ -430,3 +430,30 @@ fn formats_lists_recipes_and_aligns_columns() {
         .iter()
         .any(|e| e["kind"] == "recipe" && e["name"] == "mixed"));
 }
+
+#[test]
+fn convert_refuses_to_replace_its_own_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.gguf");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama-f32.gguf"),
+        &src,
+    )
+    .unwrap();
+    let before = std::fs::read(&src).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args([
+            "convert",
+            src.to_str().unwrap(),
+            "-o",
+            src.to_str().unwrap(),
+            "--format",
+            "piq3",
+            "--force",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the output is the input file"));
+    assert_eq!(std::fs::read(&src).unwrap(), before);
+}
