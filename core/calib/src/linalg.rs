@@ -3,7 +3,10 @@
 //! factor of the inverse that GPTQ feeds errors through.
 //!
 //! Matrices are `n x n`, row-major `Vec<f64>`. `O(n^3)` each; n is a
-//! layer's input width (<= a few thousand here).
+//! layer's input width (<= a few thousand here). Rows are updated in
+//! parallel with rayon.
+
+use rayon::prelude::*;
 
 /// Cholesky factorization `A = L L^T` in place (lower triangle holds `L`,
 /// the strict upper triangle is zeroed).
@@ -23,50 +26,55 @@ pub fn cholesky_in_place(a: &mut [f64], n: usize) -> Result<(), usize> {
         a[j * n + j + 1..(j + 1) * n]
             .iter_mut()
             .for_each(|v| *v = 0.0);
-        for i in j + 1..n {
-            let s = a[i * n + j] - dot(&a[i * n..i * n + j], &a[j * n..j * n + j]);
-            a[i * n + j] = s / ljj;
-        }
+        let (head, tail) = a.split_at_mut((j + 1) * n);
+        let row_j = &head[j * n..j * n + j];
+        tail.par_chunks_mut(n).for_each(|row_i| {
+            let s = row_i[j] - dot(&row_i[..j], row_j);
+            row_i[j] = s / ljj;
+        });
     }
     Ok(())
 }
 
+/// Dot product in four independent lanes (vectorizes; f64 sums do not
+/// reassociate on their own).
 fn dot(x: &[f64], y: &[f64]) -> f64 {
-    x.iter().zip(y).map(|(a, b)| a * b).sum()
+    let mut acc = [0f64; 4];
+    let (cx, cy) = (x.chunks_exact(4), y.chunks_exact(4));
+    let (rx, ry) = (cx.remainder(), cy.remainder());
+    for (a, b) in cx.zip(cy) {
+        for k in 0..4 {
+            acc[k] += a[k] * b[k];
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (a, b) in rx.iter().zip(ry) {
+        s += a * b;
+    }
+    s
 }
 
 /// `A^{-1}` from its Cholesky factor `L` (lower, as left by
-/// [`cholesky_in_place`]): solves `L L^T X = I` column by column.
+/// [`cholesky_in_place`]): the columns of `L^{-1}` by forward substitution
+/// (stored as rows, so every step is a contiguous dot product), then
+/// `A^{-1} = L^{-T} L^{-1}`, entry `(i, j)` the dot of two of those rows.
 pub fn inverse_from_cholesky(l: &[f64], n: usize) -> Vec<f64> {
+    // Row c of `lt` is column c of L^{-1} (zero before index c).
+    let mut lt = vec![0f64; n * n];
+    lt.par_chunks_mut(n).enumerate().for_each(|(c, y)| {
+        y[c] = 1.0 / l[c * n + c];
+        for i in c + 1..n {
+            let s = dot(&l[i * n + c..i * n + i], &y[c..i]);
+            y[i] = -s / l[i * n + i];
+        }
+    });
     let mut inv = vec![0f64; n * n];
-    let mut y = vec![0f64; n];
-    for c in 0..n {
-        // Forward: L y = e_c (y is zero above c).
-        y.iter_mut().for_each(|v| *v = 0.0);
-        for i in c..n {
-            let mut s = if i == c { 1.0 } else { 0.0 };
-            for k in c..i {
-                s -= l[i * n + k] * y[k];
-            }
-            y[i] = s / l[i * n + i];
+    inv.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+        for (j, v) in row.iter_mut().enumerate() {
+            let k0 = i.max(j);
+            *v = dot(&lt[i * n + k0..(i + 1) * n], &lt[j * n + k0..(j + 1) * n]);
         }
-        // Backward: L^T x = y.
-        for i in (0..n).rev() {
-            let mut s = y[i];
-            for k in i + 1..n {
-                s -= l[k * n + i] * inv[k * n + c];
-            }
-            inv[i * n + c] = s / l[i * n + i];
-        }
-    }
-    // Symmetrize away rounding noise.
-    for i in 0..n {
-        for j in 0..i {
-            let m = 0.5 * (inv[i * n + j] + inv[j * n + i]);
-            inv[i * n + j] = m;
-            inv[j * n + i] = m;
-        }
-    }
+    });
     inv
 }
 
