@@ -245,12 +245,6 @@ fn execute_inner(
         OutputWriter<std::io::BufWriter<std::fs::File>>,
     ) -> Result<std::io::BufWriter<std::fs::File>>,
 ) -> Result<()> {
-    if same_file(src.path(), out) {
-        return Err(Error::Other(format!(
-            "{}: the output is the input file; write to another path (the input would be replaced)",
-            out.display()
-        )));
-    }
     let output = AtomicOutput::create(out, force)?;
     let specs = plan.tensors.iter().map(|t| t.spec.clone()).collect();
     let metadata = plan.output_metadata(opts);
@@ -389,8 +383,10 @@ fn gptq_tensor(
 }
 
 /// True when `a` and `b` name the same existing file (same device and
-/// inode on Unix, same canonical path elsewhere).
-fn same_file(a: &Path, b: &Path) -> bool {
+/// inode on Unix, same canonical path elsewhere). Writing over the input is
+/// crash-safe (temp file renamed over it; the input stays mapped), so only
+/// commands that transform the input lossily refuse it.
+pub fn same_file(a: &Path, b: &Path) -> bool {
     let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
         return false;
     };

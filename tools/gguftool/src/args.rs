@@ -41,5 +41,7 @@ pub fn parse_tensor_type(arg: &str) -> Result<(Regex, &'static dyn Format)> {
     }
     let re = Regex::new(re)
         .map_err(|e| Error::Other(format!("--tensor-type {arg:?}: {}", regex_error_line(&e))))?;
-    Ok((re, format_by_name(fmt)?))
+    let format =
+        format_by_name(fmt).map_err(|e| Error::Other(format!("--tensor-type {arg:?}: {e}")))?;
+    Ok((re, format))
 }

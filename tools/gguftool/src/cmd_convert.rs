@@ -329,6 +329,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
     let start = std::time::Instant::now();
     // Arguments first: every usage error before any file is read.
     let target = target(&a.format)?;
+    crate::input::refuse_same_file(&a.input, &a.output)?;
     let recipe = match target {
         Target::Recipe(r) => Some(r),
         Target::Format(_) => None,

@@ -50,6 +50,7 @@ pub fn run(
     force: bool,
     seal: bool,
 ) -> Result<ExitCode, crate::CliError> {
+    crate::input::refuse_same_file(input, output)?;
     let src = crate::input::open(input)?;
     let h = src.header();
     let lookup = |id| {

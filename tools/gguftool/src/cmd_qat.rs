@@ -130,6 +130,7 @@ fn load_config(a: &QatArgs, given: &Given) -> Result<QatConfig, CliError> {
 
 pub fn run(a: QatArgs, given: Given) -> Result<ExitCode, CliError> {
     let cfg = load_config(&a, &given)?;
+    crate::input::refuse_same_file(&a.input, &a.output)?;
     let format = crate::cmd_convert::encoding_format("--format", &cfg.format)?;
     if format.differentiable().is_none() {
         return Err(usage(format!(

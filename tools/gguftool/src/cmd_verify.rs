@@ -91,7 +91,7 @@ pub fn run(
             eprintln!("warning: {w}");
         }
         for f in &fails {
-            eprintln!("error: {f}");
+            eprintln!("error: {}: {f}", esc(&path.display().to_string()));
         }
         let n = file.header().tensors.len();
         if ok {

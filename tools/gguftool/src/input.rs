@@ -97,7 +97,8 @@ pub fn open_with<T>(
 /// be parsed, for `inspect` to show before the error.
 pub fn raw_header(path: &Path) -> Option<Vec<(&'static str, String)>> {
     let b = head(path, 24);
-    if b.len() < 4 {
+    // Only a GGUF magic makes the following fields mean anything.
+    if b.len() < 4 || &b[..4] != b"GGUF" {
         return None;
     }
     let mut rows = vec![("magic", format!("\"{}\"", bytes_text(&b[..4])))];
@@ -142,4 +143,16 @@ mod tests {
         assert!(looks_like(b"hello world").is_none());
         assert_eq!(bytes_text(b"PK\x03\x04"), "PK\\x03\\x04");
     }
+}
+
+/// Refuses an output that is the input file, for commands that transform
+/// the input (the source model would be replaced by its conversion).
+pub fn refuse_same_file(input: &Path, output: &Path) -> Result<(), Error> {
+    if gguftool_convert::same_file(input, output) {
+        return Err(Error::Other(format!(
+            "{}: the output is the input file; write to another path (the input would be replaced)",
+            escape_for_terminal(&output.display().to_string())
+        )));
+    }
+    Ok(())
 }
