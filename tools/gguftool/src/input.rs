@@ -129,6 +129,18 @@ pub fn raw_header(path: &Path) -> Option<Vec<(&'static str, String)>> {
     Some(rows)
 }
 
+/// Refuses an output that is the input file, for commands that transform
+/// the input (the source model would be replaced by its conversion).
+pub fn refuse_same_file(input: &Path, output: &Path) -> Result<(), Error> {
+    if gguftool_convert::same_file(input, output) {
+        return Err(Error::Other(format!(
+            "{}: the output is the input file; write to another path (the input would be replaced)",
+            escape_for_terminal(&output.display().to_string())
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,16 +155,4 @@ mod tests {
         assert!(looks_like(b"hello world").is_none());
         assert_eq!(bytes_text(b"PK\x03\x04"), "PK\\x03\\x04");
     }
-}
-
-/// Refuses an output that is the input file, for commands that transform
-/// the input (the source model would be replaced by its conversion).
-pub fn refuse_same_file(input: &Path, output: &Path) -> Result<(), Error> {
-    if gguftool_convert::same_file(input, output) {
-        return Err(Error::Other(format!(
-            "{}: the output is the input file; write to another path (the input would be replaced)",
-            escape_for_terminal(&output.display().to_string())
-        )));
-    }
-    Ok(())
 }
