@@ -2,6 +2,7 @@
 //! (lowest rank first, leftmost on ties) through a priority queue.
 
 use crate::error::Result;
+use crate::symbols::{merge, symbols, Symbol};
 use crate::vocab::{TokenId, Vocab};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -44,14 +45,6 @@ fn tables() -> &'static Tables {
 /// A queued merge: (rank, left, right, left length, right length).
 type Candidate = (u32, usize, usize, usize, usize);
 
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
-
 /// Tokenizes one pre-tokenized piece (raw text) and appends the ids.
 pub(crate) fn tokenize_piece(
     vocab: &Vocab,
@@ -66,19 +59,8 @@ pub(crate) fn tokenize_piece(
             return Ok(());
         }
     }
-    let mut syms: Vec<Symbol> = Vec::with_capacity(word.len());
-    for (i, (start, c)) in word.char_indices().enumerate() {
-        syms.push(Symbol {
-            start,
-            len: c.len_utf8(),
-            prev: i.checked_sub(1),
-            next: None,
-        });
-    }
+    let mut syms = symbols(&word);
     let count = syms.len();
-    for (i, s) in syms.iter_mut().enumerate() {
-        s.next = (i + 1 < count).then_some(i + 1);
-    }
     let text = |s: &Symbol| &word[s.start..s.start + s.len];
 
     // (rank, left) ordered smallest first; the lengths detect stale entries.
@@ -95,12 +77,7 @@ pub(crate) fn tokenize_piece(
         if syms[l].len == 0 || syms[r].len == 0 || syms[l].len != llen || syms[r].len != rlen {
             continue;
         }
-        syms[l].len += syms[r].len;
-        syms[r].len = 0;
-        syms[l].next = syms[r].next;
-        if let Some(nx) = syms[r].next {
-            syms[nx].prev = Some(l);
-        }
+        merge(&mut syms, l, r);
         if let Some(p) = syms[l].prev {
             push(&mut queue, &syms, p, l);
         }

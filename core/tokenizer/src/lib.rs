@@ -31,6 +31,7 @@ pub mod gguf_vocab;
 pub mod pre_tokenize;
 pub mod special;
 pub mod spm;
+mod symbols;
 mod unicode;
 pub mod vocab;
 pub mod vocab_data;

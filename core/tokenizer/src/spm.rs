@@ -4,17 +4,10 @@
 //! not tokens as `<0xXX>` byte tokens.
 
 use crate::error::Result;
+use crate::symbols::{merge, symbols, Symbol};
 use crate::vocab::{TokenId, Vocab};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
 
 /// A candidate merge: higher score first, then smaller left index.
 struct Bigram {
@@ -47,19 +40,8 @@ impl Ord for Bigram {
 
 /// Tokenizes `text` (spaces already escaped as U+2581) and appends the ids.
 pub(crate) fn tokenize(vocab: &Vocab, text: &str, out: &mut Vec<TokenId>) -> Result<()> {
-    let mut syms: Vec<Symbol> = Vec::with_capacity(text.len());
-    for (i, (start, c)) in text.char_indices().enumerate() {
-        syms.push(Symbol {
-            start,
-            len: c.len_utf8(),
-            prev: i.checked_sub(1),
-            next: None,
-        });
-    }
+    let mut syms = symbols(text);
     let count = syms.len();
-    for (i, s) in syms.iter_mut().enumerate() {
-        s.next = (i + 1 < count).then_some(i + 1);
-    }
 
     let mut queue = BinaryHeap::new();
     let push = |queue: &mut BinaryHeap<Bigram>, syms: &[Symbol], l: usize, r: usize| {
@@ -82,12 +64,7 @@ pub(crate) fn tokenize(vocab: &Vocab, text: &str, out: &mut Vec<TokenId>) -> Res
         if syms[l].len == 0 || syms[r].len == 0 || syms[l].len + syms[r].len != b.size {
             continue;
         }
-        syms[l].len += syms[r].len;
-        syms[r].len = 0;
-        syms[l].next = syms[r].next;
-        if let Some(nx) = syms[r].next {
-            syms[nx].prev = Some(l);
-        }
+        merge(&mut syms, l, r);
         if let Some(p) = syms[l].prev {
             push(&mut queue, &syms, p, l);
         }
