@@ -1,21 +1,25 @@
-//! GPTQ for any format: rounds a weight matrix block by block with the
-//! format's own quantizer, feeding each block's rounding error forward to
-//! the columns not yet rounded through the upper Cholesky factor of the
-//! damped inverse Hessian.
+//! GPTQ for any format: rounds a weight matrix with the format's own
+//! quantizer, feeding the rounding error forward to the columns not yet
+//! rounded through the upper Cholesky factor of the damped inverse Hessian.
 //!
 //! Algorithm: Frantar et al., "GPTQ: Accurate Post-Training Quantization for
-//! Generative Pre-trained Transformers" (2022), with the column block set to
-//! the format's block (its scale is chosen jointly over the block, so the
-//! block is rounded at once and its error `E` updates the remaining columns
-//! by `E U_SS^{-1} U_S,rest`, the optimal-brain-surgeon update for a set of
-//! leading columns). Dead inputs (`H_ii = 0`) get a unit diagonal and zero
-//! weight, and the damping `lambda * mean(diag H)` is raised tenfold until
-//! the factorization succeeds, as the reference implementation does.
-//! Formats with a row transform (Q2+QuIP) are rounded in the rotated basis
-//! with `H' = R H R^T`, which makes QuIP's LDLQ a special case.
+//! Generative Pre-trained Transformers" (2022). Formats with a
+//! [`BlockGrid`] are rounded as the paper does with groups: each block's
+//! parameters are fitted when the block is reached, then its columns are
+//! rounded one at a time, each error updating the block's later columns
+//! and, after the block, all later columns (the lazy batch update). Formats
+//! without one round a whole block at once with their encoder, and its
+//! error `E` updates the remaining columns by `E U_SS^{-1} U_S,rest`, the
+//! optimal-brain-surgeon update for a set of leading columns. Blocks may be
+//! taken in order of decreasing input energy ("act-order"). Dead inputs
+//! (`H_ii = 0`) get a unit diagonal and zero weight, and the damping
+//! `lambda * mean(diag H)` is raised tenfold until the factorization
+//! succeeds, as the reference implementation does. Formats with a row
+//! transform (Q2+QuIP) are rounded in the rotated basis with
+//! `H' = R H R^T`, which makes QuIP's LDLQ a special case.
 
 use crate::linalg::{cholesky_in_place, inverse_from_cholesky, upper_cholesky};
-use gguftool_quant::format::Format;
+use gguftool_quant::format::{BlockGrid, Format, Quantizer};
 use gguftool_quant::rows::RowCodec;
 use rayon::prelude::*;
 
@@ -160,6 +164,14 @@ pub struct GptqOptions {
     pub damp: f64,
     /// Times the damping may be raised tenfold when factorization fails.
     pub max_retries: u32,
+    /// Round whole blocks in order of decreasing `sum diag(H)` over the
+    /// block (GPTQ's "act-order", at the granularity a block format allows).
+    /// Ignored for formats with a row transform: a rotation spreads the
+    /// energy evenly, so the order carries no information there.
+    pub act_order: bool,
+    /// Round column by column inside a block through the format's
+    /// [`BlockGrid`] when it has one (false: whole blocks by its encoder).
+    pub per_column: bool,
 }
 
 impl Default for GptqOptions {
@@ -167,6 +179,8 @@ impl Default for GptqOptions {
         Self {
             damp: 0.01,
             max_retries: 6,
+            act_order: true,
+            per_column: true,
         }
     }
 }
@@ -203,12 +217,10 @@ pub fn gptq(
             w.len()
         )));
     }
-    let rows = w.len() / n;
     let codec = RowCodec::new(format, n, seed).map_err(|e| GptqError::Format(e.to_string()))?;
     let quantizer = format
         .quantizer()
         .ok_or_else(|| GptqError::Format(format!("{} cannot quantize", format.name())))?;
-    let (bs, ts) = (format.block_size(), format.type_size());
 
     // Work in the basis the blocks are encoded in.
     let mut w = w.to_vec();
@@ -226,6 +238,15 @@ pub fn gptq(
             dead_columns += 1;
             w.chunks_exact_mut(n).for_each(|r| r[i] = 0.0);
         }
+    }
+
+    // Act-order: blocks with the most input energy first, so the most
+    // compensation goes to where the error costs most.
+    let (bs, ts) = (format.block_size(), format.type_size());
+    let order = block_order(&hm, n, bs, opts.act_order && codec.transform().is_none());
+    let permuted = order.iter().enumerate().any(|(p, &b)| p != b);
+    if permuted {
+        permute_blocks(&mut w, &mut hm, n, bs, &order);
     }
 
     let mean_diag = (0..n).map(|i| hm[i * n + i]).sum::<f64>() / n as f64;
@@ -252,6 +273,44 @@ pub fn gptq(
 
     let blocks_per_row = n / bs;
     let row_bytes = blocks_per_row * ts;
+    let report = GptqReport {
+        damp,
+        retries,
+        dead_columns,
+    };
+    let mut out = match format.block_grid().filter(|_| opts.per_column) {
+        Some(grid) => round_columns(grid, &mut w, &u, n, bs, ts),
+        None => round_blocks(format, quantizer, &mut w, &u, n, bs, ts)?,
+    };
+    if permuted {
+        let mut placed = vec![0u8; out.len()];
+        for (src_row, dst_row) in out
+            .chunks_exact(row_bytes)
+            .zip(placed.chunks_exact_mut(row_bytes))
+        {
+            for (p, &b) in order.iter().enumerate() {
+                dst_row[b * ts..(b + 1) * ts].copy_from_slice(&src_row[p * ts..(p + 1) * ts]);
+            }
+        }
+        out = placed;
+    }
+    Ok((out, report))
+}
+
+/// Rounds block by block with the format's encoder (no feedback inside a
+/// block): the block's error updates the later columns at once.
+fn round_blocks(
+    format: &dyn Format,
+    quantizer: &dyn Quantizer,
+    w: &mut [f32],
+    u: &[f64],
+    n: usize,
+    bs: usize,
+    ts: usize,
+) -> Result<Vec<u8>, GptqError> {
+    let rows = w.len() / n;
+    let blocks_per_row = n / bs;
+    let row_bytes = blocks_per_row * ts;
     let mut out = vec![0u8; rows * row_bytes];
     let mut seg = vec![0f32; rows * bs];
     let mut imp = vec![0f32; rows * bs];
@@ -265,7 +324,7 @@ pub fn gptq(
         // After feeding the block's error e forward, it still costs
         // e^T (U_SS^T U_SS)^{-1} e; the encoder sees the diagonal of that
         // matrix, the squared row norms of U_SS^{-1}.
-        let w_block = block_weights(&u, n, b, bs);
+        let w_block = block_weights(u, n, b, bs);
         for im in imp.chunks_exact_mut(bs) {
             im.copy_from_slice(&w_block);
         }
@@ -282,7 +341,6 @@ pub fn gptq(
             break;
         }
         // W[:, rest..] -= (W_S - Q_S) U_SS^{-1} U_S,rest, row by row.
-        let u = &u;
         w.par_chunks_mut(n)
             .zip(seg.par_chunks(bs))
             .zip(dec.par_chunks(bs))
@@ -308,14 +366,99 @@ pub fn gptq(
                 }
             });
     }
-    Ok((
-        out,
-        GptqReport {
-            damp,
-            retries,
-            dead_columns,
-        },
-    ))
+    Ok(out)
+}
+
+/// GPTQ proper for formats with a [`BlockGrid`]: each row's block
+/// parameters are fitted when the block is reached (on the weights updated
+/// so far), then its columns are rounded one at a time, each error feeding
+/// the block's later columns at once and the later blocks after the block.
+fn round_columns(
+    grid: &dyn BlockGrid,
+    w: &mut [f32],
+    u: &[f64],
+    n: usize,
+    bs: usize,
+    ts: usize,
+) -> Vec<u8> {
+    let blocks_per_row = n / bs;
+    let row_bytes = blocks_per_row * ts;
+    let rows = w.len() / n;
+    let mut out = vec![0u8; rows * row_bytes];
+    let weights: Vec<Vec<f32>> = (0..blocks_per_row)
+        .map(|blk| block_weights(u, n, blk * bs, bs))
+        .collect();
+    let np = grid.params_per_block();
+    w.par_chunks_mut(n)
+        .zip(out.par_chunks_mut(row_bytes))
+        .for_each(|(wr, dst)| {
+            let mut params = vec![0f32; np];
+            let mut codes = vec![0u8; bs];
+            let mut e = vec![0f64; bs];
+            for (blk, dst) in dst.chunks_exact_mut(ts).enumerate() {
+                let b = blk * bs;
+                grid.fit(&wr[b..b + bs], &weights[blk], &mut params);
+                for j in 0..bs {
+                    let v = wr[b + j];
+                    let (c, q) = grid.round(&params, j, v);
+                    codes[j] = c;
+                    let urow = &u[(b + j) * n..(b + j + 1) * n];
+                    let ej = (v - q) as f64 / urow[b + j];
+                    e[j] = ej;
+                    if ej != 0.0 {
+                        wr[b + j + 1..b + bs]
+                            .iter_mut()
+                            .zip(&urow[b + j + 1..b + bs])
+                            .for_each(|(x, &uk)| *x -= (ej * uk) as f32);
+                    }
+                }
+                grid.pack(&params, &codes, dst);
+                let rest = b + bs;
+                for (k, &ek) in e.iter().enumerate() {
+                    if ek == 0.0 || rest == n {
+                        continue;
+                    }
+                    let urow = &u[(b + k) * n + rest..(b + k + 1) * n];
+                    wr[rest..]
+                        .iter_mut()
+                        .zip(urow)
+                        .for_each(|(x, &uk)| *x -= (ek * uk) as f32);
+                }
+            }
+        });
+    out
+}
+
+/// Block processing order: identity, or (act-order) blocks sorted by
+/// decreasing `sum diag(H)` over their columns (stable for ties).
+fn block_order(h: &[f64], n: usize, bs: usize, act_order: bool) -> Vec<usize> {
+    let nb = n / bs;
+    let mut order: Vec<usize> = (0..nb).collect();
+    if act_order {
+        let energy: Vec<f64> = (0..nb)
+            .map(|b| (b * bs..(b + 1) * bs).map(|i| h[i * n + i]).sum())
+            .collect();
+        order.sort_by(|&a, &b| energy[b].total_cmp(&energy[a]));
+    }
+    order
+}
+
+/// Permutes the columns of `w` (rows of `n`) and both sides of `h` so that
+/// block `p` of the result is block `order[p]` of the input.
+fn permute_blocks(w: &mut [f32], h: &mut [f64], n: usize, bs: usize, order: &[usize]) {
+    let col = |i: usize| order[i / bs] * bs + i % bs;
+    let mut row = vec![0f32; n];
+    for r in w.chunks_exact_mut(n) {
+        row.iter_mut().enumerate().for_each(|(i, v)| *v = r[col(i)]);
+        r.copy_from_slice(&row);
+    }
+    let src = h.to_vec();
+    for i in 0..n {
+        let ci = col(i);
+        for j in 0..n {
+            h[i * n + j] = src[ci * n + col(j)];
+        }
+    }
 }
 
 /// Diagonal of `(U_SS^T U_SS)^{-1} = U_SS^{-1} U_SS^{-T}` for the block

@@ -157,3 +157,48 @@ fn calibration_file_round_trips_and_rejects_bad_matrices() {
         "{e}"
     );
 }
+
+#[test]
+fn column_rounding_beats_block_rounding_where_a_grid_exists() {
+    let (rows, n, tokens) = (16, 256, 600);
+    let mut rng = SplitMix64::new(11);
+    let w: Vec<f32> = (0..rows * n).map(|_| 0.05 * gaussian(&mut rng)).collect();
+    let mut h = Hessian::new(n);
+    h.accumulate(&inputs(tokens, n, &mut rng)).unwrap();
+    let mut checked = 0;
+    for f in registry::all() {
+        if f.block_grid().is_none() || !f.suits_post_training() {
+            continue;
+        }
+        let codec = RowCodec::new(*f, n, Some(DEFAULT_SEED)).unwrap();
+        let run = |per_column: bool, act_order: bool| {
+            let opts = GptqOptions {
+                per_column,
+                act_order,
+                ..GptqOptions::default()
+            };
+            let (enc, _) = gptq(*f, &w, &h, Some(DEFAULT_SEED), opts).unwrap();
+            let mut q = vec![0f32; rows * n];
+            codec.decode(&enc, &mut q).unwrap();
+            error(&h, &w, &q)
+        };
+        let (blocks, columns) = (run(false, false), run(true, false));
+        let act = run(true, true);
+        println!(
+            "{:>14}: blocks {blocks:.4e} columns {columns:.4e} columns+act-order {act:.4e}",
+            f.name()
+        );
+        assert!(
+            columns < 0.9 * blocks,
+            "{}: {columns} vs {blocks}",
+            f.name()
+        );
+        assert!(
+            act < 1.1 * columns,
+            "{}: act-order {act} vs {columns}",
+            f.name()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} grid formats");
+}

@@ -142,6 +142,14 @@ pub trait Format: Sync + Send {
         None
     }
 
+    /// Two-phase encoder (block parameters, then each element rounded on
+    /// its own), when the format's blocks are per-element roundings onto a
+    /// grid fixed by a few parameters. GPTQ uses it to round column by
+    /// column inside a block; formats without it are rounded block by block.
+    fn block_grid(&self) -> Option<&dyn BlockGrid> {
+        None
+    }
+
     /// Fake-quant forward and STE backward, when the format supports QAT.
     fn differentiable(&self) -> Option<&dyn DifferentiableQuantizer> {
         None
@@ -317,6 +325,32 @@ pub trait DifferentiableQuantizer: Sync + Send {
     );
     /// Encodes `w` with the given (trained) scales into whole blocks.
     fn export(&self, w: &[f32], scales: &[f32], dst: &mut [u8]);
+}
+
+/// A format's encoder split in two phases, so that a caller can round the
+/// elements of a block one at a time after its parameters are fixed (GPTQ's
+/// column-by-column rounding with error feedback inside a block; Frantar et
+/// al. 2022, where the group's scale is chosen when the group is reached).
+///
+/// Contract: for a block packed by [`BlockGrid::pack`] from `params` and
+/// the codes [`BlockGrid::round`] returned, the format's dequantization of
+/// element `j` equals the value `round` returned with that code, bit for
+/// bit. Every registered implementation is checked by
+/// `formats/all/tests/block_grid.rs`.
+pub trait BlockGrid: Sync + Send {
+    /// Parameters per block (scales, sub-scales, mins), each an f32 holding
+    /// the value exactly as the block stores it (after f16 rounding etc.).
+    fn params_per_block(&self) -> usize;
+    /// Chooses one block's parameters for the values `x` (`block_size`
+    /// elements) with error weights `imp` (same length, >= 0), writing
+    /// `params_per_block` values into `params`.
+    fn fit(&self, x: &[f32], imp: &[f32], params: &mut [f32]);
+    /// The nearest code to `v` for element `j` (`0..block_size`) of a block
+    /// with `params`, and the value that code decodes to.
+    fn round(&self, params: &[f32], j: usize, v: f32) -> (u8, f32);
+    /// Writes one block (`type_size` bytes) from its parameters and the
+    /// codes of its `block_size` elements.
+    fn pack(&self, params: &[f32], codes: &[u8], dst: &mut [u8]);
 }
 
 /// Encoding side of a format.

@@ -15,7 +15,7 @@ const REFINE: usize = 2;
 
 /// Nearest code for `v` (already divided by the step).
 #[inline(always)]
-fn nearest_code(spec: &PiqSpec, v: f32) -> u8 {
+pub(crate) fn nearest_code(spec: &PiqSpec, v: f32) -> u8 {
     let max = (spec.n_codes() - 1) as f32;
     (v + spec.offset + 0.5).floor().clamp(0.0, max) as u8
 }

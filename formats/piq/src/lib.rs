@@ -10,12 +10,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod encode;
+mod grid;
 pub mod kernel;
 pub mod layout;
 pub mod qat;
 
 use gguftool_quant::activation::Q8Activations;
-use gguftool_quant::format::{DifferentiableQuantizer, Format, Kernel, Quantizer, SimdLevel};
+use gguftool_quant::format::{
+    BlockGrid, DifferentiableQuantizer, Format, Kernel, Quantizer, SimdLevel,
+};
 use gguftool_quant::register_format;
 use layout::{PiqSpec, BLOCK};
 
@@ -74,6 +77,9 @@ impl Format for Piq {
         self
     }
     fn quantizer(&self) -> Option<&dyn Quantizer> {
+        Some(self)
+    }
+    fn block_grid(&self) -> Option<&dyn BlockGrid> {
         Some(self)
     }
     fn differentiable(&self) -> Option<&dyn DifferentiableQuantizer> {

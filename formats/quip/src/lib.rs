@@ -9,6 +9,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod encode;
+mod grid;
 pub mod kernel;
 pub mod layout;
 pub mod ldlq;
@@ -16,7 +17,7 @@ pub mod rotation;
 
 use gguftool_quant::activation::Q8Activations;
 use gguftool_quant::format::{
-    Format, Kernel, PreparedRowTransform, Quantizer, RowTransform, SimdLevel,
+    BlockGrid, Format, Kernel, PreparedRowTransform, Quantizer, RowTransform, SimdLevel,
 };
 use gguftool_quant::register_format;
 use ldlq::Feedback;
@@ -72,6 +73,9 @@ impl<const SB: u32> Format for Q2Quip<SB> {
         Some(self)
     }
     fn row_transform(&self) -> Option<&dyn RowTransform> {
+        Some(self)
+    }
+    fn block_grid(&self) -> Option<&dyn BlockGrid> {
         Some(self)
     }
 }

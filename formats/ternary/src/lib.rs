@@ -8,13 +8,16 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod encode;
+mod grid;
 pub mod kernel;
 pub mod layout;
 pub mod qat;
 
 use encode::ScaleRule;
 use gguftool_quant::activation::Q8Activations;
-use gguftool_quant::format::{DifferentiableQuantizer, Format, Kernel, Quantizer, SimdLevel};
+use gguftool_quant::format::{
+    BlockGrid, DifferentiableQuantizer, Format, Kernel, Quantizer, SimdLevel,
+};
 use gguftool_quant::register_format;
 
 /// Type id of `ternary` (absmean scale; gguftool private range).
@@ -60,6 +63,9 @@ impl Format for Ternary {
         Some(self)
     }
     fn differentiable(&self) -> Option<&dyn DifferentiableQuantizer> {
+        Some(self)
+    }
+    fn block_grid(&self) -> Option<&dyn BlockGrid> {
         Some(self)
     }
     fn suits_post_training(&self) -> bool {
