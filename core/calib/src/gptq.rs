@@ -172,6 +172,10 @@ pub struct GptqOptions {
     /// Round column by column inside a block through the format's
     /// [`BlockGrid`] when it has one (false: whole blocks by its encoder).
     pub per_column: bool,
+    /// After rounding, rescale each block under the full `H` (closed-form
+    /// least squares, block by block) and keep a block's re-encoding only
+    /// where it lowers `tr(dW H dW^T)`.
+    pub refit_scales: bool,
 }
 
 impl Default for GptqOptions {
@@ -181,6 +185,7 @@ impl Default for GptqOptions {
             max_retries: 6,
             act_order: true,
             per_column: true,
+            refit_scales: true,
         }
     }
 }
@@ -278,10 +283,14 @@ pub fn gptq(
         retries,
         dead_columns,
     };
+    let w0 = opts.refit_scales.then(|| w.clone());
     let mut out = match format.block_grid().filter(|_| opts.per_column) {
         Some(grid) => round_columns(grid, &mut w, &u, n, bs, ts),
         None => round_blocks(format, quantizer, &mut w, &u, n, bs, ts)?,
     };
+    if let Some(w0) = w0 {
+        refit_scales(format, &w0, &hm, &mut out)?;
+    }
     if permuted {
         let mut placed = vec![0u8; out.len()];
         for (src_row, dst_row) in out
@@ -295,6 +304,101 @@ pub fn gptq(
         out = placed;
     }
     Ok((out, report))
+}
+
+/// Refits each block's scale of the rounded rows `out` under `h` (the
+/// working basis, undamped): with `r = w - q` and `g = H r`, the best
+/// multiplier of block `b`'s values `q_b` alone is
+/// `1 + q_b^T g_b / (q_b^T H_bb q_b)`; the rescaled block is re-encoded
+/// (grid or encoder, weights `diag H_bb`) and kept only if the exact change
+/// `-2 dq^T g_b + dq^T H_bb dq` of the error is negative, so the error
+/// never grows. One pass over the blocks of each row (coordinate descent).
+fn refit_scales(
+    format: &dyn Format,
+    w: &[f32],
+    h: &[f64],
+    out: &mut [u8],
+) -> Result<(), GptqError> {
+    let n = (h.len() as f64).sqrt() as usize;
+    let (bs, ts) = (format.block_size(), format.type_size());
+    let row_bytes = n / bs * ts;
+    let quantizer = format
+        .quantizer()
+        .ok_or_else(|| GptqError::Format(format!("{} cannot quantize", format.name())))?;
+    w.par_chunks(n)
+        .zip(out.par_chunks_mut(row_bytes))
+        .try_for_each(|(wr, dst)| -> Result<(), GptqError> {
+            let mut q = vec![0f32; n];
+            format
+                .dequantize(dst, &mut q)
+                .map_err(|e| GptqError::Format(e.to_string()))?;
+            let r: Vec<f64> = wr.iter().zip(&q).map(|(&a, &b)| (a - b) as f64).collect();
+            let mut g: Vec<f64> = h
+                .chunks_exact(n)
+                .map(|hi| hi.iter().zip(&r).map(|(a, b)| a * b).sum())
+                .collect();
+            let mut target = vec![0f32; bs];
+            let mut imp = vec![0f32; bs];
+            let mut enc = vec![0u8; ts];
+            let mut dec = vec![0f32; bs];
+            let mut dq = vec![0f64; bs];
+            for (blk, block) in dst.chunks_exact_mut(ts).enumerate() {
+                let b = blk * bs;
+                let qb = &q[b..b + bs];
+                let hq: Vec<f64> = (0..bs)
+                    .map(|i| {
+                        let hi = &h[(b + i) * n + b..(b + i) * n + b + bs];
+                        hi.iter().zip(qb).map(|(a, &x)| a * x as f64).sum()
+                    })
+                    .collect();
+                let den: f64 = hq.iter().zip(qb).map(|(a, &x)| a * x as f64).sum();
+                let num: f64 = g[b..b + bs]
+                    .iter()
+                    .zip(qb)
+                    .map(|(a, &x)| a * x as f64)
+                    .sum();
+                if den <= 0.0 || num == 0.0 {
+                    continue;
+                }
+                let c = 1.0 + num / den;
+                target
+                    .iter_mut()
+                    .zip(qb)
+                    .for_each(|(t, &x)| *t = (c * x as f64) as f32);
+                imp.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, m)| *m = h[(b + i) * n + b + i].max(0.0) as f32);
+                quantizer.quantize_blocks(&target, Some(&imp), &mut enc);
+                format
+                    .dequantize(&enc, &mut dec)
+                    .map_err(|e| GptqError::Format(e.to_string()))?;
+                dq.iter_mut()
+                    .zip(dec.iter().zip(qb))
+                    .for_each(|(d, (&new, &old))| *d = (new - old) as f64);
+                // Change of (r - dq)^T H (r - dq).
+                let lin: f64 = dq.iter().zip(&g[b..b + bs]).map(|(a, b)| a * b).sum();
+                let quad: f64 = (0..bs)
+                    .map(|i| {
+                        let hi = &h[(b + i) * n + b..(b + i) * n + b + bs];
+                        dq[i] * hi.iter().zip(&dq).map(|(a, d)| a * d).sum::<f64>()
+                    })
+                    .sum();
+                if quad - 2.0 * lin >= 0.0 {
+                    continue;
+                }
+                block.copy_from_slice(&enc);
+                q[b..b + bs].copy_from_slice(&dec);
+                // g = H r with r -= dq.
+                for (gi, hi) in g.iter_mut().zip(h.chunks_exact(n)) {
+                    *gi -= hi[b..b + bs]
+                        .iter()
+                        .zip(&dq)
+                        .map(|(a, d)| a * d)
+                        .sum::<f64>();
+                }
+            }
+            Ok(())
+        })
 }
 
 /// Rounds block by block with the format's encoder (no feedback inside a

@@ -202,3 +202,34 @@ fn column_rounding_beats_block_rounding_where_a_grid_exists() {
     }
     assert!(checked >= 3, "only {checked} grid formats");
 }
+
+#[test]
+fn scale_refit_never_raises_the_error() {
+    let (rows, n, tokens) = (16, 256, 600);
+    let mut rng = SplitMix64::new(5);
+    let w: Vec<f32> = (0..rows * n).map(|_| 0.05 * gaussian(&mut rng)).collect();
+    let mut h = Hessian::new(n);
+    h.accumulate(&inputs(tokens, n, &mut rng)).unwrap();
+    let mut gained = 0;
+    for name in ["piq3", "piq2", "q2_quip", "q4_0", "q4_k"] {
+        let f = registry::by_name(name).unwrap();
+        let codec = RowCodec::new(f, n, Some(DEFAULT_SEED)).unwrap();
+        let run = |refit_scales: bool| {
+            let opts = GptqOptions {
+                refit_scales,
+                ..GptqOptions::default()
+            };
+            let (enc, _) = gptq(f, &w, &h, Some(DEFAULT_SEED), opts).unwrap();
+            let mut q = vec![0f32; rows * n];
+            codec.decode(&enc, &mut q).unwrap();
+            error(&h, &w, &q)
+        };
+        let (plain, refit) = (run(false), run(true));
+        println!("{name:>8}: without refit {plain:.4e}, with {refit:.4e}");
+        assert!(refit <= plain * (1.0 + 1e-9), "{name}: {refit} > {plain}");
+        if refit < 0.99 * plain {
+            gained += 1;
+        }
+    }
+    assert!(gained >= 1, "the refit changed nothing");
+}
