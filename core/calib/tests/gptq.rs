@@ -166,6 +166,8 @@ fn column_rounding_beats_block_rounding_where_a_grid_exists() {
     let mut h = Hessian::new(n);
     h.accumulate(&inputs(tokens, n, &mut rng)).unwrap();
     let mut checked = 0;
+    // log(act-order / columns) over the formats act-order can reorder.
+    let (mut log_act, mut reordered) = (0f64, 0);
     for f in registry::all() {
         if f.block_grid().is_none() || !f.suits_post_training() {
             continue;
@@ -193,14 +195,28 @@ fn column_rounding_beats_block_rounding_where_a_grid_exists() {
             "{}: {columns} vs {blocks}",
             f.name()
         );
+        // Block-granular act-order is a heuristic: on these inputs the
+        // outlier channels (every 37th) put about one in each 32-block, so
+        // the block energies are close and the order moves the error of a
+        // single format by up to about +-25% either way (seeds 11..16, every
+        // 32-element grid format, piq2 included). Per format this only
+        // catches a broken permutation (which costs orders of magnitude);
+        // on average over the formats act-order must not hurt.
         assert!(
-            act < 1.1 * columns,
+            act < 1.5 * columns,
             "{}: act-order {act} vs {columns}",
             f.name()
         );
+        if n / f.block_size() > 1 && f.row_transform().is_none() {
+            log_act += (act / columns).ln();
+            reordered += 1;
+        }
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} grid formats");
+    let mean = (log_act / reordered.max(1) as f64).exp();
+    println!("act-order / columns, geometric mean over {reordered} formats: {mean:.3}");
+    assert!(mean < 1.05, "act-order costs {mean}x on average");
 }
 
 #[test]

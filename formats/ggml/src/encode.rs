@@ -25,7 +25,7 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// Round to nearest, ties to even, by ggml's magic-number trick (valid for
 /// |f| <= 2^22; same bits as ggml's `nearest_int` for any input).
 #[inline]
-fn nearest_int(f: f32) -> i32 {
+pub(crate) fn nearest_int(f: f32) -> i32 {
     let v = f + 12_582_912.0;
     (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
@@ -363,14 +363,14 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 }
 
 /// Packs 32 levels into nibbles (low: elements 0..16, high: 16..32).
-fn pack_nibbles(l: &[u8], qs: &mut [u8]) {
+pub(crate) fn pack_nibbles(l: &[u8], qs: &mut [u8]) {
     for j in 0..QK / 2 {
         qs[j] = (l[j] & 0x0f) | ((l[j + QK / 2] & 0x0f) << 4);
     }
 }
 
 /// The fifth bits of 32 levels, bit `i` for element `i`.
-fn high_bits(l: &[u8], qh: &mut [u8]) {
+pub(crate) fn high_bits(l: &[u8], qh: &mut [u8]) {
     let mut h = 0u32;
     for (i, &v) in l.iter().enumerate() {
         h |= (((v >> 4) & 1) as u32) << i;
@@ -436,20 +436,34 @@ fn legacy_weights(x: &[f32], imp: &[f32]) -> [f32; QK] {
     w
 }
 
+/// Scale (before f16 rounding) of an importance-weighted Q4_0 (`nmax` 8)
+/// or Q5_0 (`nmax` 16) block, and the levels of its search (stored
+/// `+ nmax`); shared by the encoders and the block grid.
+pub(crate) fn legacy_symmetric_fit(x: &[f32], imp: &[f32], nmax: i32, l: &mut [i8; QK]) -> f32 {
+    let w = legacy_weights(x, imp);
+    make_qx_quants(x, nmax, l, Some(&w))
+}
+
+/// `(scale, -min)` (before f16 rounding) of an importance-weighted Q4_1
+/// (`nmax` 15) or Q5_1 (`nmax` 31) block, and the levels of its search;
+/// shared by the encoders and the block grid.
+pub(crate) fn legacy_affine_fit(x: &[f32], imp: &[f32], nmax: i32, l: &mut [u8; QK]) -> (f32, f32) {
+    let w = legacy_weights(x, imp);
+    make_qkx_quants(x, &w, nmax, l, -0.9, 0.05, 36, false)
+}
+
 /// Importance-weighted Q4_0 block (ggml's `quantize_row_q4_0_impl`).
 pub fn quant_q4_0_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
-    let w = legacy_weights(x, imp);
     let mut l = [0i8; QK];
-    let d = make_qx_quants(x, 8, &mut l, Some(&w));
+    let d = legacy_symmetric_fit(x, imp, 8, &mut l);
     put_f16(b, d);
     pack_nibbles(&l.map(|v| v as u8), &mut b[2..]);
 }
 
 /// Importance-weighted Q4_1 block (ggml's `quantize_row_q4_1_impl`).
 pub fn quant_q4_1_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
-    let w = legacy_weights(x, imp);
     let mut l = [0u8; QK];
-    let (d, the_min) = make_qkx_quants(x, &w, 15, &mut l, -0.9, 0.05, 36, false);
+    let (d, the_min) = legacy_affine_fit(x, imp, 15, &mut l);
     put_f16(b, d);
     put_f16(&mut b[2..], -the_min);
     pack_nibbles(&l, &mut b[4..]);
@@ -457,9 +471,8 @@ pub fn quant_q4_1_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
 
 /// Importance-weighted Q5_0 block (ggml's `quantize_row_q5_0_impl`).
 pub fn quant_q5_0_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
-    let w = legacy_weights(x, imp);
     let mut l = [0i8; QK];
-    let d = make_qx_quants(x, 16, &mut l, Some(&w));
+    let d = legacy_symmetric_fit(x, imp, 16, &mut l);
     put_f16(b, d);
     let l = l.map(|v| v as u8);
     high_bits(&l, &mut b[2..]);
@@ -468,9 +481,8 @@ pub fn quant_q5_0_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
 
 /// Importance-weighted Q5_1 block (ggml's `quantize_row_q5_1_impl`).
 pub fn quant_q5_1_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
-    let w = legacy_weights(x, imp);
     let mut l = [0u8; QK];
-    let (d, the_min) = make_qkx_quants(x, &w, 31, &mut l, -0.9, 0.05, 36, false);
+    let (d, the_min) = legacy_affine_fit(x, imp, 31, &mut l);
     put_f16(b, d);
     put_f16(&mut b[2..], -the_min);
     high_bits(&l, &mut b[4..]);
@@ -479,7 +491,7 @@ pub fn quant_q5_1_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
 
 /// Index of the IQ4_NL level nearest `x` (ggml's `best_index_int8`; ties
 /// go up).
-fn best_index_iq4nl(x: f32) -> u8 {
+pub(crate) fn best_index_iq4nl(x: f32) -> u8 {
     let v = &IQ4NL_LEVELS;
     if x <= v[0] as f32 {
         return 0;
@@ -503,10 +515,11 @@ fn best_index_iq4nl(x: f32) -> u8 {
     }
 }
 
-/// IQ4_NL block search (ggml's `quantize_row_iq4_nl_impl` for one block of
-/// 32): `ntry` -1 is the reference quantizer, 7 the weighted one.
-fn iq4_nl_block(x: &[f32], weight: &[f32], ntry: i32, b: &mut [u8]) {
-    let mut l = [0u8; QK];
+/// IQ4_NL block scale search (ggml's `quantize_row_iq4_nl_impl` for one
+/// block of 32): `ntry` -1 is the reference quantizer, 7 the weighted one.
+/// Returns the scale before f16 rounding; `l` gets the levels of the first
+/// pass (the ones the reference quantizer stores).
+fn iq4_nl_scale(x: &[f32], weight: &[f32], ntry: i32, l: &mut [u8; QK]) -> f32 {
     let mut amax = 0f32;
     let mut max = 0f32;
     for &v in x {
@@ -516,9 +529,10 @@ fn iq4_nl_block(x: &[f32], weight: &[f32], ntry: i32, b: &mut [u8]) {
         }
     }
     let v0 = IQ4NL_LEVELS[0] as f32;
-    let scale = if amax < GROUP_MAX_EPS {
+    if amax < GROUP_MAX_EPS {
         // ggml leaves the levels of an all-zero block unset (stale stack
         // contents); any level decodes to 0 with d = 0, so write zeros.
+        l.iter_mut().for_each(|v| *v = 0);
         0.0
     } else {
         let mut d = if ntry > 0 { -max / v0 } else { max / v0 };
@@ -547,7 +561,12 @@ fn iq4_nl_block(x: &[f32], weight: &[f32], ntry: i32, b: &mut [u8]) {
             }
         }
         d
-    };
+    }
+}
+
+/// Writes an IQ4_NL block with the scale [`iq4_nl_scale`] found; the
+/// weighted search (`ntry > 0`) re-derives the levels from it first.
+fn iq4_nl_write(x: &[f32], scale: f32, ntry: i32, l: &mut [u8; QK], b: &mut [u8]) {
     put_f16(b, scale);
     if ntry > 0 {
         let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
@@ -555,7 +574,7 @@ fn iq4_nl_block(x: &[f32], weight: &[f32], ntry: i32, b: &mut [u8]) {
             l[j] = best_index_iq4nl(id * x[j]);
         }
     }
-    pack_nibbles(&l, &mut b[2..]);
+    pack_nibbles(l, &mut b[2..]);
 }
 
 /// Encodes an IQ4_NL block like ggml's `quantize_row_iq4_nl_ref` (weights
@@ -565,25 +584,40 @@ pub fn quant_iq4_nl(x: &[f32], b: &mut [u8]) {
     for (w, &v) in w.iter_mut().zip(x) {
         *w = v * v;
     }
-    iq4_nl_block(x, &w, -1, b);
+    let mut l = [0u8; QK];
+    let scale = iq4_nl_scale(x, &w, -1, &mut l);
+    iq4_nl_write(x, scale, -1, &mut l, b);
+}
+
+/// Scale (before f16 rounding) of an importance-weighted IQ4_NL block;
+/// shared by the encoder and the block grid.
+pub(crate) fn iq4_nl_weighted_fit(x: &[f32], imp: &[f32], l: &mut [u8; QK]) -> f32 {
+    let mut sigma2 = sum_sq(x);
+    sigma2 *= 2.0 / QK as f32;
+    let mut w = [0f32; QK];
+    imatrix_weights(x, imp, sigma2, &mut w);
+    iq4_nl_scale(x, &w, 7, l)
 }
 
 /// Importance-weighted IQ4_NL block (ggml's `quantize_iq4_nl` with
 /// quant_weights: 15 candidate scales).
 pub fn quant_iq4_nl_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
-    let mut sigma2 = sum_sq(x);
-    sigma2 *= 2.0 / QK as f32;
-    let mut w = [0f32; QK];
-    imatrix_weights(x, imp, sigma2, &mut w);
-    iq4_nl_block(x, &w, 7, b);
+    let mut l = [0u8; QK];
+    let scale = iq4_nl_weighted_fit(x, imp, &mut l);
+    iq4_nl_write(x, scale, 7, &mut l, b);
 }
 
 // ---------------------------------------------------------------------------
 // K-quants.
+//
+// Each type's encoders are split in two: a fit (`*_fit`) choosing the
+// super-block's parameters as stored, shared with the block grid
+// ([`crate::grid`]), and a writer that re-derives the levels from the stored
+// parameters and packs them (as ggml does).
 
 /// Packs 256 two-bit levels as Q2_K/Q3_K do (four 32-element groups per
 /// byte lane, 128 elements per 32 bytes).
-fn pack_2bit(l: &[u8], qs: &mut [u8]) {
+pub(crate) fn pack_2bit(l: &[u8], qs: &mut [u8]) {
     for j in (0..QK_K).step_by(128) {
         for k in 0..32 {
             qs[j / 4 + k] =
@@ -592,23 +626,44 @@ fn pack_2bit(l: &[u8], qs: &mut [u8]) {
     }
 }
 
-/// Re-derives Q2_K levels from the stored scales and mins.
-fn q2_k_requantize(x: &[f32], scales: &[u8], d: f32, dmin: f32, l: &mut [u8]) {
+/// A Q2_K super-block's parameters as stored: the f16 bits of `d` and
+/// `dmin`, and per 16 elements a byte with the 4-bit scale (low nibble) and
+/// 4-bit min (high nibble).
+pub(crate) struct Q2kParams {
+    /// f16 bits of the super-block scale.
+    pub d: u16,
+    /// f16 bits of the super-block min scale.
+    pub dmin: u16,
+    /// Scale (low nibble) and min (high nibble) of each 16 elements.
+    pub sc: [u8; 16],
+}
+
+/// Writes Q2_K's parameters (`scales` at 0..16, `d`, `dmin` at 80..84).
+pub(crate) fn q2_k_write_params(p: &Q2kParams, b: &mut [u8]) {
+    b[..16].copy_from_slice(&p.sc);
+    b[80..82].copy_from_slice(&p.d.to_le_bytes());
+    b[82..84].copy_from_slice(&p.dmin.to_le_bytes());
+}
+
+/// Re-derives Q2_K levels from the stored parameters, then writes the block.
+fn q2_k_write(x: &[f32], p: &Q2kParams, l: &mut [u8; QK_K], b: &mut [u8]) {
+    let (d, dmin) = (f16_to_f32(p.d), f16_to_f32(p.dmin));
     for j in 0..QK_K / 16 {
-        let dl = d * (scales[j] & 0x0f) as f32;
+        let dl = d * (p.sc[j] & 0x0f) as f32;
         if dl == 0.0 {
             continue;
         }
-        let ml = dmin * (scales[j] >> 4) as f32;
+        let ml = dmin * (p.sc[j] >> 4) as f32;
         for ii in 0..16 {
             l[16 * j + ii] = nearest_int((x[16 * j + ii] + ml) / dl).clamp(0, 3) as u8;
         }
     }
+    q2_k_write_params(p, b);
+    pack_2bit(l, &mut b[16..80]);
 }
 
-/// Encodes a Q2_K block like ggml's `quantize_row_q2_K_ref`.
-pub fn quant_q2_k(x: &[f32], b: &mut [u8]) {
-    let mut l = [0u8; QK_K];
+/// Q2_K's parameters as ggml's `quantize_row_q2_K_ref` chooses them.
+fn q2_k_ref_fit(x: &[f32], l: &mut [u8; QK_K]) -> Q2kParams {
     let mut scales = [0f32; 16];
     let mut mins = [0f32; 16];
     let mut max_scale = 0f32;
@@ -632,27 +687,32 @@ pub fn quant_q2_k(x: &[f32], b: &mut [u8]) {
         for j in 0..16 {
             sc[j] = nearest_int(iscale * scales[j]) as u8;
         }
-        put_f16(&mut b[80..], max_scale / 15.0)
+        f32_to_f16(max_scale / 15.0)
     } else {
-        put_f16(&mut b[80..], 0.0)
+        f32_to_f16(0.0)
     };
     let dmin = if max_min > 0.0 {
         let iscale = 15.0 / max_min;
         for j in 0..16 {
             sc[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
         }
-        put_f16(&mut b[82..], max_min / 15.0)
+        f32_to_f16(max_min / 15.0)
     } else {
-        put_f16(&mut b[82..], 0.0)
+        f32_to_f16(0.0)
     };
-    q2_k_requantize(x, &sc, d, dmin, &mut l);
-    b[..16].copy_from_slice(&sc);
-    pack_2bit(&l, &mut b[16..80]);
+    Q2kParams { d, dmin, sc }
 }
 
-/// Importance-weighted Q2_K block (ggml's `quantize_row_q2_K_impl`).
-pub fn quant_q2_k_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
+/// Encodes a Q2_K block like ggml's `quantize_row_q2_K_ref`.
+pub fn quant_q2_k(x: &[f32], b: &mut [u8]) {
     let mut l = [0u8; QK_K];
+    let p = q2_k_ref_fit(x, &mut l);
+    q2_k_write(x, &p, &mut l, b);
+}
+
+/// Q2_K's parameters as ggml's `quantize_row_q2_K_impl` chooses them with
+/// importance; `l` gets the levels of the sub-block searches.
+pub(crate) fn q2_k_weighted_fit(x: &[f32], imp: &[f32], l: &mut [u8; QK_K]) -> Q2kParams {
     let mut scales = [0f32; 16];
     let mut mins = [0f32; 16];
     let mut sw = [0f32; 16];
@@ -680,21 +740,34 @@ pub fn quant_q2_k_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
     let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
     let dm = make_qp_quants(&scales, 15, &mut ls, &sw);
     let mm = make_qp_quants(&mins, 15, &mut lm, &sw);
-    let d = put_f16(&mut b[80..], dm);
-    let dmin = put_f16(&mut b[82..], mm);
-    let mut sc = [0u8; 16];
-    for j in 0..16 {
-        sc[j] = ls[j] | (lm[j] << 4);
+    Q2kParams {
+        d: f32_to_f16(dm),
+        dmin: f32_to_f16(mm),
+        sc: std::array::from_fn(|j| ls[j] | (lm[j] << 4)),
     }
-    q2_k_requantize(x, &sc, d, dmin, &mut l);
-    b[..16].copy_from_slice(&sc);
-    pack_2bit(&l, &mut b[16..80]);
 }
 
-/// Stores Q3_K's sixteen 6-bit scales (already offset by 32).
-fn q3_k_pack_scales(ls: &[u8; 16], s: &mut [u8]) {
-    s[..12].iter_mut().for_each(|v| *v = 0);
-    for (j, &l) in ls.iter().enumerate() {
+/// Importance-weighted Q2_K block (ggml's `quantize_row_q2_K_impl`).
+pub fn quant_q2_k_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
+    let mut l = [0u8; QK_K];
+    let p = q2_k_weighted_fit(x, imp, &mut l);
+    q2_k_write(x, &p, &mut l, b);
+}
+
+/// A Q3_K super-block's parameters as stored: the f16 bits of `d` and the
+/// sixteen 6-bit sub-scale codes (sub-scale = code - 32).
+pub(crate) struct Q3kParams {
+    /// f16 bits of the super-block scale.
+    pub d: u16,
+    /// 6-bit sub-scale codes, offset by 32.
+    pub ls: [u8; 16],
+}
+
+/// Writes Q3_K's parameters (scales at 96..108, `d` at 108..110).
+pub(crate) fn q3_k_write_params(p: &Q3kParams, b: &mut [u8]) {
+    let s = &mut b[96..108];
+    s.iter_mut().for_each(|v| *v = 0);
+    for (j, &l) in p.ls.iter().enumerate() {
         if j < 8 {
             s[j] = l & 0x0f;
         } else {
@@ -702,28 +775,16 @@ fn q3_k_pack_scales(ls: &[u8; 16], s: &mut [u8]) {
         }
         s[8 + j % 4] |= (l >> 4) << (2 * (j / 4));
     }
+    b[108..110].copy_from_slice(&p.d.to_le_bytes());
 }
 
-/// Q3_K's levels from the stored scales, then hmask and qs.
-fn q3_k_finish(x: &[f32], l: &mut [i8; QK_K], b: &mut [u8]) {
-    let d_all = f16_to_f32(u16::from_le_bytes([b[108], b[109]]));
-    let s = &b[96..108];
-    for j in 0..16 {
-        let low = if j < 8 { s[j] & 0x0f } else { s[j - 8] >> 4 };
-        let sc = (low | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i32 - 32;
-        let d = d_all * sc as f32;
-        if d == 0.0 {
-            continue;
-        }
-        for ii in 0..16 {
-            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
-        }
-    }
+/// Writes Q3_K's 256 levels (`0..8`, value + 4): hmask and qs.
+pub(crate) fn q3_k_pack_levels(l: &[u8], b: &mut [u8]) {
     let mut lu = [0u8; QK_K];
     let hmask = &mut b[..32];
     hmask.iter_mut().for_each(|v| *v = 0);
     for j in 0..QK_K {
-        let mut v = l[j] as u8;
+        let mut v = l[j];
         if v > 3 {
             hmask[j % 32] |= 1 << (j / 32);
             v -= 4;
@@ -733,9 +794,25 @@ fn q3_k_finish(x: &[f32], l: &mut [i8; QK_K], b: &mut [u8]) {
     pack_2bit(&lu, &mut b[32..96]);
 }
 
-/// Encodes a Q3_K block like ggml's `quantize_row_q3_K_ref`.
-pub fn quant_q3_k(x: &[f32], b: &mut [u8]) {
-    let mut l = [0i8; QK_K];
+/// Re-derives Q3_K levels from the stored parameters, then writes the block.
+fn q3_k_write(x: &[f32], p: &Q3kParams, l: &mut [i8; QK_K], b: &mut [u8]) {
+    let d_all = f16_to_f32(p.d);
+    for j in 0..16 {
+        let sc = p.ls[j] as i32 - 32;
+        let d = d_all * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
+        }
+    }
+    q3_k_write_params(p, b);
+    q3_k_pack_levels(&l.map(|v| v as u8), b);
+}
+
+/// Q3_K's parameters as ggml's `quantize_row_q3_K_ref` chooses them.
+fn q3_k_ref_fit(x: &[f32], l: &mut [i8; QK_K]) -> Q3kParams {
     let mut scales = [0f32; 16];
     let mut max_scale = 0f32;
     let mut amax = 0f32;
@@ -748,21 +825,31 @@ pub fn quant_q3_k(x: &[f32], b: &mut [u8]) {
     }
     if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
-        let ls: [u8; 16] = std::array::from_fn(|j| {
-            ((nearest_int(iscale * scales[j]) as i8).clamp(-32, 31) + 32) as u8
-        });
-        q3_k_pack_scales(&ls, &mut b[96..108]);
-        put_f16(&mut b[108..], 1.0 / iscale);
+        Q3kParams {
+            d: f32_to_f16(1.0 / iscale),
+            ls: std::array::from_fn(|j| {
+                ((nearest_int(iscale * scales[j]) as i8).clamp(-32, 31) + 32) as u8
+            }),
+        }
     } else {
-        b[96..108].iter_mut().for_each(|v| *v = 0);
-        put_f16(&mut b[108..], 0.0);
+        // All-zero scale codes (ggml stores zero bytes, not code 32).
+        Q3kParams {
+            d: f32_to_f16(0.0),
+            ls: [0; 16],
+        }
     }
-    q3_k_finish(x, &mut l, b);
 }
 
-/// Importance-weighted Q3_K block (ggml's `quantize_row_q3_K_impl`).
-pub fn quant_q3_k_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
+/// Encodes a Q3_K block like ggml's `quantize_row_q3_K_ref`.
+pub fn quant_q3_k(x: &[f32], b: &mut [u8]) {
     let mut l = [0i8; QK_K];
+    let p = q3_k_ref_fit(x, &mut l);
+    q3_k_write(x, &p, &mut l, b);
+}
+
+/// Q3_K's parameters as ggml's `quantize_row_q3_K_impl` chooses them with
+/// importance; `l` gets the levels of the sub-block searches.
+pub(crate) fn q3_k_weighted_fit(x: &[f32], imp: &[f32], l: &mut [i8; QK_K]) -> Q3kParams {
     let mut scales = [0f32; 16];
     let mut sw = [0f32; 16];
     let sigma2 = 2.0 * sum_sq(x) / QK_K as f32;
@@ -779,14 +866,40 @@ pub fn quant_q3_k_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
     }
     let mut ls = [0i8; 16];
     let d_block = make_qx_quants(&scales, 32, &mut ls, Some(&sw));
-    q3_k_pack_scales(&ls.map(|v| v as u8), &mut b[96..108]);
-    put_f16(&mut b[108..], d_block);
-    q3_k_finish(x, &mut l, b);
+    Q3kParams {
+        d: f32_to_f16(d_block),
+        ls: ls.map(|v| v as u8),
+    }
 }
 
-/// Stores eight 6-bit scales and mins as Q4_K/Q5_K do.
-fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], s: &mut [u8]) {
-    s[..12].iter_mut().for_each(|v| *v = 0);
+/// Importance-weighted Q3_K block (ggml's `quantize_row_q3_K_impl`).
+pub fn quant_q3_k_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let p = q3_k_weighted_fit(x, imp, &mut l);
+    q3_k_write(x, &p, &mut l, b);
+}
+
+/// A Q4_K/Q5_K super-block's parameters as stored: the f16 bits of `d` and
+/// `dmin`, and the 6-bit scale and min of each 32 elements.
+pub(crate) struct K4Params {
+    /// f16 bits of the super-block scale.
+    pub d: u16,
+    /// f16 bits of the super-block min scale.
+    pub dmin: u16,
+    /// 6-bit sub-block scales.
+    pub sc: [u8; 8],
+    /// 6-bit sub-block mins.
+    pub mn: [u8; 8],
+}
+
+/// Writes Q4_K/Q5_K's parameters (`d`, `dmin`, then the 12 bytes of 6-bit
+/// scales and mins) at `b[0..16]`.
+pub(crate) fn k4_write_params(p: &K4Params, b: &mut [u8]) {
+    b[..2].copy_from_slice(&p.d.to_le_bytes());
+    b[2..4].copy_from_slice(&p.dmin.to_le_bytes());
+    let s = &mut b[4..16];
+    s.iter_mut().for_each(|v| *v = 0);
+    let (ls, lm) = (&p.sc, &p.mn);
     for j in 0..8 {
         if j < 4 {
             s[j] = ls[j];
@@ -799,9 +912,8 @@ fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], s: &mut [u8]) {
     }
 }
 
-/// Sub-block scales and mins of a Q4_K/Q5_K block without importance
-/// (ggml's reference), stored at `b[0..16]`.
-fn k4_ref_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K], b: &mut [u8]) {
+/// Q4_K/Q5_K's parameters as ggml's reference quantizers choose them.
+fn k4_ref_fit(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K]) -> K4Params {
     let mut scales = [0f32; 8];
     let mut mins = [0f32; 8];
     let mut max_scale = 0f32;
@@ -835,16 +947,18 @@ fn k4_ref_scales(x: &[f32], nmax: i32, rmin: f32, nstep: i32, l: &mut [u8; QK_K]
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let ls = std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
-    let lm = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
-    pack_scale_min_k4(&ls, &lm, &mut b[4..16]);
-    put_f16(b, max_scale / 63.0);
-    put_f16(&mut b[2..], max_min / 63.0);
+    K4Params {
+        d: f32_to_f16(max_scale / 63.0),
+        dmin: f32_to_f16(max_min / 63.0),
+        sc: std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63)),
+        mn: std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63)),
+    }
 }
 
-/// Sub-block scales and mins of a Q4_K/Q5_K block with importance (ggml's
-/// `quantize_row_q4_K_impl`/`q5_K_impl`), stored at `b[0..16]`.
-fn k4_weighted_scales(x: &[f32], imp: &[f32], nmax: i32, l: &mut [u8; QK_K], b: &mut [u8]) {
+/// Q4_K (`nmax` 15) or Q5_K (`nmax` 31) parameters as ggml's
+/// `quantize_row_q4_K_impl`/`q5_K_impl` choose them with importance; `l`
+/// gets the levels of the sub-block searches.
+pub(crate) fn k4_weighted_fit(x: &[f32], imp: &[f32], nmax: i32, l: &mut [u8; QK_K]) -> K4Params {
     let mut scales = [0f32; 8];
     let mut mins = [0f32; 8];
     let mut sw = [0f32; 8];
@@ -874,19 +988,20 @@ fn k4_weighted_scales(x: &[f32], imp: &[f32], nmax: i32, l: &mut [u8; QK_K], b: 
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     let d_block = make_qp_quants(&scales, 63, &mut ls, &sw);
     let m_block = make_qp_quants(&mins, 63, &mut lm, &sw);
-    pack_scale_min_k4(
-        &ls.map(|v| v.min(63)),
-        &lm.map(|v| v.min(63)),
-        &mut b[4..16],
-    );
-    put_f16(b, d_block);
-    put_f16(&mut b[2..], m_block);
+    K4Params {
+        d: f32_to_f16(d_block),
+        dmin: f32_to_f16(m_block),
+        sc: ls.map(|v| v.min(63)),
+        mn: lm.map(|v| v.min(63)),
+    }
 }
 
-/// Levels of a Q4_K/Q5_K block from its stored scales and mins.
-fn k4_requantize(x: &[f32], nmax: i32, b: &[u8], l: &mut [u8; QK_K]) {
-    let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-    let dmin = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+/// Writes a Q4_K/Q5_K block's parameters and re-derives its levels from
+/// them.
+fn k4_write(x: &[f32], nmax: i32, p: &K4Params, l: &mut [u8; QK_K], b: &mut [u8]) {
+    k4_write_params(p, b);
+    let d = f16_to_f32(p.d);
+    let dmin = f16_to_f32(p.dmin);
     let (sc, mn) = scale_min_k4(&b[4..16]);
     for j in 0..8 {
         let dl = d * sc[j] as f32;
@@ -900,7 +1015,8 @@ fn k4_requantize(x: &[f32], nmax: i32, b: &[u8], l: &mut [u8; QK_K]) {
     }
 }
 
-fn q4_k_pack(l: &[u8; QK_K], qs: &mut [u8]) {
+/// Packs Q4_K's 256 levels (`0..16`) into `qs` (128 bytes).
+pub(crate) fn q4_k_pack(l: &[u8], qs: &mut [u8]) {
     for (c, q) in qs.chunks_exact_mut(32).enumerate() {
         for k in 0..32 {
             q[k] = l[64 * c + k] | (l[64 * c + k + 32] << 4);
@@ -908,7 +1024,8 @@ fn q4_k_pack(l: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
-fn q5_k_pack(l: &[u8; QK_K], qh: &mut [u8], qs: &mut [u8]) {
+/// Packs Q5_K's 256 levels (`0..32`) into `qh` (32 bytes) and `qs` (128).
+pub(crate) fn q5_k_pack(l: &[u8], qh: &mut [u8], qs: &mut [u8]) {
     qh[..32].iter_mut().for_each(|v| *v = 0);
     for (c, q) in qs.chunks_exact_mut(32).enumerate() {
         for k in 0..32 {
@@ -929,24 +1046,24 @@ fn q5_k_pack(l: &[u8; QK_K], qh: &mut [u8], qs: &mut [u8]) {
 /// Encodes a Q4_K block like ggml's `quantize_row_q4_K_ref`.
 pub fn quant_q4_k(x: &[f32], b: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    k4_ref_scales(x, 15, -1.0, 20, &mut l, b);
-    k4_requantize(x, 15, b, &mut l);
+    let p = k4_ref_fit(x, 15, -1.0, 20, &mut l);
+    k4_write(x, 15, &p, &mut l, b);
     q4_k_pack(&l, &mut b[16..144]);
 }
 
 /// Importance-weighted Q4_K block (ggml's `quantize_row_q4_K_impl`).
 pub fn quant_q4_k_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    k4_weighted_scales(x, imp, 15, &mut l, b);
-    k4_requantize(x, 15, b, &mut l);
+    let p = k4_weighted_fit(x, imp, 15, &mut l);
+    k4_write(x, 15, &p, &mut l, b);
     q4_k_pack(&l, &mut b[16..144]);
 }
 
 /// Encodes a Q5_K block like ggml's `quantize_row_q5_K_ref`.
 pub fn quant_q5_k(x: &[f32], b: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    k4_ref_scales(x, 31, -0.5, 15, &mut l, b);
-    k4_requantize(x, 31, b, &mut l);
+    let p = k4_ref_fit(x, 31, -0.5, 15, &mut l);
+    k4_write(x, 31, &p, &mut l, b);
     let (qh, qs) = b[16..176].split_at_mut(32);
     q5_k_pack(&l, qh, qs);
 }
@@ -954,15 +1071,27 @@ pub fn quant_q5_k(x: &[f32], b: &mut [u8]) {
 /// Importance-weighted Q5_K block (ggml's `quantize_row_q5_K_impl`).
 pub fn quant_q5_k_weighted(x: &[f32], imp: &[f32], b: &mut [u8]) {
     let mut l = [0u8; QK_K];
-    k4_weighted_scales(x, imp, 31, &mut l, b);
-    k4_requantize(x, 31, b, &mut l);
+    let p = k4_weighted_fit(x, imp, 31, &mut l);
+    k4_write(x, 31, &p, &mut l, b);
     let (qh, qs) = b[16..176].split_at_mut(32);
     q5_k_pack(&l, qh, qs);
 }
 
-/// Q6_K from per-16 scales found by `make_qx_quants` with weights `qw`.
-fn q6_k_encode(x: &[f32], imp: Option<&[f32]>, b: &mut [u8]) {
-    let mut l = [0i8; QK_K];
+/// A Q6_K super-block's parameters as stored: the f16 bits of `d` and the
+/// signed 8-bit scale of each 16 elements.
+pub(crate) struct Q6kParams {
+    /// f16 bits of the super-block scale.
+    pub d: u16,
+    /// Sub-block scales.
+    pub sc: [i8; 16],
+}
+
+/// Q6_K's parameters as ggml's `quantize_row_q6_K_ref` (`imp` None) or
+/// `quantize_row_q6_K_impl` (the importance weights each group's scale
+/// search) choose them; `l` gets the levels of the group searches. None
+/// for a block ggml writes as all zero bytes (every group below
+/// [`GROUP_MAX_EPS`]).
+pub(crate) fn q6_k_fit(x: &[f32], imp: Option<&[f32]>, l: &mut [i8; QK_K]) -> Option<Q6kParams> {
     let mut scales = [0f32; 16];
     let mut max_scale = 0f32;
     let mut max_abs_scale = 0f32;
@@ -976,25 +1105,25 @@ fn q6_k_encode(x: &[f32], imp: Option<&[f32]>, b: &mut [u8]) {
         }
     }
     if max_abs_scale < GROUP_MAX_EPS {
-        b[..210].iter_mut().for_each(|v| *v = 0);
-        return;
+        return None;
     }
     let iscale = -128.0 / max_scale;
-    let d = put_f16(&mut b[208..], 1.0 / iscale);
-    let mut sc = [0i8; 16];
-    for ib in 0..16 {
-        sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
-        b[192 + ib] = sc[ib] as u8;
+    Some(Q6kParams {
+        d: f32_to_f16(1.0 / iscale),
+        sc: std::array::from_fn(|ib| nearest_int(iscale * scales[ib]).min(127) as i8),
+    })
+}
+
+/// Writes Q6_K's parameters (scales at 192..208, `d` at 208..210).
+pub(crate) fn q6_k_write_params(p: &Q6kParams, b: &mut [u8]) {
+    for (o, &s) in b[192..208].iter_mut().zip(&p.sc) {
+        *o = s as u8;
     }
-    for j in 0..16 {
-        let dl = d * sc[j] as f32;
-        if dl == 0.0 {
-            continue;
-        }
-        for ii in 0..16 {
-            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / dl).clamp(-32, 31) + 32) as i8;
-        }
-    }
+    b[208..210].copy_from_slice(&p.d.to_le_bytes());
+}
+
+/// Packs Q6_K's 256 levels (`0..64`, value + 32) into `ql` and `qh`.
+pub(crate) fn q6_k_pack_levels(l: &[u8], b: &mut [u8]) {
     let (ql, rest) = b.split_at_mut(128);
     let qh = &mut rest[..64];
     for h in 0..2 {
@@ -1004,12 +1133,33 @@ fn q6_k_encode(x: &[f32], imp: Option<&[f32]>, b: &mut [u8]) {
             &mut qh[32 * h..32 * h + 32],
         );
         for k in 0..32 {
-            let q = |o: usize| l[j + k + o] as u8;
+            let q = |o: usize| l[j + k + o];
             ql[k] = (q(0) & 0x0f) | ((q(64) & 0x0f) << 4);
             ql[k + 32] = (q(32) & 0x0f) | ((q(96) & 0x0f) << 4);
             qh[k] = (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
         }
     }
+}
+
+/// Q6_K from per-16 scales found by `make_qx_quants` with weights `qw`.
+fn q6_k_encode(x: &[f32], imp: Option<&[f32]>, b: &mut [u8]) {
+    let mut l = [0i8; QK_K];
+    let Some(p) = q6_k_fit(x, imp, &mut l) else {
+        b[..210].iter_mut().for_each(|v| *v = 0);
+        return;
+    };
+    let d = f16_to_f32(p.d);
+    q6_k_write_params(&p, b);
+    for j in 0..16 {
+        let dl = d * p.sc[j] as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / dl).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    q6_k_pack_levels(&l.map(|v| v as u8), b);
 }
 
 /// Encodes a Q6_K block like ggml's `quantize_row_q6_K_ref`.

@@ -7,6 +7,38 @@ use crate::legacy::IQ4NL_LEVELS;
 /// Elements per super-block.
 pub const QK_K: usize = 256;
 
+// The value of one element, in the decoders' f32 operation order (also
+// what the block grid, `crate::grid`, reports for a code).
+
+/// Q2_K element with code `q` in a group whose scale byte is `sc` (scale in
+/// the low nibble, min in the high one).
+#[inline(always)]
+pub(crate) fn q2_k_value(d: f32, dmin: f32, sc: u8, q: u8) -> f32 {
+    let dl = d * (sc & 0x0f) as f32;
+    let ml = dmin * (sc >> 4) as f32;
+    dl * q as f32 - ml
+}
+
+/// Q3_K element with signed level `q` (`-4..4`) in a group of sub-scale
+/// `s` (`-32..32`).
+#[inline(always)]
+pub(crate) fn q3_k_value(d: f32, s: i8, q: i8) -> f32 {
+    (d * s as f32) * q as f32
+}
+
+/// Q4_K or Q5_K element with code `q` in a group with 6-bit scale `sc` and
+/// min `mn`.
+#[inline(always)]
+pub(crate) fn k4_value(d: f32, dmin: f32, sc: u8, mn: u8, q: u8) -> f32 {
+    (d * sc as f32) * q as f32 - dmin * mn as f32
+}
+
+/// Q6_K element with signed level `q` (`-32..32`) in a group of scale `s`.
+#[inline(always)]
+pub(crate) fn q6_k_value(d: f32, s: i8, q: i8) -> f32 {
+    (d * s as f32) * q as f32
+}
+
 /// Decodes a Q2_K block (84 bytes: scales[16], qs[64], d, dmin).
 pub fn dequant_q2_k(b: &[u8], out: &mut [f32]) {
     let (scales, qs) = (&b[..16], &b[16..80]);
@@ -14,10 +46,7 @@ pub fn dequant_q2_k(b: &[u8], out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
         let (half, shift, j) = (i / 128, (i % 128) / 32, i % 32);
         let q = (qs[half * 32 + j] >> (2 * shift)) & 3;
-        let sc = scales[i / 16];
-        let dl = d * (sc & 0x0f) as f32;
-        let ml = dmin * (sc >> 4) as f32;
-        *o = dl * q as f32 - ml;
+        *o = q2_k_value(d, dmin, scales[i / 16], q);
     }
 }
 
@@ -25,18 +54,18 @@ pub fn dequant_q2_k(b: &[u8], out: &mut [f32]) {
 pub fn dequant_q3_k(b: &[u8], out: &mut [f32]) {
     let (hmask, qs, sc) = (&b[..32], &b[32..96], &b[96..108]);
     let d = read_f16(&b[108..]);
-    let mut scales = [0f32; 16];
+    let mut scales = [0i8; 16];
     for (i, s) in scales.iter_mut().enumerate() {
         let low = if i < 8 { sc[i] & 0x0f } else { sc[i - 8] >> 4 };
         let high = (sc[8 + i % 4] >> (2 * (i / 4))) & 3;
-        *s = ((low | (high << 4)) as i8 - 32) as f32;
+        *s = (low | (high << 4)) as i8 - 32;
     }
     for (i, o) in out.iter_mut().enumerate() {
         let (half, shift, j) = (i / 128, (i % 128) / 32, i % 32);
         let low = ((qs[half * 32 + j] >> (2 * shift)) & 3) as i8;
         let hbit = ((hmask[j] >> (i / 32)) & 1) ^ 1;
         let q = low - ((hbit << 2) as i8);
-        *o = (d * scales[i / 16]) * q as f32;
+        *o = q3_k_value(d, scales[i / 16], q);
     }
 }
 
@@ -61,7 +90,7 @@ pub fn dequant_q4_k(b: &[u8], out: &mut [f32]) {
         let (chunk, shift, j) = (i / 64, (i % 64) / 32, i % 32);
         let q = (qs[chunk * 32 + j] >> (4 * shift)) & 0x0f;
         let sub = i / 32;
-        *o = (d * sc[sub] as f32) * q as f32 - dmin * mn[sub] as f32;
+        *o = k4_value(d, dmin, sc[sub], mn[sub], q);
     }
 }
 
@@ -75,7 +104,7 @@ pub fn dequant_q5_k(b: &[u8], out: &mut [f32]) {
         let low = (qs[chunk * 32 + j] >> (4 * shift)) & 0x0f;
         let high = (qh[j] >> (i / 32)) & 1;
         let sub = i / 32;
-        *o = (d * sc[sub] as f32) * (low | (high << 4)) as f32 - dmin * mn[sub] as f32;
+        *o = k4_value(d, dmin, sc[sub], mn[sub], low | (high << 4));
     }
 }
 
@@ -88,7 +117,7 @@ pub fn dequant_q6_k(b: &[u8], out: &mut [f32]) {
         let low = (ql[half * 64 + r % 64] >> (4 * (r / 64))) & 0x0f;
         let high = (qh[half * 32 + r % 32] >> (2 * (r / 32))) & 3;
         let q = (low | (high << 4)) as i8 - 32;
-        *o = (d * scales[i / 16] as i8 as f32) * q as f32;
+        *o = q6_k_value(d, scales[i / 16] as i8, q);
     }
 }
 

@@ -19,11 +19,38 @@ fn nibble(qs: &[u8], i: usize) -> u8 {
     }
 }
 
+// The value of one element, in the decoders' f32 operation order (also
+// what the block grid, `crate::grid`, reports for a code).
+
+/// Q4_0 (`offset` 8) or Q5_0 (`offset` 16) element with code `q`.
+#[inline(always)]
+pub(crate) fn symmetric_value(d: f32, q: u8, offset: i8) -> f32 {
+    d * (q as i8 - offset) as f32
+}
+
+/// Q4_1 or Q5_1 element with code `q`.
+#[inline(always)]
+pub(crate) fn affine_value(d: f32, m: f32, q: u8) -> f32 {
+    d * q as f32 + m
+}
+
+/// Q8_0 element with code `q` (an i8 as stored).
+#[inline(always)]
+pub(crate) fn q8_0_value(d: f32, q: u8) -> f32 {
+    q as i8 as f32 * d
+}
+
+/// IQ4_NL element with code `q` (`0..16`).
+#[inline(always)]
+pub(crate) fn iq4_nl_value(d: f32, q: u8) -> f32 {
+    d * IQ4NL_LEVELS[q as usize & 0x0f] as f32
+}
+
 /// Decodes a Q4_0 block (18 bytes).
 pub fn dequant_q4_0(b: &[u8], out: &mut [f32]) {
     let d = read_f16(b);
     for (i, o) in out.iter_mut().enumerate() {
-        *o = d * (nibble(&b[2..], i) as i8 - 8) as f32;
+        *o = symmetric_value(d, nibble(&b[2..], i), 8);
     }
 }
 
@@ -31,7 +58,7 @@ pub fn dequant_q4_0(b: &[u8], out: &mut [f32]) {
 pub fn dequant_q4_1(b: &[u8], out: &mut [f32]) {
     let (d, m) = (read_f16(b), read_f16(&b[2..]));
     for (i, o) in out.iter_mut().enumerate() {
-        *o = d * nibble(&b[4..], i) as f32 + m;
+        *o = affine_value(d, m, nibble(&b[4..], i));
     }
 }
 
@@ -45,7 +72,7 @@ pub fn dequant_q5_0(b: &[u8], out: &mut [f32]) {
     let d = read_f16(b);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
     for (i, o) in out.iter_mut().enumerate() {
-        *o = d * (q5(qh, &b[6..], i) as i8 - 16) as f32;
+        *o = symmetric_value(d, q5(qh, &b[6..], i), 16);
     }
 }
 
@@ -54,7 +81,7 @@ pub fn dequant_q5_1(b: &[u8], out: &mut [f32]) {
     let (d, m) = (read_f16(b), read_f16(&b[2..]));
     let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
     for (i, o) in out.iter_mut().enumerate() {
-        *o = d * q5(qh, &b[8..], i) as f32 + m;
+        *o = affine_value(d, m, q5(qh, &b[8..], i));
     }
 }
 
@@ -62,7 +89,7 @@ pub fn dequant_q5_1(b: &[u8], out: &mut [f32]) {
 pub fn dequant_q8_0(b: &[u8], out: &mut [f32]) {
     let d = read_f16(b);
     for (o, &q) in out.iter_mut().zip(&b[2..]) {
-        *o = q as i8 as f32 * d;
+        *o = q8_0_value(d, q);
     }
 }
 
@@ -75,7 +102,7 @@ pub const IQ4NL_LEVELS: [i8; 16] = [
 pub fn dequant_iq4_nl(b: &[u8], out: &mut [f32]) {
     let d = read_f16(b);
     for (i, o) in out.iter_mut().enumerate() {
-        *o = d * IQ4NL_LEVELS[nibble(&b[2..], i) as usize] as f32;
+        *o = iq4_nl_value(d, nibble(&b[2..], i));
     }
 }
 
@@ -100,10 +127,16 @@ pub fn dequant_mxfp4(b: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Q8_0's scale before f16 rounding (ggml's reference: absmax / 127);
+/// shared by the encoder and the block grid.
+pub(crate) fn q8_0_scale(x: &[f32]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    amax / 127.0
+}
+
 /// Encodes a Q8_0 block like ggml's reference quantizer.
 pub fn quant_q8_0(x: &[f32], b: &mut [u8]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
+    let d = q8_0_scale(x);
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     b[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
     for (q, &v) in b[2..].iter_mut().zip(x) {

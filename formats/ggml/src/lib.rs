@@ -6,13 +6,17 @@
 //! encoders are bit-identical to gguf-py where it has an encoder and to
 //! ggml's reference quantizers otherwise (golden fixtures in
 //! `fixtures/types`); with importance they run ggml's imatrix-weighted
-//! searches ([`encode`]).
+//! searches ([`encode`]). The same types but the floats also have a
+//! two-phase encoder (`BlockGrid`: block parameters chosen by the encoder's
+//! own code, then each element rounded on its own), which GPTQ uses to
+//! round column by column inside a block.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod dot;
 pub mod encode;
 pub mod float;
+mod grid;
 pub mod half_bits;
 pub mod kquants;
 pub mod legacy;
@@ -22,7 +26,7 @@ pub mod ternary;
 use dot::DotKind;
 use gguftool_gguf::ggml_type::{ggml_type, TypeStatus};
 use gguftool_quant::activation::{Q8Activations, Q8KActivations, VecDotType};
-use gguftool_quant::format::{Format, Kernel, Quantizer, SimdLevel};
+use gguftool_quant::format::{BlockGrid, Format, Kernel, Quantizer, SimdLevel};
 use gguftool_quant::register_format;
 
 type BlockDecoder = fn(&[u8], &mut [f32]);
@@ -111,6 +115,10 @@ impl Format for StdType {
     }
     fn quantizer(&self) -> Option<&dyn Quantizer> {
         self.encoder.map(|q| q as &dyn Quantizer)
+    }
+    fn block_grid(&self) -> Option<&dyn BlockGrid> {
+        // Every type with a per-element grid encoder (all but the floats).
+        self.encoder.and(grid::Grid::for_type(self.id))
     }
 }
 

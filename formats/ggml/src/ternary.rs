@@ -5,9 +5,21 @@ use crate::half_bits::{f32_to_f16, read_f16};
 
 const POW3: [u8; 5] = [1, 3, 9, 27, 81];
 
+/// The scale of a TQ1_0/TQ2_0 block before f16 rounding (absmax, as
+/// gguf-py does); shared by the encoders and the block grid.
+pub(crate) fn ternary_scale(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// The value of a ternary element `t` (`-1..=1`), in the decoders' order.
+#[inline(always)]
+pub(crate) fn ternary_value(d: f32, t: i8) -> f32 {
+    d * t as f32
+}
+
 /// Ternary digits {0,1,2} (value + 1) with absmax scale, as gguf-py does.
 fn ternarize(x: &[f32]) -> (f32, [u8; 256]) {
-    let d = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = ternary_scale(x);
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     let mut q = [0u8; 256];
     for (o, &v) in q.iter_mut().zip(x) {
@@ -28,14 +40,20 @@ fn pack_trits(q: &[u8], stride: usize, digits: usize, out: &mut [u8]) {
     }
 }
 
-/// Encodes a TQ1_0 block (54 bytes: qs[48], qh[4], d).
-pub fn quant_tq1_0(x: &[f32], b: &mut [u8]) {
-    let (d, q) = ternarize(x);
+/// Writes a TQ1_0 block from its digits (`0..3`, value + 1) and the f16
+/// bits of its scale.
+pub(crate) fn pack_tq1_0(q: &[u8], d: u16, b: &mut [u8]) {
     pack_trits(&q[..160], 32, 5, &mut b[..32]);
     pack_trits(&q[160..240], 16, 5, &mut b[32..48]);
     // The last 16 trits: 4 per byte, weights 81, 27, 9, 3.
     pack_trits(&q[240..], 4, 4, &mut b[48..52]);
-    b[52..54].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+    b[52..54].copy_from_slice(&d.to_le_bytes());
+}
+
+/// Encodes a TQ1_0 block (54 bytes: qs[48], qh[4], d).
+pub fn quant_tq1_0(x: &[f32], b: &mut [u8]) {
+    let (d, q) = ternarize(x);
+    pack_tq1_0(&q, f32_to_f16(d), b);
 }
 
 #[inline]
@@ -54,13 +72,13 @@ pub fn dequant_tq1_0(b: &[u8], out: &mut [f32]) {
         } else {
             trit(b[48 + (i - 240) % 4], (i - 240) / 4)
         };
-        *o = d * t as f32;
+        *o = ternary_value(d, t);
     }
 }
 
-/// Encodes a TQ2_0 block (66 bytes: qs[64], d).
-pub fn quant_tq2_0(x: &[f32], b: &mut [u8]) {
-    let (d, q) = ternarize(x);
+/// Writes a TQ2_0 block from its digits (`0..3`, value + 1) and the f16
+/// bits of its scale.
+pub(crate) fn pack_tq2_0(q: &[u8], d: u16, b: &mut [u8]) {
     for half in 0..2 {
         for j in 0..32 {
             let base = half * 128 + j;
@@ -68,7 +86,13 @@ pub fn quant_tq2_0(x: &[f32], b: &mut [u8]) {
                 q[base] | (q[base + 32] << 2) | (q[base + 64] << 4) | (q[base + 96] << 6);
         }
     }
-    b[64..66].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+    b[64..66].copy_from_slice(&d.to_le_bytes());
+}
+
+/// Encodes a TQ2_0 block (66 bytes: qs[64], d).
+pub fn quant_tq2_0(x: &[f32], b: &mut [u8]) {
+    let (d, q) = ternarize(x);
+    pack_tq2_0(&q, f32_to_f16(d), b);
 }
 
 /// Decodes a TQ2_0 block.
@@ -77,6 +101,6 @@ pub fn dequant_tq2_0(b: &[u8], out: &mut [f32]) {
     for (i, o) in out.iter_mut().enumerate() {
         let (half, shift, j) = (i / 128, (i % 128) / 32, i % 32);
         let q = ((b[half * 32 + j] >> (2 * shift)) & 3) as i8 - 1;
-        *o = d * q as f32;
+        *o = ternary_value(d, q);
     }
 }
