@@ -8,6 +8,9 @@
 //! - [`recon`]: per-tensor reconstruction QAT for real GGUF models;
 //! - [`per_tensor`]: a whole model, tensor by tensor (`gguftool qat`): which
 //!   matrices to train, PTQ kept where QAT is not better, the report;
+//! - the candle engine (training through the model on candle-core
+//!   autograd): [`candle_op`] (any format's fake quantization as a custom
+//!   op), [`engine_error`].
 //!
 //! The straight-through estimators on uniform grids live in `gguftool_quant::ste`
 //! (the formats use them). The character-level reference model is a test
@@ -15,7 +18,9 @@
 
 #![warn(missing_docs)]
 
+pub mod candle_op;
 pub mod config;
+pub mod engine_error;
 pub mod loss;
 pub mod optim;
 pub mod per_tensor;
