@@ -10,7 +10,8 @@
 //!   matrices to train, PTQ kept where QAT is not better, the report;
 //! - the candle engine (training through the model on candle-core
 //!   autograd): [`candle_op`] (any format's fake quantization as a custom
-//!   op), [`engine_error`].
+//!   op), [`candle_model`] (the runtime's llama and gemma3 forward in
+//!   candle ops, matrices optionally fake-quantized), [`engine_error`].
 //!
 //! The straight-through estimators on uniform grids live in `gguftool_quant::ste`
 //! (the formats use them). The character-level reference model is a test
@@ -18,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod candle_model;
 pub mod candle_op;
 pub mod config;
 pub mod engine_error;
