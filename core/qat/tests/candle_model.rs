@@ -240,41 +240,79 @@ fn fake_quantized_blocks_change_logits_and_export() {
     assert!(diff(&dec, &eff).1 < 2e-3);
 }
 
-fn real(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from("/work/main/models").join(name);
-    p.exists().then_some(p)
+fn real(name: &str) -> PathBuf {
+    let dir = std::env::var_os("GGUFTOOL_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} missing: set GGUFTOOL_MODELS_DIR (the F32 bases: fixtures/fetch-real-models.sh)",
+        p.display()
+    );
+    p
 }
 
-/// Real models: SmolLM2-135M (llama) and Gemma-3-270M (gemma3), a short
-/// sequence, logits against the runtime's exact-f32 path.
+fn argmax_agreement(a: &[f32], b: &[f32], nv: usize) -> f64 {
+    let am = |r: &[f32]| {
+        r.iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |m, (i, &v)| if v > m.1 { (i, v) } else { m })
+            .0
+    };
+    let n = a.len() / nv;
+    let same = (0..n)
+        .filter(|&t| am(&a[t * nv..(t + 1) * nv]) == am(&b[t * nv..(t + 1) * nv]))
+        .count();
+    same as f64 / n as f64
+}
+
+/// Real models against the runtime's exact-f32 path: SmolLM2-135M (llama,
+/// 64 tokens) to 1e-4 relative; Gemma-3-270M (gemma3, 520 tokens: past its
+/// 512-token window, so the sliding-window layers mask) to 2e-3. Gemma's
+/// bound is looser because ggml's GELU looks its input up at f16
+/// precision: a last-bit difference of a gate value (matmul summation
+/// order) can move it to the next f16, a step of 2^-11 relative. Measured:
+/// with the runtime's own FFN inputs, our activations differ by 2e-5..1e-4
+/// per layer with the table (2e-4..4e-4 with an f32 GELU), and the error
+/// grows through 18 layers whose residual stream reaches 2e4, to 9e-4
+/// (the same before and after position 512). Structure is checked exactly
+/// on the tiny gemma3; here the window is checked by a full-attention copy
+/// differing at positions 512.. by far more.
 #[test]
-#[ignore = "needs /work/main/models (real F32 models); ~1 min"]
+#[ignore = "needs the F32 real models in GGUFTOOL_MODELS_DIR (or models/); a few minutes"]
 fn real_models_logits_equal_the_runtime() {
-    let seq: Vec<u32> = vec![
-        2, 651, 6037, 576, 573, 3520, 603, 476, 1080, 235265, 714, 2182, 2, 8, 1000, 77, 4242, 333,
-        12, 9, 10, 11, 500, 600,
-    ];
-    for (file, arch) in [
-        ("SmolLM2-135M-Instruct-F32.gguf", "llama"),
-        ("gemma-3-270m-F32.gguf", "gemma3"),
+    for (file, n, bound) in [
+        ("SmolLM2-135M-Instruct-F32.gguf", 64usize, 1e-4f32),
+        ("gemma-3-270m-F32.gguf", 520, 2e-3),
     ] {
-        let Some(p) = real(file) else {
-            eprintln!("skipping {file}: not found");
-            continue;
-        };
+        let p = real(file);
+        // Ordinary ids (below 20000 in both vocabularies), deterministic.
+        let seq: Vec<u32> = (0..n as u32).map(|i| 100 + (i * 7919) % 19900).collect();
         let t0 = std::time::Instant::now();
         let (m, want) = runtime_logits(Model::open(&p, 0).unwrap(), &seq);
         let t1 = t0.elapsed();
-        let cm = CandleModel::from_model(&m, &Device::Cpu).unwrap();
+        let mut cm = CandleModel::from_model(&m, &Device::Cpu).unwrap();
         let t2 = std::time::Instant::now();
         let got = cm.logits(&seq).unwrap();
+        let t3 = t2.elapsed();
+        let nv = m.n_vocab();
         let (abs, rel) = diff(&got, &want);
+        let top1 = argmax_agreement(&got, &want, nv);
         eprintln!(
-            "{arch} {file}: {} tokens, max abs diff {abs:.3e}, relative {rel:.3e} (runtime {:.2?}, candle {:.2?})",
-            seq.len(),
-            t1,
-            t2.elapsed()
+            "{file}: {n} tokens, max abs diff {abs:.3e}, relative {rel:.3e}, top-1 agreement {top1} (runtime {t1:.2?}, candle {t3:.2?})"
         );
-        assert!(rel < 1e-4, "{file}: {abs} {rel}");
+        assert!(rel < bound, "{file}: {abs} {rel}");
+        assert!(top1 >= 0.99, "{file}: {top1}");
+        if n > 512 {
+            let late = |v: &[f32]| v[512 * nv..].to_vec();
+            let windowed = diff(&late(&got), &late(&want)).1;
+            for b in cm.blocks_mut() {
+                b.config.n_swa = 0;
+            }
+            let full = diff(&late(&cm.logits(&seq).unwrap()), &late(&want)).1;
+            eprintln!("  positions 512..: windowed {windowed:.3e}, full attention {full:.3e}");
+            assert!(full > 10.0 * windowed, "{windowed} {full}");
+        }
     }
 }
