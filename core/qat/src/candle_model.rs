@@ -120,6 +120,15 @@ impl QLinear {
         self.weight.trainable = false;
     }
 
+    /// Freezes the latent weights and the scales (the fake quantization
+    /// stays).
+    pub fn freeze(&mut self) {
+        self.weight.trainable = false;
+        if let Some((_, s)) = &mut self.quant {
+            s.trainable = false;
+        }
+    }
+
     /// The weights as the forward uses them (fake-quantized when quantized).
     ///
     /// # Errors

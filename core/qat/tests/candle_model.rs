@@ -257,7 +257,10 @@ fn argmax_agreement(a: &[f32], b: &[f32], nv: usize) -> f64 {
     let am = |r: &[f32]| {
         r.iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |m, (i, &v)| if v > m.1 { (i, v) } else { m })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |m, (i, &v)| if v > m.1 { (i, v) } else { m },
+            )
             .0
     };
     let n = a.len() / nv;
