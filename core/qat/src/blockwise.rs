@@ -45,6 +45,9 @@ pub struct BlockwiseConfig {
     pub quantized_inputs: bool,
     /// Shuffling seed.
     pub seed: u64,
+    /// Train only the first this many blocks (`None`: all); later blocks
+    /// stay full precision.
+    pub max_blocks: Option<usize>,
 }
 
 impl Default for BlockwiseConfig {
@@ -58,6 +61,7 @@ impl Default for BlockwiseConfig {
             batch_size: 4,
             quantized_inputs: true,
             seed: 0x5eed,
+            max_blocks: None,
         }
     }
 }
@@ -217,7 +221,11 @@ pub fn reconstruct_blocks(
     let n = calib.len();
     let mut rng = SplitMix64::new(cfg.seed);
     let mut reports = Vec::new();
-    for il in 0..model.blocks().len() {
+    let n_blocks = model
+        .blocks()
+        .len()
+        .min(cfg.max_blocks.unwrap_or(usize::MAX));
+    for il in 0..n_blocks {
         let start = Instant::now();
         let fp_block = model.blocks()[il].clone();
         let y_fp = apply_detached(&fp_block, &x_fp, bs)?;

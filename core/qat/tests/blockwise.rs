@@ -165,6 +165,24 @@ fn latent_weights_recover_more() {
 }
 
 #[test]
+fn max_blocks_limits_training() {
+    let mut cm = model();
+    let nv = cm.hparams().n_vocab;
+    let fq = FakeQuant::by_name("ternary", Ste::LearnedStepSize).unwrap();
+    let cfg = BlockwiseConfig {
+        epochs: 1,
+        max_blocks: Some(1),
+        ..BlockwiseConfig::default()
+    };
+    let (c, h) = (seqs(4, 8, nv, 3), seqs(2, 8, nv, 4));
+    let r = reconstruct_blocks(&mut cm, fq, &c, &h, &cfg, &mut |_| {}).unwrap();
+    assert_eq!(r.len(), 1);
+    assert!(cm.blocks()[0].linears().iter().all(|l| l.quant().is_some()));
+    assert!(cm.blocks()[1].linears().iter().all(|l| l.quant().is_none()));
+    assert_eq!(export_blocks(&cm).unwrap().len(), 7);
+}
+
+#[test]
 fn bad_inputs_are_errors() {
     let mut cm = model();
     let fq = FakeQuant::by_name("piq2", Ste::LearnedStepSize).unwrap();
