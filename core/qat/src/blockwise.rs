@@ -316,17 +316,48 @@ pub fn reconstruct_blocks(
     Ok(reports)
 }
 
-/// The quantized matrices of `model`'s blocks encoded with their formats:
-/// `(GGUF tensor name, format name, bytes)`, in block order.
+/// A tensor to write into the output GGUF in place of the source's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedTensor {
+    /// GGUF tensor name.
+    pub name: String,
+    /// ggml type id of `bytes` (the format's, or 0 = F32 for norm gains).
+    pub type_id: u32,
+    /// Tensor data, GGUF order.
+    pub bytes: Vec<u8>,
+}
+
+/// GGML's F32 type id.
+const GGML_F32: u32 = 0;
+
+/// What block-wise training changed, for writing: every quantized matrix
+/// encoded with its format's `export`, and the norm gains (f32) of the
+/// blocks holding one, in block order.
 ///
 /// # Errors
 /// As [`crate::candle_op::FakeQuant::export`].
-pub fn export_blocks(model: &CandleModel) -> EngineResult<Vec<(String, &'static str, Vec<u8>)>> {
+pub fn export_blocks(model: &CandleModel) -> EngineResult<Vec<ExportedTensor>> {
     let mut out = Vec::new();
     for b in model.blocks() {
+        let mut any = false;
         for l in b.linears() {
             if let (Some(bytes), Some((fq, _))) = (l.export()?, l.quant()) {
-                out.push((l.name().to_string(), fq.format().name(), bytes));
+                any = true;
+                out.push(ExportedTensor {
+                    name: l.name().to_string(),
+                    type_id: fq.format().type_id(),
+                    bytes,
+                });
+            }
+        }
+        if any {
+            for p in b.norms() {
+                let v = crate::candle_op::host_f32(p.var().as_tensor())?;
+                out.push(ExportedTensor {
+                    name: p.name().to_string(),
+                    type_id: GGML_F32,
+                    bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                });
             }
         }
     }

@@ -33,16 +33,24 @@ use std::path::Path;
 /// for them).
 #[derive(Debug, Clone)]
 pub struct Parameter {
+    name: String,
     var: Var,
     trainable: bool,
 }
 
 impl Parameter {
-    fn new(t: Tensor, trainable: bool) -> EngineResult<Self> {
+    fn new(name: String, t: Tensor, trainable: bool) -> EngineResult<Self> {
         Ok(Self {
+            name,
             var: Var::from_tensor(&t)?,
             trainable,
         })
+    }
+
+    /// The GGUF tensor name (scales: the matrix name plus `.scales`,
+    /// which no GGUF file holds).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The value as it enters the graph (detached when frozen).
@@ -109,7 +117,8 @@ impl QLinear {
         learn_weights: bool,
     ) -> EngineResult<()> {
         let s = fq.init_scales(self.weight.var.as_tensor(), importance)?;
-        self.quant = Some((fq, Parameter::new(s, true)?));
+        let name = format!("{}.scales", self.name);
+        self.quant = Some((fq, Parameter::new(name, s, true)?));
         self.weight.trainable = learn_weights;
         Ok(())
     }
@@ -592,17 +601,21 @@ impl CandleModel {
         let hp = model.hparams().clone();
         let f = model.file();
         let dev = device;
-        let frozen = |t: Tensor| Parameter::new(t, false);
+        let req = |name: &str| -> EngineResult<Parameter> {
+            Parameter::new(name.to_string(), require(f, name, dev)?, false)
+        };
         let mut blocks = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
             let n = |s: &str| format!("blk.{il}.{s}");
             let opt = |s: &str| -> EngineResult<Option<Parameter>> {
-                load(f, &n(s), dev)?.map(frozen).transpose()
+                load(f, &n(s), dev)?
+                    .map(|t| Parameter::new(n(s), t, false))
+                    .transpose()
             };
             let lin = |s: &str| -> EngineResult<QLinear> {
                 Ok(QLinear {
                     name: n(&format!("{s}.weight")),
-                    weight: frozen(require(f, &n(&format!("{s}.weight")), dev)?)?,
+                    weight: req(&n(&format!("{s}.weight")))?,
                     bias: load(f, &n(&format!("{s}.bias")), dev)?,
                     quant: None,
                 })
@@ -626,11 +639,11 @@ impl CandleModel {
             };
             blocks.push(Block {
                 config: BlockConfig::from_hparams(&hp, il)?,
-                attn_norm: frozen(require(f, &n("attn_norm.weight"), dev)?)?,
+                attn_norm: req(&n("attn_norm.weight"))?,
                 q_norm: g("attn_q_norm.weight")?,
                 k_norm: g("attn_k_norm.weight")?,
                 post_attn_norm: g("post_attention_norm.weight")?,
-                ffn_norm: frozen(require(f, &n("ffn_norm.weight"), dev)?)?,
+                ffn_norm: req(&n("ffn_norm.weight"))?,
                 post_ffn_norm: g("post_ffw_norm.weight")?,
                 linears,
             });
@@ -638,7 +651,7 @@ impl CandleModel {
         Ok(Self {
             token_embd: require(f, "token_embd.weight", dev)?,
             output: load(f, "output.weight", dev)?,
-            output_norm: frozen(require(f, "output_norm.weight", dev)?)?,
+            output_norm: req("output_norm.weight")?,
             blocks,
             device: device.clone(),
             hp,

@@ -89,13 +89,17 @@ fn training_lowers_block_mse_and_exports() {
     assert_ne!(q_logits, fp_logits);
     // The export: every block matrix, decoding to the trained weights.
     let ex = export_blocks(&cm).unwrap();
-    assert_eq!(ex.len(), 14);
-    for ((name, fmt, bytes), l) in ex
+    // 7 matrices and 2 norms per block.
+    assert_eq!(ex.len(), 18);
+    let mats: Vec<_> = ex.iter().filter(|e| e.type_id != 0).collect();
+    assert_eq!(mats.len(), 14);
+    for (e, l) in mats
         .iter()
         .zip(cm.blocks().iter().flat_map(|b| b.linears().iter()))
     {
+        let (name, bytes) = (&e.name, &e.bytes);
         assert_eq!(name, l.name());
-        assert_eq!(*fmt, "piq2");
+        assert_eq!(e.type_id, fq.format().type_id());
         let mut dec = vec![0f32; l.weight().var().elem_count()];
         fq.format().dequantize(bytes, &mut dec).unwrap();
         // Exactly the fake quantization at the file's f16 scales ...
@@ -179,7 +183,7 @@ fn max_blocks_limits_training() {
     assert_eq!(r.len(), 1);
     assert!(cm.blocks()[0].linears().iter().all(|l| l.quant().is_some()));
     assert!(cm.blocks()[1].linears().iter().all(|l| l.quant().is_none()));
-    assert_eq!(export_blocks(&cm).unwrap().len(), 7);
+    assert_eq!(export_blocks(&cm).unwrap().len(), 9);
 }
 
 #[test]
@@ -200,4 +204,96 @@ fn bad_inputs_are_errors() {
     assert!(reconstruct_blocks(&mut cm, fq, &ok, &ok, &bad, &mut nop).is_err());
     let oov = vec![vec![u32::MAX]];
     assert!(reconstruct_blocks(&mut cm, fq, &oov, &ok, &cfg, &mut nop).is_err());
+}
+
+/// The exported blocks written into a GGUF (the fixture's other tensors
+/// copied) run in the runtime and give the candle model's logits once its
+/// scales are rounded to the file's f16.
+#[test]
+fn export_runs_in_the_runtime() {
+    use gguftool_gguf::write::{GgufWriter, TensorSpec};
+    use gguftool_gguf::GgufFile;
+    use gguftool_model::{Logits, MatmulPath, NoHooks};
+
+    let mut cm = model();
+    let nv = cm.hparams().n_vocab;
+    let fq = FakeQuant::by_name("piq3", Ste::LearnedStepSize).unwrap();
+    let cfg = BlockwiseConfig {
+        epochs: 2,
+        ..BlockwiseConfig::default()
+    };
+    let (c, h) = (seqs(8, 16, nv, 5), seqs(2, 16, nv, 6));
+    reconstruct_blocks(&mut cm, fq, &c, &h, &cfg, &mut |_| {}).unwrap();
+    let ex = export_blocks(&cm).unwrap();
+
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-llama-f32.gguf");
+    let src = gguftool_quant::registry::open(&p).unwrap();
+    let mut specs = Vec::new();
+    let mut data: Vec<Vec<u8>> = Vec::new();
+    for (i, t) in src.header().tensors.iter().enumerate() {
+        match ex.iter().find(|e| e.name == t.name) {
+            Some(e) => {
+                specs.push(TensorSpec {
+                    name: t.name.clone(),
+                    ggml_type: e.type_id,
+                    dims: t.dims.clone(),
+                    n_bytes: e.bytes.len() as u64,
+                });
+                data.push(e.bytes.clone());
+            }
+            None => {
+                specs.push(TensorSpec {
+                    name: t.name.clone(),
+                    ggml_type: t.ggml_type,
+                    dims: t.dims.clone(),
+                    n_bytes: src.tensor_data(i).len() as u64,
+                });
+                data.push(src.tensor_data(i).to_vec());
+            }
+        }
+    }
+    let mut w = GgufWriter::begin(
+        std::io::Cursor::new(Vec::new()),
+        &src.header().metadata,
+        specs,
+        &gguftool_quant::registry::TYPES,
+    )
+    .unwrap();
+    for d in &data {
+        w.write_tensor_data(d).unwrap();
+    }
+    let bytes = w.finish().unwrap().into_inner();
+    let file = GgufFile::from_bytes("qat.gguf", bytes, &gguftool_quant::registry::TYPES).unwrap();
+    let mut rt = Model::from_file(file, 1).unwrap();
+    rt.set_matmul_path(MatmulPath::ReferenceF32);
+    let toks = &h[0];
+    let mut cache = rt.new_cache(toks.len());
+    let want = rt
+        .forward(&mut cache, toks, Logits::All, &mut NoHooks)
+        .unwrap();
+
+    for b in cm.blocks() {
+        for l in b.linears() {
+            let (_, s) = l.quant().unwrap();
+            let r = s
+                .var()
+                .as_tensor()
+                .to_dtype(candle_core::DType::F16)
+                .unwrap()
+                .to_dtype(candle_core::DType::F32)
+                .unwrap();
+            s.var().set(&r).unwrap();
+        }
+    }
+    let got = cm.logits(toks).unwrap();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!(
+        "exported piq3 model: runtime vs candle max relative diff {:.3e}",
+        d / scale
+    );
+    assert!(d / scale < 1e-4, "{d} of {scale}");
 }
