@@ -11,6 +11,9 @@
 //! sequences: the first `--seqs` calibrate, the next `--heldout` select the
 //! epoch and measure the loss. Only the first `--blocks` blocks are
 //! quantized (default: all). Use calibration text, never evaluation text.
+//! The held-out sequences also choose each block's kept epoch, so the
+//! final loss is slightly optimistic. Per-block seconds include computing
+//! the targets and the held-out evaluations.
 
 use candle_core::{Tensor, D};
 use gguftool_formats as _;
@@ -62,7 +65,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tok = gguftool_tokenizer::Tokenizer::from_metadata(model.metadata())?;
     let text = std::fs::read_to_string(&args[1])?;
     let ids = tok.tokenize(&text, false, false)?;
-    let seqs: Vec<Vec<u32>> = ids.chunks_exact(len).map(|c| c.to_vec()).collect();
+    // As llama-perplexity: each chunk's first token becomes BOS when the
+    // model adds one (Gemma yes, SmolLM2 no).
+    let bos = tok.tokenize("", true, false)?.first().copied();
+    let seqs: Vec<Vec<u32>> = ids
+        .chunks_exact(len)
+        .map(|c| {
+            let mut v = c.to_vec();
+            if let Some(b) = bos {
+                v[0] = b;
+            }
+            v
+        })
+        .collect();
     if seqs.len() < n_cal + n_held {
         return Err(format!(
             "{} tokens make {} sequences of {len}; need {}",
@@ -101,6 +116,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let nll_init = nll(&init, held)?;
     drop(init);
+
+    // One block step's parts: forward, and forward + backward, on a batch.
+    {
+        let mut b = cm.blocks()[0].clone();
+        b.quantize(fq, cfg.learn_weights)?;
+        b.set_norms_trainable(true);
+        let bs = cfg.batch_size.min(n_cal);
+        let toks: Vec<&[u32]> = calib[..bs].iter().map(Vec::as_slice).collect();
+        let x = cm.embed(&cm.token_tensor(&toks)?)?.detach();
+        let t = Instant::now();
+        let y = b.forward(&x)?;
+        let tf = t.elapsed();
+        let t = Instant::now();
+        let _ = b.forward(&x)?.sqr()?.mean_all()?.backward()?;
+        let tfb = t.elapsed();
+        let _ = y;
+        println!("block 0 on {bs}x{len} tokens: forward {tf:.2?}, forward+backward {tfb:.2?}");
+    }
 
     let t = Instant::now();
     let reports = reconstruct_blocks(&mut cm, fq, calib, held, &cfg, &mut |r| {
