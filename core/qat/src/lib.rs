@@ -8,6 +8,11 @@
 //! - [`recon`]: per-tensor reconstruction QAT for real GGUF models;
 //! - [`per_tensor`]: a whole model, tensor by tensor (`gguftool qat`): which
 //!   matrices to train, PTQ kept where QAT is not better, the report;
+//! - the candle engine (training through the model on candle-core
+//!   autograd): [`candle_op`] (any format's fake quantization as a custom
+//!   op), [`candle_model`] (the runtime's llama and gemma3 forward in
+//!   candle ops, matrices optionally fake-quantized), [`blockwise`] (block-wise
+//!   reconstruction of quantized blocks), [`engine_error`].
 //!
 //! The straight-through estimators on uniform grids live in `gguftool_quant::ste`
 //! (the formats use them). The character-level reference model is a test
@@ -15,7 +20,11 @@
 
 #![warn(missing_docs)]
 
+pub mod blockwise;
+pub mod candle_model;
+pub mod candle_op;
 pub mod config;
+pub mod engine_error;
 pub mod loss;
 pub mod optim;
 pub mod per_tensor;
