@@ -3,6 +3,7 @@
 //! the quality report.
 #![warn(missing_docs)]
 
+pub mod calibration;
 pub mod output;
 mod pipeline;
 pub mod policy;

@@ -476,6 +476,8 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         let f = gguftool_quant::registry::open(path)?;
         let cal = gguftool_calib::calib_file::Calibration::from_gguf(&f)
             .map_err(|e| gguftool_gguf::Error::Other(format!("{}: {e}", path.display())))?;
+        gguftool_convert::calibration::check_calibration(&plan, &src, &cal)
+            .map_err(|e| gguftool_gguf::Error::Other(format!("{}: {e}", path.display())))?;
         let n = gguftool_convert::apply_calibration(&mut plan, &src, &cal);
         eprintln!("calibration: {n} matrices rounded with GPTQ");
         if n == 0 {

@@ -154,3 +154,92 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("matrices rounded with GPTQ"));
 }
+
+/// A calibration file with one entry removed, or one entry of another
+/// width (as for another model), is refused naming the tensor; a file with
+/// a non-finite entry is refused naming the site.
+#[test]
+fn calibration_for_another_model_or_with_missing_entries_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/tiny-llama-f32.gguf");
+    let text = root().join("fixtures/runtime/tiny.txt");
+    let cal = dir.path().join("c.gguf");
+    gguftool(&[
+        "calibrate",
+        s(&model),
+        "-f",
+        s(&text),
+        "-o",
+        s(&cal),
+        "-c",
+        "32",
+        "--chunks",
+        "2",
+        "-t",
+        "1",
+    ]);
+    let f = gguftool_quant::registry::open(&cal).unwrap();
+    let good = Calibration::from_gguf(&f).unwrap();
+    drop(f);
+    let convert = |c: &Path| {
+        let out = dir.path().join("q.gguf");
+        Command::new(env!("CARGO_BIN_EXE_gguftool"))
+            .args(["convert", s(&model), "-o", s(&out), "--format", "piq3"])
+            .args(["--calibration", s(c), "--force"])
+            .output()
+            .unwrap()
+    };
+    let write = |c: &Calibration, name: &str| {
+        let p = dir.path().join(name);
+        c.write(std::fs::File::create(&p).unwrap()).unwrap();
+        p
+    };
+
+    // Missing: drop the site that feeds the FFN down projections of layer 1.
+    let mut missing = good.clone();
+    let pos = missing
+        .inputs
+        .iter()
+        .position(|i| i.consumers.iter().any(|c| c == "blk.1.ffn_down.weight"))
+        .unwrap();
+    missing.inputs.remove(pos);
+    let o = convert(&write(&missing, "missing.gguf"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no Hessian for tensor \"blk.1.ffn_down.weight\""),
+        "{err}"
+    );
+
+    // Another width: the same site with a Hessian twice as wide.
+    let mut other = good.clone();
+    let i = &mut other.inputs[pos.min(other.inputs.len() - 1)];
+    let n = 2 * i.hessian.n();
+    let eye: Vec<f64> = (0..n * n)
+        .map(|k| if k % (n + 1) == 0 { 1.0 } else { 0.0 })
+        .collect();
+    i.hessian = gguftool_calib::gptq::Hessian::from_matrix(n, eye, 10).unwrap();
+    let name = i.consumers[0].clone();
+    let o = convert(&write(&other, "other.gguf"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("Hessian for tensor {name:?} is {n} wide")),
+        "{err}"
+    );
+
+    // Non-finite: patch one f32 of the first matrix in the file to NaN.
+    let mut bytes = std::fs::read(&cal).unwrap();
+    let f = gguftool_quant::registry::open(&cal).unwrap();
+    let off = f.header().data_offset as usize + f.header().tensors[0].offset as usize;
+    let site = f.header().tensors[0].name.clone();
+    drop(f);
+    bytes[off..off + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let nan = dir.path().join("nan.gguf");
+    std::fs::write(&nan, bytes).unwrap();
+    let o = convert(&nan);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let site = site.trim_end_matches(".xtx");
+    assert!(err.contains(site) && err.contains("not finite"), "{err}");
+}
