@@ -9,3 +9,4 @@ pub mod gptq;
 pub mod imatrix;
 pub mod imatrix_write;
 pub mod linalg;
+pub mod quadratic;

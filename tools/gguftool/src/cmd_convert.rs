@@ -4,6 +4,7 @@ use crate::args::{parse_tensor_type, regex_error_line};
 use crate::escape::escape_for_terminal as esc;
 use crate::progress::bytes_bar;
 use crate::{as_usage, usage, CliError};
+use gguftool_calib::calib_file::Calibration;
 use gguftool_calib::imatrix::Imatrix;
 use gguftool_convert::policy::{self, Provenance, QuantPolicy};
 use gguftool_convert::recipe::RecipeSettings;
@@ -426,6 +427,14 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
              or a calibration file (`gguftool calibrate`)"
         );
     }
+    let calibration = a
+        .calibration
+        .as_deref()
+        .map(|path| -> Result<_, Error> {
+            let f = registry::open(path)?;
+            Calibration::from_gguf(&f).map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+        })
+        .transpose()?;
     let (plan, allocation) = if let Some(r) = recipe {
         let pb = crate::progress::count_bar(0, "measuring candidate formats");
         let settings = RecipeSettings {
@@ -438,6 +447,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
             },
             pin_output: a.output_tensor_type.is_some() || !a.allocate_output,
             pin_embedding: a.token_embedding_type.is_some(),
+            calibration: calibration.as_ref(),
         };
         let res =
             gguftool_convert::recipe::plan(&src, r, policy, &provenance, &settings, &|d, t| {
@@ -449,6 +459,20 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
             RecipeError::Invalid(m) => usage(m),
             RecipeError::Data(e) => CliError::Failed(e),
         })?;
+        if calibration.is_some() {
+            let n = match plan
+                .metadata
+                .get(gguftool_convert::recipe::KEY_HESSIAN_TENSORS)
+            {
+                Some(gguftool_gguf::value::Value::U32(n)) => *n,
+                _ => 0,
+            };
+            eprintln!(
+                "{}: errors measured as tr(dW H dW^T) with the input Hessians of {n} of {} allocated matrices",
+                r.name(),
+                alloc.choices.len()
+            );
+        }
         (plan, Some(alloc))
     } else {
         (policy::plan(&src, &policy, &provenance)?, None)
@@ -472,11 +496,8 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         }
     }
     let mut plan = plan;
-    if let Some(path) = &a.calibration {
-        let f = gguftool_quant::registry::open(path)?;
-        let cal = gguftool_calib::calib_file::Calibration::from_gguf(&f)
-            .map_err(|e| gguftool_gguf::Error::Other(format!("{}: {e}", path.display())))?;
-        let n = gguftool_convert::apply_calibration(&mut plan, &src, &cal);
+    if let Some(cal) = &calibration {
+        let n = gguftool_convert::apply_calibration(&mut plan, &src, cal);
         eprintln!("calibration: {n} matrices rounded with GPTQ");
         if n == 0 {
             eprintln!(

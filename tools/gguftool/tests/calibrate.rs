@@ -153,4 +153,34 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
         s(&im),
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("matrices rounded with GPTQ"));
+    // Mixed precision allocates on the Hessians and says so in the file.
+    let mixed = dir.path().join("m.gguf");
+    let o = gguftool(&[
+        "convert",
+        s(&model),
+        "-o",
+        s(&mixed),
+        "--format",
+        "mixed",
+        "--bpw",
+        "6",
+        "--candidates",
+        "q4_0,q8_0",
+        "--calibration",
+        s(&cal),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("errors measured as tr(dW H dW^T)"), "{e}");
+    assert!(e.contains("matrices rounded with GPTQ"), "{e}");
+    let f = gguftool_quant::registry::open(&mixed).unwrap();
+    let md = &f.header().metadata;
+    use gguftool_gguf::value::Value;
+    assert_eq!(
+        md.get("gguftool.convert.sensitivity"),
+        Some(&Value::String("hessian".into()))
+    );
+    match md.get("gguftool.convert.sensitivity_hessian_tensors") {
+        Some(Value::U32(n)) => assert!(*n > 0),
+        other => panic!("{other:?}"),
+    }
 }
