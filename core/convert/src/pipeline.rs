@@ -4,6 +4,7 @@
 
 use crate::output::AtomicOutput;
 use gguftool_calib::calib_file::Calibration;
+pub use gguftool_calib::gptq::GptqReport;
 use gguftool_calib::gptq::{gptq, GptqOptions, Hessian};
 use gguftool_gguf::error::{Error, Result};
 use gguftool_gguf::seal::{OutputWriter, WriteOptions};
@@ -16,7 +17,7 @@ use gguftool_quant::rows::row_importance;
 use gguftool_quant::rows::RowCodec;
 use rayon::prelude::*;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Decoded elements processed per chunk (bounds memory to ~64 MiB of f32).
 const CHUNK_ELEMENTS: u64 = 16 << 20;
@@ -186,12 +187,36 @@ pub fn execute(
     opts: WriteOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
-    execute_with_source_hash(src, plan, out, force, opts, None, progress)
+    execute_with_source_hash(src, plan, out, force, opts, None, progress, &|_| {})
+}
+
+/// Called as each GPTQ tensor finishes (see [`GptqDone`]).
+pub type GptqHook<'a> = dyn Fn(&GptqDone) + Sync + 'a;
+
+/// One GPTQ tensor finished, as reported to the `on_gptq` callback of
+/// [`execute_with_source_hash`] (from a worker thread, in completion order).
+#[derive(Debug, Clone)]
+pub struct GptqDone<'a> {
+    /// Tensor name.
+    pub tensor: &'a str,
+    /// GPTQ tensors finished so far, this one included.
+    pub done: usize,
+    /// GPTQ tensors in the plan.
+    pub total: usize,
+    /// Damping, retries and dead columns (the worst over the matrices of a
+    /// stacked tensor).
+    pub report: GptqReport,
 }
 
 /// [`execute`], also hashing the whole source file on a separate thread
 /// while converting and writing the hex SHA-256 into the string value of
 /// `source_sha256_key` (which must hold a 64-byte placeholder).
+///
+/// GPTQ tensors are rounded concurrently, a few ahead of the writer (at most
+/// one per rayon thread in flight or waiting to be written, so memory stays
+/// bounded); the output is still written in plan order. `on_gptq` is called
+/// as each finishes.
+#[allow(clippy::too_many_arguments)]
 pub fn execute_with_source_hash(
     src: &GgufFile,
     plan: &Plan,
@@ -200,6 +225,7 @@ pub fn execute_with_source_hash(
     opts: WriteOptions,
     source_sha256_key: Option<&str>,
     progress: &(dyn Fn(u64) + Sync),
+    on_gptq: &GptqHook,
 ) -> Result<()> {
     std::thread::scope(|scope| {
         let hasher = source_sha256_key
@@ -226,7 +252,7 @@ pub fn execute_with_source_hash(
             force,
             opts,
             source_sha256_key,
-            progress,
+            (progress, on_gptq),
             finish,
         )
     })
@@ -240,7 +266,7 @@ fn execute_inner(
     force: bool,
     opts: WriteOptions,
     deferred_key: Option<&str>,
-    progress: &(dyn Fn(u64) + Sync),
+    (progress, on_gptq): (&(dyn Fn(u64) + Sync), &GptqHook),
     finish: impl FnOnce(
         OutputWriter<std::io::BufWriter<std::fs::File>>,
     ) -> Result<std::io::BufWriter<std::fs::File>>,
@@ -267,51 +293,99 @@ fn execute_inner(
     let delay = std::env::var("GGUFTOOL_TEST_DELAY_PER_TENSOR_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
-    for pt in &plan.tensors {
-        if let Some(ms) = delay {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
+    let jobs: Vec<usize> = plan
+        .tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| matches!(t.action, TensorAction::Gptq { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    let window = rayon::current_num_threads().max(1);
+    let rounding = GptqQueue::new(jobs.len(), window);
+    std::thread::scope(|scope| -> Result<()> {
+        // Stops the workers however the writer leaves (error or done).
+        let _stop = rounding.stop_on_drop();
+        for _ in 0..window.min(jobs.len()) {
+            scope.spawn(|| {
+                while let Some(k) = rounding.claim() {
+                    let pt = &plan.tensors[jobs[k]];
+                    let TensorAction::Gptq {
+                        source,
+                        target,
+                        hessian,
+                    } = &pt.action
+                    else {
+                        unreachable!("jobs hold GPTQ tensors only")
+                    };
+                    let info = &src.header().tensors[pt.source_index];
+                    let data = src.tensor_data(pt.source_index);
+                    let codecs = (*source, seeds.0, *target, seeds.1);
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        gptq_tensor(info, data, codecs, hessian)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(Error::Other(format!(
+                            "tensor {:?}: GPTQ panicked",
+                            info.name
+                        )))
+                    });
+                    let res = res.map(|(bytes, report)| {
+                        let done = rounding.finished();
+                        on_gptq(&GptqDone {
+                            tensor: &info.name,
+                            done,
+                            total: jobs.len(),
+                            report,
+                        });
+                        bytes
+                    });
+                    rounding.put(k, res);
+                }
+            });
         }
-        let data = src.tensor_data(pt.source_index);
-        let info = &src.header().tensors[pt.source_index];
-        match &pt.action {
-            TensorAction::Encoded(bytes) => {
-                if bytes.len() as u64 != pt.spec.n_bytes {
-                    return Err(Error::Other(format!(
-                        "tensor {:?}: {} encoded bytes, expected {}",
-                        pt.spec.name,
-                        bytes.len(),
-                        pt.spec.n_bytes
-                    )));
-                }
-                w.write_tensor_data(bytes).map_err(wrap)?;
-                progress(data.len() as u64);
+        for pt in &plan.tensors {
+            if let Some(ms) = delay {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
             }
-            TensorAction::Copy => {
-                for chunk in data.chunks(CHUNK_ELEMENTS as usize) {
-                    w.write_tensor_data(chunk).map_err(wrap)?;
-                    progress(chunk.len() as u64);
-                }
-            }
-            TensorAction::Gptq {
-                source,
-                target,
-                hessian,
-            } => {
-                let bytes = gptq_tensor(info, data, (*source, seeds.0, *target, seeds.1), hessian)?;
-                w.write_tensor_data(&bytes).map_err(wrap)?;
-                progress(data.len() as u64);
-            }
-            &TensorAction::Transcode { source, target } => {
-                let imp = pt.importance.as_deref().map(Vec::as_slice);
-                let codecs = (source, seeds.0, target, seeds.1);
-                transcode_tensor(info, data, codecs, imp, &mut |bytes, src_done| {
+            let data = src.tensor_data(pt.source_index);
+            let info = &src.header().tensors[pt.source_index];
+            match &pt.action {
+                TensorAction::Encoded(bytes) => {
+                    if bytes.len() as u64 != pt.spec.n_bytes {
+                        return Err(Error::Other(format!(
+                            "tensor {:?}: {} encoded bytes, expected {}",
+                            pt.spec.name,
+                            bytes.len(),
+                            pt.spec.n_bytes
+                        )));
+                    }
                     w.write_tensor_data(bytes).map_err(wrap)?;
-                    progress(src_done);
-                    Ok(())
-                })?;
+                    progress(data.len() as u64);
+                }
+                TensorAction::Copy => {
+                    for chunk in data.chunks(CHUNK_ELEMENTS as usize) {
+                        w.write_tensor_data(chunk).map_err(wrap)?;
+                        progress(chunk.len() as u64);
+                    }
+                }
+                TensorAction::Gptq { .. } => {
+                    let bytes = rounding.next()?;
+                    w.write_tensor_data(&bytes).map_err(wrap)?;
+                    progress(data.len() as u64);
+                }
+                &TensorAction::Transcode { source, target } => {
+                    let imp = pt.importance.as_deref().map(Vec::as_slice);
+                    let codecs = (source, seeds.0, target, seeds.1);
+                    transcode_tensor(info, data, codecs, imp, &mut |bytes, src_done| {
+                        w.write_tensor_data(bytes).map_err(wrap)?;
+                        progress(src_done);
+                        Ok(())
+                    })?;
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     finish(w)?;
     output.commit()
 }
@@ -359,7 +433,7 @@ fn gptq_tensor(
     data: &[u8],
     (source, source_seed, target, target_seed): CodecPair,
     hessian: &Hessian,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, GptqReport)> {
     let kernel_err = |e: String| Error::Unsupported {
         tensor: info.name.clone(),
         reason: e,
@@ -374,12 +448,127 @@ fn gptq_tensor(
         .map_err(|e| kernel_err(e.to_string()))?;
     let rows_per_mat = info.dims.get(1).copied().unwrap_or(1).max(1) as usize;
     let mut out = Vec::new();
+    let mut worst: Option<GptqReport> = None;
     for m in w.chunks(rows_per_mat * row_len) {
-        let (bytes, _report) = gptq(target, m, hessian, target_seed, GptqOptions::default())
+        let (bytes, r) = gptq(target, m, hessian, target_seed, GptqOptions::default())
             .map_err(|e| kernel_err(format!("GPTQ: {e}")))?;
         out.extend_from_slice(&bytes);
+        worst = Some(match worst {
+            None => r,
+            Some(p) => GptqReport {
+                damp: p.damp.max(r.damp),
+                retries: p.retries.max(r.retries),
+                dead_columns: p.dead_columns.max(r.dead_columns),
+            },
+        });
     }
-    Ok(out)
+    let report = worst.unwrap_or(GptqReport {
+        damp: GptqOptions::default().damp,
+        retries: 0,
+        dead_columns: 0,
+    });
+    Ok((out, report))
+}
+
+/// Results of the GPTQ tensors, rounded by worker threads at most `window`
+/// ahead of the writer, which takes them in plan order.
+struct GptqQueue {
+    state: Mutex<QueueState>,
+    changed: Condvar,
+    window: usize,
+}
+
+struct QueueState {
+    /// Next job to start.
+    next: usize,
+    /// Jobs taken by the writer.
+    taken: usize,
+    /// Jobs finished.
+    finished: usize,
+    /// Finished results not yet taken.
+    results: Vec<Option<Result<Vec<u8>>>>,
+    /// Set when the writer stops: workers start nothing more.
+    stop: bool,
+}
+
+impl GptqQueue {
+    fn new(jobs: usize, window: usize) -> Self {
+        Self {
+            state: Mutex::new(QueueState {
+                next: 0,
+                taken: 0,
+                finished: 0,
+                results: (0..jobs).map(|_| None).collect(),
+                stop: false,
+            }),
+            changed: Condvar::new(),
+            window,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next job to round, waiting while `window` jobs are ahead of the
+    /// writer; `None` when all are claimed or the writer stopped.
+    fn claim(&self) -> Option<usize> {
+        let mut s = self.lock();
+        loop {
+            if s.stop || s.next >= s.results.len() {
+                return None;
+            }
+            if s.next < s.taken + self.window {
+                s.next += 1;
+                return Some(s.next - 1);
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Counts a finished job; returns how many have finished.
+    fn finished(&self) -> usize {
+        let mut s = self.lock();
+        s.finished += 1;
+        s.finished
+    }
+
+    fn put(&self, k: usize, res: Result<Vec<u8>>) {
+        self.lock().results[k] = Some(res);
+        self.changed.notify_all();
+    }
+
+    /// The next result in plan order, waiting for it.
+    fn next(&self) -> Result<Vec<u8>> {
+        let mut s = self.lock();
+        let k = s.taken;
+        if k >= s.results.len() {
+            return Err(Error::Other(
+                "more GPTQ tensors written than planned".into(),
+            ));
+        }
+        loop {
+            if let Some(res) = s.results[k].take() {
+                s.taken += 1;
+                drop(s);
+                self.changed.notify_all();
+                return res;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// A guard that stops the workers when dropped.
+    fn stop_on_drop(&self) -> impl Drop + '_ {
+        struct Stop<'a>(&'a GptqQueue);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.lock().stop = true;
+                self.0.changed.notify_all();
+            }
+        }
+        Stop(self)
+    }
 }
 
 /// True when `a` and `b` name the same existing file (same device and

@@ -322,6 +322,17 @@ fn print_plan(
     println!("types: {}", summary.types_line());
 }
 
+/// Tallies of the GPTQ reports during a conversion.
+#[derive(Default)]
+struct GptqLog {
+    /// Tensors whose damping had to be raised.
+    retried: usize,
+    /// Tensors with dead input columns.
+    with_dead: usize,
+    /// Seconds from the start of writing to the last finished tensor.
+    last: f64,
+}
+
 /// Bits per weight below which a conversion without an imatrix loses
 /// much more quality.
 const LOW_BIT_WARNING_BPW: f64 = 3.0;
@@ -521,7 +532,25 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
     }
     let planned = start.elapsed();
     let total: u64 = src.header().tensors.iter().map(|t| t.n_bytes).sum();
-    let pb = bytes_bar(total, &format!("converting to {}", a.format));
+    let gptq_total = plan
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.action, TensorAction::Gptq { .. }))
+        .count();
+    // GPTQ dominates the time when there is any: count its tensors (with an
+    // ETA) instead of bytes.
+    let pb = if gptq_total > 0 {
+        let pb = crate::progress::tty_count_bar(
+            gptq_total as u64,
+            &format!("GPTQ rounding to {}", a.format),
+        );
+        pb.tick();
+        pb
+    } else {
+        bytes_bar(total, &format!("converting to {}", a.format))
+    };
+    let gptq_start = std::time::Instant::now();
+    let gptq_log = std::sync::Mutex::new(GptqLog::default());
     gguftool_convert::execute_with_source_hash(
         &src,
         &plan,
@@ -529,7 +558,34 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         a.force,
         opts,
         Some(policy::KEY_SOURCE_SHA256),
-        &|n| pb.inc(n),
+        &|n| {
+            if gptq_total == 0 {
+                pb.inc(n)
+            }
+        },
+        &|d| {
+            pb.set_position(d.done as u64);
+            let r = &d.report;
+            let mut log = gptq_log.lock().unwrap_or_else(|e| e.into_inner());
+            log.last = gptq_start.elapsed().as_secs_f64();
+            if r.retries > 0 {
+                log.retried += 1;
+            }
+            if r.dead_columns > 0 {
+                log.with_dead += 1;
+            }
+            if r.retries > 0 || r.dead_columns > 0 {
+                pb.suspend(|| {
+                    eprintln!(
+                        "gptq: {}: damping {:.0e} after {} retries, {} dead input columns (weights zeroed)",
+                        esc(d.tensor),
+                        r.damp,
+                        r.retries,
+                        r.dead_columns
+                    )
+                });
+            }
+        },
     )?;
     pb.finish_and_clear();
     let summary = PlanSummary::of(&src, &plan);
@@ -549,6 +605,16 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         (elapsed - planned).as_secs_f64(),
     );
     eprintln!("types: {}", summary.types_line());
+    if gptq_total > 0 {
+        let log = gptq_log.into_inner().unwrap_or_else(|e| e.into_inner());
+        eprintln!(
+            "gptq: {gptq_total} tensors rounded in {:.1} s on {} threads; damping raised on {}, dead input columns in {}",
+            log.last,
+            rayon::current_num_threads(),
+            log.retried,
+            log.with_dead
+        );
+    }
     eprintln!(
         "quantized: {} elements at {:.4} bits/weight{}",
         summary.q_elems,

@@ -152,7 +152,37 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
         "--imatrix",
         s(&im),
     ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("matrices rounded with GPTQ"));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("matrices rounded with GPTQ"), "{e}");
+    assert!(e.contains("tensors rounded in"), "{e}");
+    // GPTQ tensors are rounded concurrently but written in plan order: the
+    // file does not depend on the number of threads.
+    for threads in ["1", "3"] {
+        let other = dir.path().join(format!("q{threads}.gguf"));
+        let o = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+            .env("RAYON_NUM_THREADS", threads)
+            .args([
+                "convert",
+                s(&model),
+                "-o",
+                s(&other),
+                "--format",
+                "piq2",
+                "--calibration",
+                s(&cal),
+                "--imatrix",
+                s(&im),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(&format!("on {threads} threads")), "{e}");
+        assert!(
+            std::fs::read(&other).unwrap() == std::fs::read(&out).unwrap(),
+            "{threads} threads: output differs"
+        );
+    }
     // Mixed precision allocates on the Hessians and says so in the file.
     let mixed = dir.path().join("m.gguf");
     let o = gguftool(&[
