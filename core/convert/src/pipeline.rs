@@ -5,7 +5,8 @@
 use crate::output::AtomicOutput;
 use gguftool_calib::calib_file::Calibration;
 pub use gguftool_calib::gptq::GptqReport;
-use gguftool_calib::gptq::{gptq, GptqOptions, Hessian};
+use gguftool_calib::gptq::{GptqOptions, Hessian};
+use gguftool_calib::gptq_factor::gptq_shared;
 use gguftool_gguf::error::{Error, Result};
 use gguftool_gguf::seal::{OutputWriter, WriteOptions};
 use gguftool_gguf::value::Metadata;
@@ -293,57 +294,41 @@ fn execute_inner(
     let delay = std::env::var("GGUFTOOL_TEST_DELAY_PER_TENSOR_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
-    let jobs: Vec<usize> = plan
-        .tensors
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| matches!(t.action, TensorAction::Gptq { .. }))
-        .map(|(i, _)| i)
-        .collect();
+    let groups = gptq_groups(plan);
+    let total: usize = groups.iter().map(Vec::len).sum();
     let window = rayon::current_num_threads().max(1);
-    let rounding = GptqQueue::new(jobs.len(), window);
+    let rounding = GptqQueue::new(&groups, plan.tensors.len(), window);
     std::thread::scope(|scope| -> Result<()> {
         // Stops the workers however the writer leaves (error or done).
         let _stop = rounding.stop_on_drop();
-        for _ in 0..window.min(jobs.len()) {
+        for _ in 0..window.min(groups.len()) {
             scope.spawn(|| {
-                while let Some(k) = rounding.claim() {
-                    let pt = &plan.tensors[jobs[k]];
-                    let TensorAction::Gptq {
-                        source,
-                        target,
-                        hessian,
-                    } = &pt.action
-                    else {
-                        unreachable!("jobs hold GPTQ tensors only")
-                    };
-                    let info = &src.header().tensors[pt.source_index];
-                    let data = src.tensor_data(pt.source_index);
-                    let codecs = (*source, seeds.0, *target, seeds.1);
+                while let Some(g) = rounding.claim() {
+                    let members: Vec<&PlannedTensor> =
+                        groups[g].iter().map(|&i| &plan.tensors[i]).collect();
+                    let first = &src.header().tensors[members[0].source_index].name;
                     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        gptq_tensor(info, data, codecs, hessian)
+                        gptq_group(src, &members, seeds)
                     }))
                     .unwrap_or_else(|_| {
-                        Err(Error::Other(format!(
-                            "tensor {:?}: GPTQ panicked",
-                            info.name
-                        )))
+                        Err(Error::Other(format!("tensor {first:?}: GPTQ panicked")))
                     });
-                    let res = res.map(|(bytes, report)| {
-                        let done = rounding.finished();
-                        on_gptq(&GptqDone {
-                            tensor: &info.name,
-                            done,
-                            total: jobs.len(),
-                            report,
-                        });
-                        bytes
-                    });
-                    rounding.put(k, res);
+                    if let Ok((_, report)) = &res {
+                        for pt in &members {
+                            let done = rounding.finished();
+                            on_gptq(&GptqDone {
+                                tensor: &src.header().tensors[pt.source_index].name,
+                                done,
+                                total,
+                                report: *report,
+                            });
+                        }
+                    }
+                    rounding.put(g, res.map(|(bytes, _)| bytes));
                 }
             });
         }
-        for pt in &plan.tensors {
+        for (plan_index, pt) in plan.tensors.iter().enumerate() {
             if let Some(ms) = delay {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
             }
@@ -369,7 +354,7 @@ fn execute_inner(
                     }
                 }
                 TensorAction::Gptq { .. } => {
-                    let bytes = rounding.next()?;
+                    let bytes = rounding.take(plan_index)?;
                     w.write_tensor_data(&bytes).map_err(wrap)?;
                     progress(data.len() as u64);
                 }
@@ -389,6 +374,10 @@ fn execute_inner(
     finish(w)?;
     output.commit()
 }
+
+/// Note of a tensor that [`apply_calibration`] turned to GPTQ (after the
+/// planner's own note, if any, and `"; "`).
+pub const GPTQ_NOTE: &str = "GPTQ with the calibration Hessian";
 
 /// Turns every planned transcode whose tensor has a Hessian in `cal` (of
 /// the tensor's row length) into GPTQ rounding; returns how many.
@@ -420,89 +409,144 @@ pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> 
             target,
             hessian,
         };
-        pt.note = Some("GPTQ with the calibration Hessian".into());
+        // Keep the planner's reason (a fallback) in front of the GPTQ note.
+        pt.note = Some(match pt.note.take() {
+            Some(reason) => format!("{reason}; {GPTQ_NOTE}"),
+            None => GPTQ_NOTE.into(),
+        });
         n += 1;
     }
     n
 }
 
-/// Decodes a whole tensor and rounds it with GPTQ, matrix by matrix (the
-/// matrices of a stacked tensor share the Hessian).
-fn gptq_tensor(
-    info: &TensorInfo,
-    data: &[u8],
-    (source, source_seed, target, target_seed): CodecPair,
-    hessian: &Hessian,
-) -> Result<(Vec<u8>, GptqReport)> {
-    let kernel_err = |e: String| Error::Unsupported {
-        tensor: info.name.clone(),
-        reason: e,
-    };
-    let row_len = info.row_len() as usize;
-    let decoder =
-        RowCodec::new(source, row_len, source_seed).map_err(|e| kernel_err(e.to_string()))?;
-    let n = info.n_elements as usize;
-    let mut w = vec![0f32; n];
-    decoder
-        .decode(data, &mut w)
-        .map_err(|e| kernel_err(e.to_string()))?;
-    let rows_per_mat = info.dims.get(1).copied().unwrap_or(1).max(1) as usize;
-    let mut out = Vec::new();
-    let mut worst: Option<GptqReport> = None;
-    for m in w.chunks(rows_per_mat * row_len) {
-        let (bytes, r) = gptq(target, m, hessian, target_seed, GptqOptions::default())
-            .map_err(|e| kernel_err(format!("GPTQ: {e}")))?;
-        out.extend_from_slice(&bytes);
-        worst = Some(match worst {
-            None => r,
-            Some(p) => GptqReport {
-                damp: p.damp.max(r.damp),
-                retries: p.retries.max(r.retries),
-                dead_columns: p.dead_columns.max(r.dead_columns),
-            },
-        });
+/// The GPTQ tensors of `plan` (plan indices) grouped by shared Hessian,
+/// source and target format, each group in plan order, groups in the plan
+/// order of their first member: the consumers of one input site rounded
+/// into one format share a factorization.
+fn gptq_groups(plan: &Plan) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(usize, u32, u32, Vec<usize>)> = Vec::new();
+    for (i, pt) in plan.tensors.iter().enumerate() {
+        let TensorAction::Gptq {
+            source,
+            target,
+            hessian,
+        } = &pt.action
+        else {
+            continue;
+        };
+        let key = (
+            Arc::as_ptr(hessian) as usize,
+            source.type_id(),
+            target.type_id(),
+        );
+        match groups.iter_mut().find(|g| (g.0, g.1, g.2) == key) {
+            Some(g) => g.3.push(i),
+            None => groups.push((key.0, key.1, key.2, vec![i])),
+        }
     }
-    let report = worst.unwrap_or(GptqReport {
-        damp: GptqOptions::default().damp,
-        retries: 0,
-        dead_columns: 0,
-    });
-    Ok((out, report))
+    groups.into_iter().map(|g| g.3).collect()
 }
 
-/// Results of the GPTQ tensors, rounded by worker threads at most `window`
-/// ahead of the writer, which takes them in plan order.
+/// Decodes whole tensors that share a Hessian and a target format and
+/// rounds them with GPTQ under one factorization; returns each tensor's bytes, in order.
+fn gptq_group(
+    src: &GgufFile,
+    members: &[&PlannedTensor],
+    (source_seed, target_seed): (Option<u64>, Option<u64>),
+) -> Result<(Vec<Vec<u8>>, GptqReport)> {
+    let first = &src.header().tensors[members[0].source_index];
+    let TensorAction::Gptq {
+        source,
+        target,
+        hessian,
+    } = &members[0].action
+    else {
+        return Err(Error::Other(format!(
+            "tensor {:?}: not planned for GPTQ",
+            first.name
+        )));
+    };
+    let mut weights = Vec::with_capacity(members.len());
+    for pt in members {
+        let info = &src.header().tensors[pt.source_index];
+        let err = |e: String| Error::Unsupported {
+            tensor: info.name.clone(),
+            reason: e,
+        };
+        let row_len = info.row_len() as usize;
+        if row_len != hessian.n() {
+            return Err(err(format!(
+                "rows of {row_len} for a Hessian of width {}",
+                hessian.n()
+            )));
+        }
+        let decoder =
+            RowCodec::new(*source, row_len, source_seed).map_err(|e| err(e.to_string()))?;
+        let mut w = vec![0f32; info.n_elements as usize];
+        decoder
+            .decode(src.tensor_data(pt.source_index), &mut w)
+            .map_err(|e| err(e.to_string()))?;
+        weights.push(w);
+    }
+    // GPTQ rounds rows independently given the factor: the matrices of a
+    // stacked tensor are just more rows.
+    let slices: Vec<&[f32]> = weights.iter().map(Vec::as_slice).collect();
+    let (parts, report) = gptq_shared(
+        *target,
+        &slices,
+        hessian,
+        target_seed,
+        GptqOptions::default(),
+    )
+    .map_err(|e| Error::Unsupported {
+        tensor: first.name.clone(),
+        reason: format!("GPTQ: {e}"),
+    })?;
+    Ok((parts, report))
+}
+
+/// Results of the GPTQ groups, rounded by worker threads at most `window`
+/// groups ahead of the writer, which takes tensors in plan order.
 struct GptqQueue {
     state: Mutex<QueueState>,
     changed: Condvar,
     window: usize,
+    /// Group and position in it of each plan tensor rounded with GPTQ.
+    member_of: Vec<Option<(usize, usize)>>,
 }
 
 struct QueueState {
-    /// Next job to start.
+    /// Next group to start.
     next: usize,
-    /// Jobs taken by the writer.
-    taken: usize,
-    /// Jobs finished.
+    /// Groups the writer has taken a tensor from.
+    started: usize,
+    /// Tensors finished.
     finished: usize,
-    /// Finished results not yet taken.
-    results: Vec<Option<Result<Vec<u8>>>>,
+    /// Finished groups' bytes per member, taken by the writer one by one.
+    results: Vec<Option<Result<Vec<Vec<u8>>>>>,
     /// Set when the writer stops: workers start nothing more.
     stop: bool,
 }
 
 impl GptqQueue {
-    fn new(jobs: usize, window: usize) -> Self {
+    fn new(groups: &[Vec<usize>], plan_len: usize, window: usize) -> Self {
+        let mut member_of = vec![None; plan_len];
+        for (g, members) in groups.iter().enumerate() {
+            for (m, &i) in members.iter().enumerate() {
+                member_of[i] = Some((g, m));
+            }
+        }
         Self {
             state: Mutex::new(QueueState {
                 next: 0,
-                taken: 0,
+                started: 0,
                 finished: 0,
-                results: (0..jobs).map(|_| None).collect(),
+                results: (0..groups.len()).map(|_| None).collect(),
                 stop: false,
             }),
             changed: Condvar::new(),
             window,
+            member_of,
         }
     }
 
@@ -510,15 +554,17 @@ impl GptqQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The next job to round, waiting while `window` jobs are ahead of the
-    /// writer; `None` when all are claimed or the writer stopped.
+    /// The next group to round, waiting while `window` groups are ahead of
+    /// the writer; `None` when all are claimed or the writer stopped. (The
+    /// writer waits only on groups whose first member it has reached, and
+    /// groups start in that order, so the window never starves it.)
     fn claim(&self) -> Option<usize> {
         let mut s = self.lock();
         loop {
             if s.stop || s.next >= s.results.len() {
                 return None;
             }
-            if s.next < s.taken + self.window {
+            if s.next < s.started + self.window {
                 s.next += 1;
                 return Some(s.next - 1);
             }
@@ -526,35 +572,40 @@ impl GptqQueue {
         }
     }
 
-    /// Counts a finished job; returns how many have finished.
+    /// Counts a finished tensor; returns how many have finished.
     fn finished(&self) -> usize {
         let mut s = self.lock();
         s.finished += 1;
         s.finished
     }
 
-    fn put(&self, k: usize, res: Result<Vec<u8>>) {
-        self.lock().results[k] = Some(res);
+    fn put(&self, g: usize, res: Result<Vec<Vec<u8>>>) {
+        self.lock().results[g] = Some(res);
         self.changed.notify_all();
     }
 
-    /// The next result in plan order, waiting for it.
-    fn next(&self) -> Result<Vec<u8>> {
+    /// The bytes of plan tensor `i`, waiting for its group.
+    fn take(&self, i: usize) -> Result<Vec<u8>> {
+        let Some(&Some((g, m))) = self.member_of.get(i) else {
+            return Err(Error::Other(format!(
+                "plan tensor {i} is not rounded with GPTQ"
+            )));
+        };
         let mut s = self.lock();
-        let k = s.taken;
-        if k >= s.results.len() {
-            return Err(Error::Other(
-                "more GPTQ tensors written than planned".into(),
-            ));
-        }
         loop {
-            if let Some(res) = s.results[k].take() {
-                s.taken += 1;
-                drop(s);
-                self.changed.notify_all();
-                return res;
+            match s.results[g].take() {
+                Some(Ok(mut parts)) => {
+                    let bytes = std::mem::take(&mut parts[m]);
+                    s.results[g] = Some(Ok(parts));
+                    if m == 0 {
+                        s.started += 1;
+                        self.changed.notify_all();
+                    }
+                    return Ok(bytes);
+                }
+                Some(Err(e)) => return Err(e),
+                None => s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
             }
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
 

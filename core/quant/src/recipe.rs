@@ -38,8 +38,11 @@ pub type ImportanceFn<'a> = dyn Fn(usize) -> Option<Arc<Vec<f32>>> + Sync + 'a;
 pub trait QuadraticForm: Send + Sync {
     /// Input width `n`.
     fn width(&self) -> usize;
-    /// `d^T H d` for `d` of length [`QuadraticForm::width`].
-    fn eval(&self, d: &[f32]) -> f64;
+    /// `sum_r d_r^T H d_r` over the rows `d_r` of `d` (one or more rows of
+    /// length [`QuadraticForm::width`], concatenated): `tr(D H D^T)`.
+    /// Implementations may return 0 for a length that is not a multiple of
+    /// the width.
+    fn eval_rows(&self, d: &[f32]) -> f64;
     /// `diag(H)`, the per-column importance (as an imatrix holds it).
     fn diagonal(&self) -> Vec<f32>;
 }

@@ -78,6 +78,8 @@ fn candidate_error(
     let mut q = vec![0f32; row_len];
     let mut bytes = vec![0u8; enc.row_bytes()];
     let (mut total, mut signal) = (0f64, 0f64);
+    // With a Hessian: the sampled rows and their errors, evaluated at once.
+    let (mut ws, mut ds) = (Vec::new(), Vec::new());
     for &r in rows {
         let off = r as usize * dec.row_bytes();
         dec.decode(&data[off..off + dec.row_bytes()], &mut w)
@@ -88,11 +90,10 @@ fn candidate_error(
         };
         enc.encode(&w, imp, &mut bytes).map_err(kernel_err)?;
         enc.decode(&bytes, &mut q).map_err(kernel_err)?;
-        if let Some(h) = hessian {
-            q.iter_mut().zip(&w).for_each(|(q, w)| *q = w - *q);
-            total += h.eval(&q);
+        if hessian.is_some() {
+            ds.extend(w.iter().zip(&q).map(|(w, q)| w - q));
             if objective == Objective::Relative {
-                signal += h.eval(&w);
+                ws.extend_from_slice(&w);
             }
             continue;
         }
@@ -100,6 +101,12 @@ fn candidate_error(
             let weight = imp.map_or(1.0, |m| m[j] as f64);
             total += weight * (*a as f64 - *b as f64).powi(2);
             signal += weight * (*a as f64).powi(2);
+        }
+    }
+    if let Some(h) = hessian {
+        total = h.eval_rows(&ds);
+        if objective == Objective::Relative {
+            signal = h.eval_rows(&ws);
         }
     }
     Ok(match objective {

@@ -25,13 +25,17 @@ impl QuadraticForm for Dense {
     fn width(&self) -> usize {
         self.n
     }
-    fn eval(&self, d: &[f32]) -> f64 {
-        (0..self.n)
-            .map(|i| {
-                let hd: f64 = (0..self.n)
-                    .map(|j| self.h[i * self.n + j] * d[j] as f64)
-                    .sum();
-                hd * d[i] as f64
+    fn eval_rows(&self, d: &[f32]) -> f64 {
+        d.chunks_exact(self.n)
+            .map(|d| {
+                (0..self.n)
+                    .map(|i| {
+                        let hd: f64 = (0..self.n)
+                            .map(|j| self.h[i * self.n + j] * d[j] as f64)
+                            .sum();
+                        hd * d[i] as f64
+                    })
+                    .sum::<f64>()
             })
             .sum()
     }

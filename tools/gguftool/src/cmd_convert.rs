@@ -194,14 +194,21 @@ impl PlanSummary {
                 Some((_, c)) => *c += 1,
                 None => types.push((to, 1)),
             }
-            if let TensorAction::Transcode { target, .. } = &t.action {
+            if let TensorAction::Transcode { target, .. } | TensorAction::Gptq { target, .. } =
+                &t.action
+            {
                 if target.block_size() > 1 {
                     q_elems += info.n_elements;
                     q_bytes += t.spec.n_bytes;
                 }
             }
-            if let Some(note) = &t.note {
-                substitutions.push((info.name.clone(), note.clone()));
+            // A GPTQ note is no substitution; a fallback's reason precedes it.
+            let reason = t.note.as_deref().map(|n| {
+                n.strip_suffix(gguftool_convert::GPTQ_NOTE)
+                    .map_or(n, |r| r.trim_end_matches("; "))
+            });
+            if let Some(note) = reason.filter(|r| !r.is_empty()) {
+                substitutions.push((info.name.clone(), note.to_string()));
             }
         }
         types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));

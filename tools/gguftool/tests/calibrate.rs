@@ -155,6 +155,9 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("matrices rounded with GPTQ"), "{e}");
     assert!(e.contains("tensors rounded in"), "{e}");
+    // GPTQ matrices count as quantized, and their note is no fallback.
+    assert!(e.contains("fallbacks: none"), "{e}");
+    assert!(!e.contains("quantized: 0 elements"), "{e}");
     // GPTQ tensors are rounded concurrently but written in plan order: the
     // file does not depend on the number of threads.
     for threads in ["1", "3"] {
