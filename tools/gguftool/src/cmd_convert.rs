@@ -440,9 +440,10 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
     };
     if let (Some(what), false) = (&low_bits, has_imatrix || a.calibration.is_some()) {
         eprintln!(
-            "warning: converting to {what} without --imatrix or --calibration: below 3 bits per weight, \
-             expect a much higher perplexity than with an importance matrix (`gguftool imatrix` or llama-imatrix makes one) \
-             or a calibration file (`gguftool calibrate`)"
+            "warning: converting to {what} without --imatrix or --calibration: rounding below 3 bits per weight \
+             without importance data typically multiplies perplexity many times (SmolLM2-135M piq2: 3141 without, \
+             77 with --calibration); make input Hessians with `gguftool calibrate MODEL -f TEXT -o CALIB.gguf` \
+             and pass --calibration CALIB.gguf (or an importance matrix with --imatrix)"
         );
     }
     let calibration = a

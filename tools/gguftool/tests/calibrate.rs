@@ -186,6 +186,19 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
             "{threads} threads: output differs"
         );
     }
+    // With a calibration file (and no imatrix), 2-bit conversion does not warn.
+    let o = gguftool(&[
+        "convert",
+        s(&model),
+        "-o",
+        s(&dir.path().join("p2.gguf")),
+        "--format",
+        "piq2",
+        "--calibration",
+        s(&cal),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!e.contains("warning"), "{e}");
     // Mixed precision allocates on the Hessians and says so in the file.
     let mixed = dir.path().join("m.gguf");
     let o = gguftool(&[
