@@ -230,3 +230,67 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_hessian_gptq_cannot_factorize_fails_naming_the_tensor_and_leaves_no_output() {
+    use gguftool_calib::calib_file::CalibInput;
+    use gguftool_calib::gptq::Hessian;
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/tiny-llama-f32.gguf");
+    // Symmetric with a non-negative diagonal (so the file is valid), but
+    // strongly indefinite: no damping GPTQ tries makes it factorizable.
+    let n = 64;
+    let h: Vec<f64> = (0..n * n)
+        .map(|ij| if ij / n == ij % n { 1.0 } else { 1e9 })
+        .collect();
+    let good = |site: &str| {
+        let mut h = Hessian::new(n);
+        let x: Vec<f32> = (0..8 * n).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
+        h.accumulate(&x).unwrap();
+        CalibInput {
+            site: site.into(),
+            consumers: vec![site.into()],
+            hessian: h,
+        }
+    };
+    let cal = Calibration {
+        datasets: vec!["synthetic".into()],
+        inputs: vec![
+            good("blk.0.attn_output.weight"),
+            CalibInput {
+                site: "blk.1.attn_q.weight".into(),
+                consumers: vec![
+                    "blk.1.attn_q.weight".into(),
+                    "blk.1.attn_k.weight".into(),
+                    "blk.1.attn_v.weight".into(),
+                ],
+                hessian: Hessian::from_matrix(n, h, 10).unwrap(),
+            },
+            good("blk.1.attn_output.weight"),
+        ],
+    };
+    let cal_path = dir.path().join("bad.calib.gguf");
+    cal.write(std::fs::File::create(&cal_path).unwrap())
+        .unwrap();
+    let out = dir.path().join("o.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args([
+            "convert",
+            s(&model),
+            "-o",
+            s(&out),
+            "--format",
+            "q4_0",
+            "--calibration",
+            s(&cal_path),
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("blk.1.attn_q.weight"), "{e}");
+    assert!(e.contains("not positive definite"), "{e}");
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "only the calibration file: {left:?}");
+}
