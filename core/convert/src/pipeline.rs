@@ -204,8 +204,8 @@ pub struct GptqDone<'a> {
     pub done: usize,
     /// GPTQ tensors in the plan.
     pub total: usize,
-    /// Damping, retries and dead columns (the worst over the matrices of a
-    /// stacked tensor).
+    /// Damping, retries and dead columns of its group (the tensors that
+    /// share its Hessian and formats are rounded under one factorization).
     pub report: GptqReport,
 }
 
@@ -213,10 +213,12 @@ pub struct GptqDone<'a> {
 /// while converting and writing the hex SHA-256 into the string value of
 /// `source_sha256_key` (which must hold a 64-byte placeholder).
 ///
-/// GPTQ tensors are rounded concurrently, a few ahead of the writer (at most
-/// one per rayon thread in flight or waiting to be written, so memory stays
-/// bounded); the output is still written in plan order. `on_gptq` is called
-/// as each finishes.
+/// GPTQ tensors are rounded concurrently, grouped by shared Hessian and
+/// formats (one factorization per group), a few groups ahead of the writer
+/// (at most one per rayon thread in flight or waiting to be written, so
+/// memory stays bounded); the output is still written in plan order, and
+/// does not depend on the thread count. `on_gptq` is called as each
+/// tensor finishes.
 #[allow(clippy::too_many_arguments)]
 pub fn execute_with_source_hash(
     src: &GgufFile,
