@@ -1,5 +1,5 @@
-//! Input Hessians as the recipes' quadratic form: `tr(D H D^T)` for a batch
-//! of rows, for Hessian-aware mixed precision (`convert --format mixed
+//! Input Hessians as the recipes' quadratic form: `tr(D H D^T)` per token
+//! for a batch of rows, for Hessian-aware mixed precision (`convert --format mixed
 //! --calibration`).
 
 use crate::gptq::Hessian;
@@ -14,9 +14,10 @@ impl QuadraticForm for Hessian {
         self.n()
     }
 
-    /// `sum_r d_r^T H d_r` over the upper triangle (H is symmetric), tiles
-    /// of rows against each row of `H` in f32 (vectorized), sums in f64;
-    /// 0 for a length that is not a multiple of `n`.
+    /// `sum_r d_r^T H d_r / tokens` over the upper triangle (H is
+    /// symmetric), tiles of rows against each row of `H` in f32
+    /// (vectorized), sums in f64; 0 for a length that is not a multiple of
+    /// `n`.
     fn eval_rows(&self, d: &[f32]) -> f64 {
         let n = self.n();
         if n == 0 || !d.len().is_multiple_of(n) {
@@ -40,12 +41,16 @@ impl QuadraticForm for Hessian {
                 }
             }
         }
-        total
+        total / self.tokens().max(1) as f64
     }
 
+    /// `diag(H) / tokens`.
     fn diagonal(&self) -> Vec<f32> {
         let n = self.n();
-        (0..n).map(|i| self.matrix()[i * n + i] as f32).collect()
+        let t = self.tokens().max(1) as f64;
+        (0..n)
+            .map(|i| (self.matrix()[i * n + i] / t) as f32)
+            .collect()
     }
 }
 
@@ -66,12 +71,13 @@ mod tests {
         let d: Vec<f32> = (0..rows * n)
             .map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.25)
             .collect();
-        let want: f64 = d.chunks(n).map(|r| h.quadratic_form(r)).sum();
+        // Per token: the Hessian holds 50 rows.
+        let want: f64 = d.chunks(n).map(|r| h.quadratic_form(r)).sum::<f64>() / 50.0;
         let got = h.eval_rows(&d);
         assert!((got - want).abs() <= 1e-5 * want.abs(), "{got} {want}");
         assert!(want > 0.0);
         assert_eq!(h.width(), n);
-        assert_eq!(h.diagonal()[2], h.matrix()[2 * n + 2] as f32);
+        assert_eq!(h.diagonal()[2], (h.matrix()[2 * n + 2] / 50.0) as f32);
         assert_eq!(h.eval_rows(&d[1..]), 0.0);
     }
 }

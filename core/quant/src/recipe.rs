@@ -30,9 +30,11 @@ pub enum Objective {
 pub type ImportanceFn<'a> = dyn Fn(usize) -> Option<Arc<Vec<f32>>> + Sync + 'a;
 
 /// A positive semi-definite quadratic form `d -> d^T H d` over a tensor's
-/// input (row length `n`, original basis): the second moments `H = X^T X`
-/// of the inputs, so that `sum_rows d^T H d = tr(dW H dW^T)` is the squared
-/// output error of a weight change `dW`. Recipes use it to measure a
+/// input (row length `n`, original basis): the mean second moments of the
+/// inputs per token, `H = X^T X / tokens` (so that its diagonal is what an
+/// imatrix holds, and tensors measured either way compare), and
+/// `sum_rows d^T H d = tr(dW H dW^T)` is the mean squared output error of a
+/// weight change `dW`. Recipes use it to measure a
 /// candidate's error on the tensor's real inputs; it is defined here so
 /// that formats need not depend on the crate that collects it.
 pub trait QuadraticForm: Send + Sync {
@@ -43,7 +45,7 @@ pub trait QuadraticForm: Send + Sync {
     /// Implementations may return 0 for a length that is not a multiple of
     /// the width.
     fn eval_rows(&self, d: &[f32]) -> f64;
-    /// `diag(H)`, the per-column importance (as an imatrix holds it).
+    /// `diag(H)`, the per-column importance (an imatrix's values).
     fn diagonal(&self) -> Vec<f32>;
 }
 
