@@ -6,6 +6,8 @@
 pub mod calib_file;
 pub mod collect;
 pub mod gptq;
+pub mod gptq_factor;
 pub mod imatrix;
 pub mod imatrix_write;
 pub mod linalg;
+pub mod quadratic;

@@ -249,3 +249,38 @@ fn scale_refit_never_raises_the_error() {
     }
     assert!(gained >= 1, "the refit changed nothing");
 }
+
+#[test]
+fn shared_site_rounding_equals_one_call_per_consumer() {
+    use gguftool_calib::gptq_factor::gptq_shared;
+    let n = 256;
+    let mut rng = SplitMix64::new(3);
+    let mut h = Hessian::new(n);
+    h.accumulate(&inputs(300, n, &mut rng)).unwrap();
+    // q/k/v-like: three matrices of different heights on one input.
+    let ws: Vec<Vec<f32>> = [6usize, 2, 3]
+        .iter()
+        .map(|&rows| (0..rows * n).map(|_| 0.05 * gaussian(&mut rng)).collect())
+        .collect();
+    let slices: Vec<&[f32]> = ws.iter().map(Vec::as_slice).collect();
+    for name in ["q4_0", "q2_k", "piq2", "q2_quip"] {
+        let f = registry::by_name(name).unwrap();
+        let opts = GptqOptions::default();
+        let (parts, report) = gptq_shared(f, &slices, &h, Some(DEFAULT_SEED), opts).unwrap();
+        assert_eq!(parts.len(), 3);
+        for (w, part) in ws.iter().zip(&parts) {
+            let (alone, r) = gptq(f, w, &h, Some(DEFAULT_SEED), opts).unwrap();
+            assert!(alone == *part, "{name}: stacked rounding differs");
+            assert_eq!(r, report);
+        }
+    }
+    let bad = gptq_shared(
+        registry::by_name("q4_0").unwrap(),
+        &[&ws[0][..n + 1]],
+        &h,
+        None,
+        GptqOptions::default(),
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("matrix 0"), "{bad}");
+}

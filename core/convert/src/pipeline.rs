@@ -4,7 +4,9 @@
 
 use crate::output::AtomicOutput;
 use gguftool_calib::calib_file::Calibration;
-use gguftool_calib::gptq::{gptq, GptqOptions, Hessian};
+pub use gguftool_calib::gptq::GptqReport;
+use gguftool_calib::gptq::{GptqOptions, Hessian};
+use gguftool_calib::gptq_factor::gptq_shared;
 use gguftool_gguf::error::{Error, Result};
 use gguftool_gguf::seal::{OutputWriter, WriteOptions};
 use gguftool_gguf::value::Metadata;
@@ -16,7 +18,7 @@ use gguftool_quant::rows::row_importance;
 use gguftool_quant::rows::RowCodec;
 use rayon::prelude::*;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Decoded elements processed per chunk (bounds memory to ~64 MiB of f32).
 const CHUNK_ELEMENTS: u64 = 16 << 20;
@@ -186,12 +188,38 @@ pub fn execute(
     opts: WriteOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<()> {
-    execute_with_source_hash(src, plan, out, force, opts, None, progress)
+    execute_with_source_hash(src, plan, out, force, opts, None, progress, &|_| {})
+}
+
+/// Called as each GPTQ tensor finishes (see [`GptqDone`]).
+pub type GptqHook<'a> = dyn Fn(&GptqDone) + Sync + 'a;
+
+/// One GPTQ tensor finished, as reported to the `on_gptq` callback of
+/// [`execute_with_source_hash`] (from a worker thread, in completion order).
+#[derive(Debug, Clone)]
+pub struct GptqDone<'a> {
+    /// Tensor name.
+    pub tensor: &'a str,
+    /// GPTQ tensors finished so far, this one included.
+    pub done: usize,
+    /// GPTQ tensors in the plan.
+    pub total: usize,
+    /// Damping, retries and dead columns of its group (the tensors that
+    /// share its Hessian and formats are rounded under one factorization).
+    pub report: GptqReport,
 }
 
 /// [`execute`], also hashing the whole source file on a separate thread
 /// while converting and writing the hex SHA-256 into the string value of
 /// `source_sha256_key` (which must hold a 64-byte placeholder).
+///
+/// GPTQ tensors are rounded concurrently, grouped by shared Hessian and
+/// formats (one factorization per group), a few groups ahead of the writer
+/// (at most one per rayon thread in flight or waiting to be written, so
+/// memory stays bounded); the output is still written in plan order, and
+/// does not depend on the thread count. `on_gptq` is called as each
+/// tensor finishes.
+#[allow(clippy::too_many_arguments)]
 pub fn execute_with_source_hash(
     src: &GgufFile,
     plan: &Plan,
@@ -200,6 +228,7 @@ pub fn execute_with_source_hash(
     opts: WriteOptions,
     source_sha256_key: Option<&str>,
     progress: &(dyn Fn(u64) + Sync),
+    on_gptq: &GptqHook,
 ) -> Result<()> {
     std::thread::scope(|scope| {
         let hasher = source_sha256_key
@@ -226,7 +255,7 @@ pub fn execute_with_source_hash(
             force,
             opts,
             source_sha256_key,
-            progress,
+            (progress, on_gptq),
             finish,
         )
     })
@@ -240,7 +269,7 @@ fn execute_inner(
     force: bool,
     opts: WriteOptions,
     deferred_key: Option<&str>,
-    progress: &(dyn Fn(u64) + Sync),
+    (progress, on_gptq): (&(dyn Fn(u64) + Sync), &GptqHook),
     finish: impl FnOnce(
         OutputWriter<std::io::BufWriter<std::fs::File>>,
     ) -> Result<std::io::BufWriter<std::fs::File>>,
@@ -267,51 +296,83 @@ fn execute_inner(
     let delay = std::env::var("GGUFTOOL_TEST_DELAY_PER_TENSOR_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok());
-    for pt in &plan.tensors {
-        if let Some(ms) = delay {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
+    let groups = gptq_groups(plan);
+    let total: usize = groups.iter().map(Vec::len).sum();
+    let window = rayon::current_num_threads().max(1);
+    let rounding = GptqQueue::new(&groups, plan.tensors.len(), window);
+    std::thread::scope(|scope| -> Result<()> {
+        // Stops the workers however the writer leaves (error or done).
+        let _stop = rounding.stop_on_drop();
+        for _ in 0..window.min(groups.len()) {
+            scope.spawn(|| {
+                while let Some(g) = rounding.claim() {
+                    let members: Vec<&PlannedTensor> =
+                        groups[g].iter().map(|&i| &plan.tensors[i]).collect();
+                    let first = &src.header().tensors[members[0].source_index].name;
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        gptq_group(src, &members, seeds)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(Error::Other(format!("tensor {first:?}: GPTQ panicked")))
+                    });
+                    if let Ok((_, report)) = &res {
+                        for pt in &members {
+                            let done = rounding.finished();
+                            on_gptq(&GptqDone {
+                                tensor: &src.header().tensors[pt.source_index].name,
+                                done,
+                                total,
+                                report: *report,
+                            });
+                        }
+                    }
+                    rounding.put(g, res.map(|(bytes, _)| bytes));
+                }
+            });
         }
-        let data = src.tensor_data(pt.source_index);
-        let info = &src.header().tensors[pt.source_index];
-        match &pt.action {
-            TensorAction::Encoded(bytes) => {
-                if bytes.len() as u64 != pt.spec.n_bytes {
-                    return Err(Error::Other(format!(
-                        "tensor {:?}: {} encoded bytes, expected {}",
-                        pt.spec.name,
-                        bytes.len(),
-                        pt.spec.n_bytes
-                    )));
-                }
-                w.write_tensor_data(bytes).map_err(wrap)?;
-                progress(data.len() as u64);
+        for (plan_index, pt) in plan.tensors.iter().enumerate() {
+            if let Some(ms) = delay {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
             }
-            TensorAction::Copy => {
-                for chunk in data.chunks(CHUNK_ELEMENTS as usize) {
-                    w.write_tensor_data(chunk).map_err(wrap)?;
-                    progress(chunk.len() as u64);
-                }
-            }
-            TensorAction::Gptq {
-                source,
-                target,
-                hessian,
-            } => {
-                let bytes = gptq_tensor(info, data, (*source, seeds.0, *target, seeds.1), hessian)?;
-                w.write_tensor_data(&bytes).map_err(wrap)?;
-                progress(data.len() as u64);
-            }
-            &TensorAction::Transcode { source, target } => {
-                let imp = pt.importance.as_deref().map(Vec::as_slice);
-                let codecs = (source, seeds.0, target, seeds.1);
-                transcode_tensor(info, data, codecs, imp, &mut |bytes, src_done| {
+            let data = src.tensor_data(pt.source_index);
+            let info = &src.header().tensors[pt.source_index];
+            match &pt.action {
+                TensorAction::Encoded(bytes) => {
+                    if bytes.len() as u64 != pt.spec.n_bytes {
+                        return Err(Error::Other(format!(
+                            "tensor {:?}: {} encoded bytes, expected {}",
+                            pt.spec.name,
+                            bytes.len(),
+                            pt.spec.n_bytes
+                        )));
+                    }
                     w.write_tensor_data(bytes).map_err(wrap)?;
-                    progress(src_done);
-                    Ok(())
-                })?;
+                    progress(data.len() as u64);
+                }
+                TensorAction::Copy => {
+                    for chunk in data.chunks(CHUNK_ELEMENTS as usize) {
+                        w.write_tensor_data(chunk).map_err(wrap)?;
+                        progress(chunk.len() as u64);
+                    }
+                }
+                TensorAction::Gptq { .. } => {
+                    let bytes = rounding.take(plan_index)?;
+                    w.write_tensor_data(&bytes).map_err(wrap)?;
+                    progress(data.len() as u64);
+                }
+                &TensorAction::Transcode { source, target } => {
+                    let imp = pt.importance.as_deref().map(Vec::as_slice);
+                    let codecs = (source, seeds.0, target, seeds.1);
+                    transcode_tensor(info, data, codecs, imp, &mut |bytes, src_done| {
+                        w.write_tensor_data(bytes).map_err(wrap)?;
+                        progress(src_done);
+                        Ok(())
+                    })?;
+                }
             }
         }
-    }
+        Ok(())
+    })?;
     finish(w)?;
     output.commit()
 }
@@ -321,6 +382,10 @@ fn execute_inner(
 /// small, and GPTQ on Gemma-3-270M's tied 262,144 x 640 embedding at Q8_0
 /// took most of a 47-minute conversion on the loaded 2-core machine.
 pub const GPTQ_MAX_BPW: f64 = 8.0;
+
+/// Note of a tensor that [`apply_calibration`] turned to GPTQ (after the
+/// planner's own note, if any, and `"; "`).
+pub const GPTQ_NOTE: &str = "GPTQ with the calibration Hessian";
 
 /// Turns every planned transcode whose tensor has a Hessian in `cal` (of
 /// the tensor's row length) into GPTQ rounding, except targets of
@@ -356,40 +421,217 @@ pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> 
             target,
             hessian,
         };
-        pt.note = Some("GPTQ with the calibration Hessian".into());
+        // Keep the planner's reason (a fallback) in front of the GPTQ note.
+        pt.note = Some(match pt.note.take() {
+            Some(reason) => format!("{reason}; {GPTQ_NOTE}"),
+            None => GPTQ_NOTE.into(),
+        });
         n += 1;
     }
     n
 }
 
-/// Decodes a whole tensor and rounds it with GPTQ, matrix by matrix (the
-/// matrices of a stacked tensor share the Hessian).
-fn gptq_tensor(
-    info: &TensorInfo,
-    data: &[u8],
-    (source, source_seed, target, target_seed): CodecPair,
-    hessian: &Hessian,
-) -> Result<Vec<u8>> {
-    let kernel_err = |e: String| Error::Unsupported {
-        tensor: info.name.clone(),
-        reason: e,
-    };
-    let row_len = info.row_len() as usize;
-    let decoder =
-        RowCodec::new(source, row_len, source_seed).map_err(|e| kernel_err(e.to_string()))?;
-    let n = info.n_elements as usize;
-    let mut w = vec![0f32; n];
-    decoder
-        .decode(data, &mut w)
-        .map_err(|e| kernel_err(e.to_string()))?;
-    let rows_per_mat = info.dims.get(1).copied().unwrap_or(1).max(1) as usize;
-    let mut out = Vec::new();
-    for m in w.chunks(rows_per_mat * row_len) {
-        let (bytes, _report) = gptq(target, m, hessian, target_seed, GptqOptions::default())
-            .map_err(|e| kernel_err(format!("GPTQ: {e}")))?;
-        out.extend_from_slice(&bytes);
+/// The GPTQ tensors of `plan` (plan indices) grouped by shared Hessian,
+/// source and target format, each group in plan order, groups in the plan
+/// order of their first member: the consumers of one input site rounded
+/// into one format share a factorization.
+fn gptq_groups(plan: &Plan) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(usize, u32, u32, Vec<usize>)> = Vec::new();
+    for (i, pt) in plan.tensors.iter().enumerate() {
+        let TensorAction::Gptq {
+            source,
+            target,
+            hessian,
+        } = &pt.action
+        else {
+            continue;
+        };
+        let key = (
+            Arc::as_ptr(hessian) as usize,
+            source.type_id(),
+            target.type_id(),
+        );
+        match groups.iter_mut().find(|g| (g.0, g.1, g.2) == key) {
+            Some(g) => g.3.push(i),
+            None => groups.push((key.0, key.1, key.2, vec![i])),
+        }
     }
-    Ok(out)
+    groups.into_iter().map(|g| g.3).collect()
+}
+
+/// Decodes whole tensors that share a Hessian and a target format and
+/// rounds them with GPTQ under one factorization; returns each tensor's bytes, in order.
+fn gptq_group(
+    src: &GgufFile,
+    members: &[&PlannedTensor],
+    (source_seed, target_seed): (Option<u64>, Option<u64>),
+) -> Result<(Vec<Vec<u8>>, GptqReport)> {
+    let first = &src.header().tensors[members[0].source_index];
+    let TensorAction::Gptq {
+        source,
+        target,
+        hessian,
+    } = &members[0].action
+    else {
+        return Err(Error::Other(format!(
+            "tensor {:?}: not planned for GPTQ",
+            first.name
+        )));
+    };
+    let mut weights = Vec::with_capacity(members.len());
+    for pt in members {
+        let info = &src.header().tensors[pt.source_index];
+        let err = |e: String| Error::Unsupported {
+            tensor: info.name.clone(),
+            reason: e,
+        };
+        let row_len = info.row_len() as usize;
+        if row_len != hessian.n() {
+            return Err(err(format!(
+                "rows of {row_len} for a Hessian of width {}",
+                hessian.n()
+            )));
+        }
+        let decoder =
+            RowCodec::new(*source, row_len, source_seed).map_err(|e| err(e.to_string()))?;
+        let mut w = vec![0f32; info.n_elements as usize];
+        decoder
+            .decode(src.tensor_data(pt.source_index), &mut w)
+            .map_err(|e| err(e.to_string()))?;
+        weights.push(w);
+    }
+    // GPTQ rounds rows independently given the factor: the matrices of a
+    // stacked tensor are just more rows.
+    let slices: Vec<&[f32]> = weights.iter().map(Vec::as_slice).collect();
+    let (parts, report) = gptq_shared(
+        *target,
+        &slices,
+        hessian,
+        target_seed,
+        GptqOptions::default(),
+    )
+    .map_err(|e| Error::Unsupported {
+        tensor: first.name.clone(),
+        reason: format!("GPTQ: {e}"),
+    })?;
+    Ok((parts, report))
+}
+
+/// Results of the GPTQ groups, rounded by worker threads at most `window`
+/// groups ahead of the writer, which takes tensors in plan order.
+struct GptqQueue {
+    state: Mutex<QueueState>,
+    changed: Condvar,
+    window: usize,
+    /// Group and position in it of each plan tensor rounded with GPTQ.
+    member_of: Vec<Option<(usize, usize)>>,
+}
+
+struct QueueState {
+    /// Next group to start.
+    next: usize,
+    /// Groups the writer has taken a tensor from.
+    started: usize,
+    /// Tensors finished.
+    finished: usize,
+    /// Finished groups' bytes per member, taken by the writer one by one.
+    results: Vec<Option<Result<Vec<Vec<u8>>>>>,
+    /// Set when the writer stops: workers start nothing more.
+    stop: bool,
+}
+
+impl GptqQueue {
+    fn new(groups: &[Vec<usize>], plan_len: usize, window: usize) -> Self {
+        let mut member_of = vec![None; plan_len];
+        for (g, members) in groups.iter().enumerate() {
+            for (m, &i) in members.iter().enumerate() {
+                member_of[i] = Some((g, m));
+            }
+        }
+        Self {
+            state: Mutex::new(QueueState {
+                next: 0,
+                started: 0,
+                finished: 0,
+                results: (0..groups.len()).map(|_| None).collect(),
+                stop: false,
+            }),
+            changed: Condvar::new(),
+            window,
+            member_of,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next group to round, waiting while `window` groups are ahead of
+    /// the writer; `None` when all are claimed or the writer stopped. (The
+    /// writer waits only on groups whose first member it has reached, and
+    /// groups start in that order, so the window never starves it.)
+    fn claim(&self) -> Option<usize> {
+        let mut s = self.lock();
+        loop {
+            if s.stop || s.next >= s.results.len() {
+                return None;
+            }
+            if s.next < s.started + self.window {
+                s.next += 1;
+                return Some(s.next - 1);
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Counts a finished tensor; returns how many have finished.
+    fn finished(&self) -> usize {
+        let mut s = self.lock();
+        s.finished += 1;
+        s.finished
+    }
+
+    fn put(&self, g: usize, res: Result<Vec<Vec<u8>>>) {
+        self.lock().results[g] = Some(res);
+        self.changed.notify_all();
+    }
+
+    /// The bytes of plan tensor `i`, waiting for its group.
+    fn take(&self, i: usize) -> Result<Vec<u8>> {
+        let Some(&Some((g, m))) = self.member_of.get(i) else {
+            return Err(Error::Other(format!(
+                "plan tensor {i} is not rounded with GPTQ"
+            )));
+        };
+        let mut s = self.lock();
+        loop {
+            match s.results[g].take() {
+                Some(Ok(mut parts)) => {
+                    let bytes = std::mem::take(&mut parts[m]);
+                    s.results[g] = Some(Ok(parts));
+                    if m == 0 {
+                        s.started += 1;
+                        self.changed.notify_all();
+                    }
+                    return Ok(bytes);
+                }
+                Some(Err(e)) => return Err(e),
+                None => s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// A guard that stops the workers when dropped.
+    fn stop_on_drop(&self) -> impl Drop + '_ {
+        struct Stop<'a>(&'a GptqQueue);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.lock().stop = true;
+                self.0.changed.notify_all();
+            }
+        }
+        Stop(self)
+    }
 }
 
 /// True when `a` and `b` name the same existing file (same device and

@@ -5,11 +5,14 @@
 
 use crate::policy::{self, Provenance, QuantPolicy};
 use crate::{Plan, TensorAction};
+use gguftool_calib::calib_file::Calibration;
 use gguftool_gguf::value::Value;
 use gguftool_gguf::Error;
 use gguftool_gguf::GgufFile;
 use gguftool_quant::format::Format;
-use gguftool_quant::recipe::{Allocation, Objective, Recipe, RecipeError, RecipeRequest};
+use gguftool_quant::recipe::{
+    Allocation, HessianFn, Objective, QuadraticForm, Recipe, RecipeError, RecipeRequest,
+};
 use gguftool_quant::registry;
 use regex::Regex;
 use std::collections::HashMap;
@@ -30,7 +33,17 @@ pub struct RecipeSettings<'a> {
     pub pin_output: bool,
     /// Leave token_embd.weight to the policy's embedding type.
     pub pin_embedding: bool,
+    /// Input Hessians (`convert --calibration`): tensors whose input they
+    /// cover are measured by `tr(dW H dW^T)` instead of their importance.
+    pub calibration: Option<&'a Calibration>,
 }
+
+/// Metadata key naming what the recipe measured errors with: `hessian`
+/// (some tensors by their input Hessian), `imatrix` (diagonal importance
+/// only) or `unweighted`.
+pub const KEY_SENSITIVITY: &str = "gguftool.convert.sensitivity";
+/// Metadata key: how many allocated tensors were measured with their Hessian.
+pub const KEY_HESSIAN_TENSORS: &str = "gguftool.convert.sensitivity_hessian_tensors";
 
 /// Plans a conversion through `recipe`: returns the plan and the recipe's
 /// allocation behind it.
@@ -87,10 +100,17 @@ pub fn plan(
         .filter_map(|(i, m)| m.map(|m| (i, m)))
         .collect();
     let lookup = |i: usize| importance.get(&i).cloned();
+    let hessian_of = |i: usize| -> Option<&dyn QuadraticForm> {
+        let t = h.tensors.get(i)?;
+        let hs = settings.calibration?.hessian_for(&t.name)?;
+        (hs.n() as u64 == t.row_len()).then_some(hs as &dyn QuadraticForm)
+    };
+    let hessian_tensors = indices.iter().filter(|&&i| hessian_of(i).is_some()).count();
     let alloc = recipe.assign(&RecipeRequest {
         source: src,
         tensors: &indices,
         importance: &lookup,
+        hessian: (hessian_tensors > 0).then_some(&hessian_of as &HessianFn),
         bits_per_weight: settings.bpw,
         candidates: &cands,
         sample_rows: settings.sample_rows,
@@ -117,5 +137,18 @@ pub fn plan(
     );
     plan.metadata
         .set("gguftool.convert.bpw_budget", Value::F64(settings.bpw));
+    let sensitivity = if hessian_tensors > 0 {
+        "hessian"
+    } else if importance.is_empty() {
+        "unweighted"
+    } else {
+        "imatrix"
+    };
+    plan.metadata
+        .set(KEY_SENSITIVITY, Value::String(sensitivity.into()));
+    plan.metadata.set(
+        KEY_HESSIAN_TENSORS,
+        Value::U32(hessian_tensors.try_into().unwrap_or(u32::MAX)),
+    );
     Ok((plan, alloc))
 }

@@ -14,18 +14,43 @@ use std::sync::Arc;
 /// How a tensor's quantization error is compared across tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Objective {
-    /// `sum imp * (w - q)^2 / sum imp * w^2` on the sampled rows: the
-    /// relative output noise of the matrix (scale-free, so tensors with and
-    /// without importance data, or of different magnitudes, compare).
+    /// `sum imp * (w - q)^2 / sum imp * w^2` on the sampled rows (with a
+    /// Hessian: `tr(dW H dW^T) / tr(W H W^T)`): the relative output noise
+    /// of the matrix (scale-free, so tensors with and without importance
+    /// data, or of different magnitudes, compare).
     Relative,
-    /// `sum imp * (w - q)^2` scaled to the whole tensor: the expected squared
-    /// output error when the importance holds the inputs' second moments.
+    /// `sum imp * (w - q)^2` (with a Hessian: `tr(dW H dW^T)`) scaled to the
+    /// whole tensor: the expected squared output error when the importance
+    /// holds the inputs' second moments.
     Absolute,
 }
 
 /// Per-tensor importance (per-column weights, `row_len` or `row_len` per
 /// stacked matrix) of the tensor at a source index, when known.
 pub type ImportanceFn<'a> = dyn Fn(usize) -> Option<Arc<Vec<f32>>> + Sync + 'a;
+
+/// A positive semi-definite quadratic form `d -> d^T H d` over a tensor's
+/// input (row length `n`, original basis): the mean second moments of the
+/// inputs per token, `H = X^T X / tokens` (so that its diagonal is what an
+/// imatrix holds, and tensors measured either way compare), and
+/// `sum_rows d^T H d = tr(dW H dW^T)` is the mean squared output error of a
+/// weight change `dW`. Recipes use it to measure a
+/// candidate's error on the tensor's real inputs; it is defined here so
+/// that formats need not depend on the crate that collects it.
+pub trait QuadraticForm: Send + Sync {
+    /// Input width `n`.
+    fn width(&self) -> usize;
+    /// `sum_r d_r^T H d_r` over the rows `d_r` of `d` (one or more rows of
+    /// length [`QuadraticForm::width`], concatenated): `tr(D H D^T)`.
+    /// Implementations may return 0 for a length that is not a multiple of
+    /// the width.
+    fn eval_rows(&self, d: &[f32]) -> f64;
+    /// `diag(H)`, the per-column importance (an imatrix's values).
+    fn diagonal(&self) -> Vec<f32>;
+}
+
+/// The input Hessian of the tensor at a source index, when calibrated.
+pub type HessianFn<'a> = dyn Fn(usize) -> Option<&'a dyn QuadraticForm> + Sync + 'a;
 
 /// What a recipe is asked to assign.
 pub struct RecipeRequest<'a> {
@@ -35,6 +60,10 @@ pub struct RecipeRequest<'a> {
     pub tensors: &'a [usize],
     /// Importance of a tensor, by source index.
     pub importance: &'a ImportanceFn<'a>,
+    /// Full input Hessians, by source index, when a calibration file is
+    /// given: a recipe then measures errors as `tr(dW H dW^T)` instead of
+    /// the diagonal importance.
+    pub hessian: Option<&'a HessianFn<'a>>,
     /// Average bits per weight allowed over the assigned tensors.
     pub bits_per_weight: f64,
     /// Candidate formats (quantized block formats that can encode).

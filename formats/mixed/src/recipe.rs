@@ -83,6 +83,7 @@ impl Recipe for Mixed {
         let sens = sensitivity(
             req.source,
             &tensors,
+            req.hessian,
             req.candidates,
             req.sample_rows.max(1),
             req.objective,

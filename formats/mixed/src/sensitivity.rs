@@ -9,6 +9,7 @@ use gguftool_quant::rows::{tensor_decoder, RowCodec, DEFAULT_SEED};
 use rayon::prelude::*;
 
 pub use gguftool_quant::recipe::Objective;
+use gguftool_quant::recipe::{HessianFn, QuadraticForm};
 
 /// One candidate's cost and error for one tensor.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -42,12 +43,16 @@ fn sample_rows(n: u64, max: u64) -> Vec<u64> {
     (0..max).map(|i| i * n / max).collect()
 }
 
-/// Error of `target` on the sampled rows of tensor `index`, and the scale to the whole tensor.
+/// Error of `target` on the sampled rows of tensor `index` under the
+/// [`Objective`]: weighted by the per-column `importance`, or, given the
+/// input Hessian `hessian`, `tr(dW H dW^T)` with `diag(H)` as the encoder's
+/// importance.
 fn candidate_error(
     src: &GgufFile,
     index: usize,
     rows: &[u64],
     importance: std::option::Option<&[f32]>,
+    hessian: std::option::Option<&dyn QuadraticForm>,
     target: &'static dyn Format,
     objective: Objective,
 ) -> Result<f64> {
@@ -57,6 +62,15 @@ fn candidate_error(
         tensor: t.name.clone(),
         source: source.into(),
     };
+    if let Some(h) = hessian {
+        if h.width() != row_len {
+            return Err(Error::Unsupported {
+                tensor: t.name.clone(),
+                reason: format!("input Hessian of width {} for rows of {row_len}", h.width()),
+            });
+        }
+    }
+    let diag = hessian.map(|h| h.diagonal());
     let dec = tensor_decoder(src, index)?;
     let enc = RowCodec::new(target, row_len, Some(DEFAULT_SEED)).map_err(kernel_err)?;
     let data = src.tensor_data(index);
@@ -64,17 +78,35 @@ fn candidate_error(
     let mut q = vec![0f32; row_len];
     let mut bytes = vec![0u8; enc.row_bytes()];
     let (mut total, mut signal) = (0f64, 0f64);
+    // With a Hessian: the sampled rows and their errors, evaluated at once.
+    let (mut ws, mut ds) = (Vec::new(), Vec::new());
     for &r in rows {
         let off = r as usize * dec.row_bytes();
         dec.decode(&data[off..off + dec.row_bytes()], &mut w)
             .map_err(kernel_err)?;
-        let imp = importance.map(|m| row_importance(t, m, r));
+        let imp = match &diag {
+            Some(d) => Some(d.as_slice()),
+            None => importance.map(|m| row_importance(t, m, r)),
+        };
         enc.encode(&w, imp, &mut bytes).map_err(kernel_err)?;
         enc.decode(&bytes, &mut q).map_err(kernel_err)?;
+        if hessian.is_some() {
+            ds.extend(w.iter().zip(&q).map(|(w, q)| w - q));
+            if objective == Objective::Relative {
+                ws.extend_from_slice(&w);
+            }
+            continue;
+        }
         for (j, (a, b)) in w.iter().zip(&q).enumerate() {
             let weight = imp.map_or(1.0, |m| m[j] as f64);
             total += weight * (*a as f64 - *b as f64).powi(2);
             signal += weight * (*a as f64).powi(2);
+        }
+    }
+    if let Some(h) = hessian {
+        total = h.eval_rows(&ds);
+        if objective == Objective::Relative {
+            signal = h.eval_rows(&ws);
         }
     }
     Ok(match objective {
@@ -87,10 +119,17 @@ fn candidate_error(
 /// Measures every candidate that fits on each listed tensor (index and its
 /// per-column importance, `row_len` or `row_len` per matrix), sampling at
 /// most `max_rows` evenly spaced rows per tensor; `progress` is called once
-/// per measured (tensor, candidate). Deterministic.
+/// per measured (tensor, candidate). Where `hessian` gives a tensor's input
+/// Hessian, its error is `tr(dW H dW^T)` (relative: over `tr(W H W^T)`)
+/// and its importance is not used. Deterministic.
+///
+/// # Errors
+/// Unreadable tensors, codec failures, and a Hessian whose width is not the
+/// tensor's row length (naming the tensor).
 pub fn sensitivity(
     src: &GgufFile,
     tensors: &[(usize, std::option::Option<std::sync::Arc<Vec<f32>>>)],
+    hessian: std::option::Option<&HessianFn>,
     candidates: &[&'static dyn Format],
     max_rows: u64,
     objective: Objective,
@@ -115,6 +154,7 @@ pub fn sensitivity(
                 *index,
                 &rows,
                 imp.as_deref().map(Vec::as_slice),
+                hessian.and_then(|h| h(*index)),
                 candidates[c],
                 objective,
             );

@@ -202,6 +202,7 @@ pub fn run(a: QatArgs, given: Given) -> Result<ExitCode, CliError> {
         opts,
         Some(policy::KEY_SOURCE_SHA256),
         &|_| {},
+        &|_| {},
     )?;
     let s = per_tensor::summarize(&reports);
     let (ptq, init, qat, kept) = (

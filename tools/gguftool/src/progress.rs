@@ -38,3 +38,12 @@ pub fn tty_bytes_bar(total: u64, msg: &str) -> ProgressBar {
         ProgressBar::hidden()
     }
 }
+
+/// [`count_bar`] when stderr is a terminal, else a hidden bar.
+pub fn tty_count_bar(total: u64, msg: &str) -> ProgressBar {
+    if std::io::stderr().is_terminal() {
+        count_bar(total, msg)
+    } else {
+        ProgressBar::hidden()
+    }
+}

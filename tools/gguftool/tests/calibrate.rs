@@ -152,7 +152,147 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
         "--imatrix",
         s(&im),
     ]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("matrices rounded with GPTQ"));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("matrices rounded with GPTQ"), "{e}");
+    assert!(e.contains("tensors rounded in"), "{e}");
+    // GPTQ matrices count as quantized, and their note is no fallback.
+    assert!(e.contains("fallbacks: none"), "{e}");
+    assert!(!e.contains("quantized: 0 elements"), "{e}");
+    // GPTQ tensors are rounded concurrently but written in plan order: the
+    // file does not depend on the number of threads.
+    for threads in ["1", "3"] {
+        let other = dir.path().join(format!("q{threads}.gguf"));
+        let o = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+            .env("RAYON_NUM_THREADS", threads)
+            .args([
+                "convert",
+                s(&model),
+                "-o",
+                s(&other),
+                "--format",
+                "piq2",
+                "--calibration",
+                s(&cal),
+                "--imatrix",
+                s(&im),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(&format!("on {threads} threads")), "{e}");
+        assert!(
+            std::fs::read(&other).unwrap() == std::fs::read(&out).unwrap(),
+            "{threads} threads: output differs"
+        );
+    }
+    // With a calibration file (and no imatrix), 2-bit conversion does not warn.
+    let o = gguftool(&[
+        "convert",
+        s(&model),
+        "-o",
+        s(&dir.path().join("p2.gguf")),
+        "--format",
+        "piq2",
+        "--calibration",
+        s(&cal),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!e.contains("warning"), "{e}");
+    // Mixed precision allocates on the Hessians and says so in the file.
+    let mixed = dir.path().join("m.gguf");
+    let o = gguftool(&[
+        "convert",
+        s(&model),
+        "-o",
+        s(&mixed),
+        "--format",
+        "mixed",
+        "--bpw",
+        "6",
+        "--candidates",
+        "q4_0,q8_0",
+        "--calibration",
+        s(&cal),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("errors measured as tr(dW H dW^T)"), "{e}");
+    assert!(e.contains("matrices rounded with GPTQ"), "{e}");
+    let f = gguftool_quant::registry::open(&mixed).unwrap();
+    let md = &f.header().metadata;
+    use gguftool_gguf::value::Value;
+    assert_eq!(
+        md.get("gguftool.convert.sensitivity"),
+        Some(&Value::String("hessian".into()))
+    );
+    match md.get("gguftool.convert.sensitivity_hessian_tensors") {
+        Some(Value::U32(n)) => assert!(*n > 0),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_hessian_gptq_cannot_factorize_fails_naming_the_tensor_and_leaves_no_output() {
+    use gguftool_calib::calib_file::CalibInput;
+    use gguftool_calib::gptq::Hessian;
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("fixtures/tiny-llama-f32.gguf");
+    // Symmetric with a non-negative diagonal (so the file is valid), but
+    // strongly indefinite: no damping GPTQ tries makes it factorizable.
+    let n = 64;
+    let h: Vec<f64> = (0..n * n)
+        .map(|ij| if ij / n == ij % n { 1.0 } else { 1e9 })
+        .collect();
+    let good = |site: &str| {
+        let mut h = Hessian::new(n);
+        let x: Vec<f32> = (0..8 * n).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
+        h.accumulate(&x).unwrap();
+        CalibInput {
+            site: site.into(),
+            consumers: vec![site.into()],
+            hessian: h,
+        }
+    };
+    let cal = Calibration {
+        datasets: vec!["synthetic".into()],
+        inputs: vec![
+            good("blk.0.attn_output.weight"),
+            CalibInput {
+                site: "blk.1.attn_q.weight".into(),
+                consumers: vec![
+                    "blk.1.attn_q.weight".into(),
+                    "blk.1.attn_k.weight".into(),
+                    "blk.1.attn_v.weight".into(),
+                ],
+                hessian: Hessian::from_matrix(n, h, 10).unwrap(),
+            },
+            good("blk.1.attn_output.weight"),
+        ],
+    };
+    let cal_path = dir.path().join("bad.calib.gguf");
+    cal.write(std::fs::File::create(&cal_path).unwrap())
+        .unwrap();
+    let out = dir.path().join("o.gguf");
+    let o = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args([
+            "convert",
+            s(&model),
+            "-o",
+            s(&out),
+            "--format",
+            "q4_0",
+            "--calibration",
+            s(&cal_path),
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("blk.1.attn_q.weight"), "{e}");
+    assert!(e.contains("not positive definite"), "{e}");
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "only the calibration file: {left:?}");
 }
 
 /// A calibration file with one entry removed, or one entry of another

@@ -358,7 +358,10 @@ fn convert_prints_a_summary_with_fallbacks_and_warns_on_low_bits_without_imatrix
     assert!(r.status.success(), "{}", err(&r));
     let e = err(&r);
     assert!(e.contains("without --imatrix"), "{e}");
-    assert!(e.contains("much higher perplexity"), "{e}");
+    assert!(e.contains("multiplies perplexity"), "{e}");
+    assert!(e.contains("gguftool calibrate"), "{e}");
+    let warnings = e.lines().filter(|l| l.starts_with("warning: ")).count();
+    assert_eq!(warnings, 1, "one line: {e}");
     assert!(e.contains("types: "), "{e}");
     assert!(e.contains("q8_0 x"), "{e}");
     assert!(e.contains("bits/weight"), "{e}");
@@ -377,6 +380,30 @@ fn convert_prints_a_summary_with_fallbacks_and_warns_on_low_bits_without_imatrix
     ]);
     assert!(!err(&r).contains("without --imatrix"), "{}", err(&r));
     assert!(err(&r).contains("fallbacks: none"), "{}", err(&r));
+
+    // A mixed budget below 3 bpw warns too; one above does not.
+    for (bpw, warns) in [("2.8", true), ("4", false)] {
+        let r = run(&[
+            "convert",
+            s(&tiny()),
+            "-o",
+            s(&o),
+            "--format",
+            "mixed",
+            "--bpw",
+            bpw,
+            "--candidates",
+            "piq2,q4_0",
+            "--force",
+        ]);
+        assert!(r.status.success(), "{}", err(&r));
+        assert_eq!(
+            err(&r).contains("warning: converting to mixed at"),
+            warns,
+            "{bpw}: {}",
+            err(&r)
+        );
+    }
 }
 
 #[test]
