@@ -12,7 +12,8 @@
 //!   autograd): [`candle_op`] (any format's fake quantization as a custom
 //!   op), [`candle_model`] (the runtime's llama and gemma3 forward in
 //!   candle ops, matrices optionally fake-quantized), [`blockwise`] (block-wise
-//!   reconstruction of quantized blocks), [`engine_error`].
+//!   reconstruction of quantized blocks), [`candle_adam`] (Adam on candle
+//!   variables), [`engine_error`].
 //!
 //! The straight-through estimators on uniform grids live in `gguftool_quant::ste`
 //! (the formats use them). The character-level reference model is a test
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod blockwise;
+pub mod candle_adam;
 pub mod candle_model;
 pub mod candle_op;
 pub mod config;
