@@ -17,17 +17,20 @@
 //! **Memory.** The output head and the loss run in chunks of
 //! [`LossConfig::chunk_positions`] positions: the student's final hidden
 //! states are computed once with the autograd graph, detached, and each
-//! chunk's head and loss is its own small graph whose backward yields the
-//! gradient with respect to that chunk's hidden states (and the final norm
-//! gain); a second backward through the blocks from the assembled hidden-state
+//! chunk's logits get the loss's gradient in closed form
+//! (`T (softmax(z_s/T) - softmax(z_t/T))` for the KD term,
+//! `softmax(z_s) - onehot` for the cross-entropy), sent back through the
+//! head alone to the chunk's hidden states (and the final norm gain); a
+//! second backward through the blocks from the assembled hidden-state
 //! gradient gives every block parameter's gradient. This is the exact
-//! gradient of the whole-batch loss (a test holds it equal to the unchunked
-//! graph's), and no `[positions, n_vocab]` tensor larger than
-//! `chunk_positions x n_vocab` exists at any time: about ten such f32
-//! tensors (logits, softmaxes, their gradients) live during one chunk,
-//! so Gemma's 262,144-token vocabulary at 64 positions per chunk needs about
-//! 0.7 GB, independent of the batch. Chunking the vocabulary as well is not
-//! needed: one position's row is 1 MiB even for Gemma.
+//! gradient of the whole-batch loss (a test holds it equal to the autograd
+//! of the unchunked graph, [`distill_loss`]), and no `[positions, n_vocab]`
+//! tensor larger than `chunk_positions x n_vocab` exists at any time: about
+//! a dozen such f32 tensors live at the peak of a chunk (measured: 12 at
+//! `T = 2` with cross-entropy), so Gemma's 262,144-token vocabulary at 64
+//! positions per chunk needs about 0.8 GB, independent of the batch.
+//! Chunking the vocabulary as well is not needed: one position's row is
+//! 1 MiB even for Gemma.
 //!
 //! **Teacher targets.** The teacher's full distribution is used (exact KL,
 //! no top-k truncation). What is cached is not the logits (`n_vocab` floats
@@ -256,6 +259,64 @@ fn chunk_sums(
     Ok((kl, ce))
 }
 
+/// The loss sums of a chunk and their gradient with respect to the student
+/// logits, in closed form (no autograd graph over `[c, n_vocab]`):
+/// with `q = softmax(zs / T)`, `p = softmax(zt / T)`,
+/// `d(T^2 KL)/dzs = T (q - p)` and `d CE/dzs = softmax(zs) - onehot(label)`
+/// (Hinton et al. 2015, section 2). `zs`, `zt` `[c, n_vocab]` (detached),
+/// `lab`/`mask` the chunk's labels; `kd_w`/`ce_w` multiply the KL sum (at
+/// `T`, before the `T^2`) and the cross-entropy sum. Returns (KL sum, CE
+/// sum, gradient of `kd_w * T^2 * KL + ce_w * CE`).
+#[allow(clippy::too_many_arguments)]
+fn chunk_closed_form(
+    zs: &Tensor,
+    zt: &Tensor,
+    lab: &[u32],
+    mask: &[f32],
+    temperature: f64,
+    kd_w: f64,
+    ce_w: f64,
+) -> EngineResult<(f64, f64, Tensor)> {
+    let (c, nv) = zs.dims2()?;
+    let (log_q, p, kl) = {
+        let (a, b) = if temperature == 1.0 {
+            (zs.clone(), zt.clone())
+        } else {
+            ((zs / temperature)?, (zt / temperature)?)
+        };
+        let log_q = log_softmax(&a)?;
+        let log_p = log_softmax(&b)?;
+        let p = log_p.exp()?;
+        let kl = scalar(&(&p * (log_p - &log_q)?)?.sum_all()?)?;
+        (log_q, p, kl)
+    };
+    let q = log_q.exp()?;
+    // d(T^2 KL)/dzs = T^2 * (q - p) / T.
+    let mut g = ((q.clone() - p)? * (kd_w * temperature))?;
+    let mut ce = 0.0;
+    if ce_w > 0.0 {
+        let (lq1, q1) = if temperature == 1.0 {
+            (log_q, q)
+        } else {
+            let l = log_softmax(zs)?;
+            let e = l.exp()?;
+            (l, e)
+        };
+        let dev = zs.device();
+        let lt = Tensor::from_vec(lab.to_vec(), (c, 1), dev)?;
+        let mt = Tensor::from_vec(mask.to_vec(), (c, 1), dev)?;
+        let picked = lq1.gather(&lt, 1)?;
+        ce = -scalar(&(picked * &mt)?.sum_all()?)?;
+        let mut onehot = vec![0f32; c * nv];
+        for (i, (&l, &m)) in lab.iter().zip(mask).enumerate() {
+            onehot[i * nv + l as usize] = m;
+        }
+        let oh = Tensor::from_vec(onehot, (c, nv), dev)?;
+        g = (g + ((q1.broadcast_mul(&mt)? - oh)? * ce_w)?)?;
+    }
+    Ok((kl, ce, g))
+}
+
 fn scalar(t: &Tensor) -> EngineResult<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
@@ -369,9 +430,12 @@ pub struct HeadStage {
 
 /// The first stage of [`loss_and_grads`]: the output head and the loss of
 /// the student's final hidden states `hidden` `[b, t, n_embd]` (detached),
-/// chunk by chunk, each chunk's graph freed before the next. Memory beyond
-/// the inputs: one chunk's `[chunk_positions, n_vocab]` tensors and the
-/// `[b * t, n_embd]` hidden-state gradient.
+/// chunk by chunk, each chunk's graph freed before the next. The loss's
+/// gradient with respect to a chunk's logits is computed in closed form
+/// and sent back through the head alone, so a chunk holds a handful of
+/// `[chunk_positions, n_vocab]` tensors (no graph over the softmaxes).
+/// Memory beyond the inputs: those and the `[b * t, n_embd]` hidden-state
+/// gradient.
 ///
 /// # Errors
 /// A configuration out of range, shapes that do not match, candle errors.
@@ -399,10 +463,6 @@ pub fn head_stage(
     let tn = teacher_normed.reshape((rows, d))?;
     let (lab, mask) = labels(tokens)?;
     let (n, n_ce) = denominators(&mask);
-    let dev = student.device();
-    let lab = Tensor::from_vec(lab, rows, dev)?;
-    let mask = Tensor::from_vec(mask, rows, dev)?;
-    let want_ce = cfg.ce_weight > 0.0;
     let t2 = cfg.temperature * cfg.temperature;
 
     let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -414,21 +474,19 @@ pub fn head_stage(
         let hv = Var::from_tensor(&hd.narrow(0, s, c)?)?;
         let zs = student.head(hv.as_tensor())?;
         let zt = teacher.project(&tn.narrow(0, s, c)?)?.detach();
-        let (kl, ce) = chunk_sums(
-            &zs,
+        let (kl, ce, gz) = chunk_closed_form(
+            &zs.detach(),
             &zt,
-            &lab.narrow(0, s, c)?,
-            &mask.narrow(0, s, c)?,
+            &lab[s..s + c],
+            &mask[s..s + c],
             cfg.temperature,
-            want_ce,
+            1.0 / n,
+            cfg.ce_weight / n_ce,
         )?;
-        kd_sum += scalar(&kl)?;
-        let mut loss = (kl * (t2 / n))?;
-        if let Some(ce) = ce {
-            ce_sum += scalar(&ce)?;
-            loss = (loss + (ce * (cfg.ce_weight / n_ce))?)?;
-        }
-        let g = loss.backward()?;
+        drop(zt);
+        kd_sum += kl;
+        ce_sum += ce;
+        let g = (zs * gz)?.sum_all()?.backward()?;
         gh.push(match g.get(hv.as_tensor()) {
             Some(x) => x.detach(),
             None => hv.as_tensor().zeros_like()?,
