@@ -39,7 +39,7 @@ pub struct Parameter {
 }
 
 impl Parameter {
-    fn new(name: String, t: Tensor, trainable: bool) -> EngineResult<Self> {
+    pub(crate) fn new(name: String, t: Tensor, trainable: bool) -> EngineResult<Self> {
         Ok(Self {
             name,
             var: Var::from_tensor(&t)?,
@@ -78,14 +78,116 @@ impl Parameter {
     }
 }
 
-/// A weight matrix `[n_out, n_in]` (GGUF rows), with an optional bias and
-/// an optional fake quantization.
+/// A low-rank adapter on one matrix (LoRA, Hu et al. 2021): the layer
+/// computes `y = x W^T + scale * (x A^T) B^T` with `A` `[rank, n_in]`,
+/// `B` `[n_out, rank]` and `scale = alpha / rank` (`1` when `alpha` is 0),
+/// exactly as llama.cpp's `build_lora_mm` applies a LoRA GGUF (at adapter
+/// scale 1). Built and attached by [`crate::lora`].
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    a: Parameter,
+    b: Parameter,
+    alpha: f32,
+}
+
+impl LoraAdapter {
+    /// An adapter from `a` `[rank, n_in]` and `b` `[n_out, rank]` (f32)
+    /// for the matrix `name`, trainable or frozen.
+    ///
+    /// # Errors
+    /// [`EngineError::BadInput`] when the shapes do not chain, the rank is 0,
+    /// a tensor is not f32 or `alpha` is not finite.
+    pub fn new(
+        name: &str,
+        a: Tensor,
+        b: Tensor,
+        alpha: f32,
+        trainable: bool,
+    ) -> EngineResult<Self> {
+        let (r, _) = a.dims2()?;
+        let (_, rb) = b.dims2()?;
+        if r == 0 || r != rb {
+            return Err(EngineError::BadInput(format!(
+                "LoRA {name}: A {:?} and B {:?} do not chain",
+                a.dims(),
+                b.dims()
+            )));
+        }
+        if a.dtype() != DType::F32 || b.dtype() != DType::F32 || !alpha.is_finite() {
+            return Err(EngineError::BadInput(format!(
+                "LoRA {name}: f32 factors and a finite alpha required"
+            )));
+        }
+        Ok(Self {
+            a: Parameter::new(format!("{name}.lora_a"), a, trainable)?,
+            b: Parameter::new(format!("{name}.lora_b"), b, trainable)?,
+            alpha,
+        })
+    }
+
+    /// `A` `[rank, n_in]` (named `<matrix>.lora_a`).
+    pub fn a(&self) -> &Parameter {
+        &self.a
+    }
+
+    /// `B` `[n_out, rank]` (named `<matrix>.lora_b`).
+    pub fn b(&self) -> &Parameter {
+        &self.b
+    }
+
+    /// The rank.
+    pub fn rank(&self) -> usize {
+        self.a.var.dims()[0]
+    }
+
+    /// `alpha` as given.
+    pub fn alpha(&self) -> f32 {
+        self.alpha
+    }
+
+    /// The multiplier of `B A`: `alpha / rank`, or 1 when `alpha` is 0
+    /// (llama.cpp's `get_scale` at adapter scale 1).
+    pub fn scale(&self) -> f32 {
+        if self.alpha == 0.0 {
+            1.0
+        } else {
+            self.alpha / self.rank() as f32
+        }
+    }
+
+    /// Trains (or freezes) both factors.
+    pub fn set_trainable(&mut self, t: bool) {
+        self.a.trainable = t;
+        self.b.trainable = t;
+    }
+
+    /// `scale * (x A^T) B^T` for `x` `[.., n_in]`.
+    ///
+    /// # Errors
+    /// A last dimension other than `n_in`, candle errors.
+    pub fn forward(&self, x: &Tensor) -> EngineResult<Tensor> {
+        let xa = x.broadcast_matmul(&self.a.tensor().t()?)?;
+        Ok((xa.broadcast_matmul(&self.b.tensor().t()?)? * self.scale() as f64)?)
+    }
+
+    /// The dense update `scale * B A` `[n_out, n_in]`.
+    ///
+    /// # Errors
+    /// candle errors.
+    pub fn delta_weight(&self) -> EngineResult<Tensor> {
+        Ok((self.b.tensor().matmul(&self.a.tensor())? * self.scale() as f64)?)
+    }
+}
+
+/// A weight matrix `[n_out, n_in]` (GGUF rows), with an optional bias, an
+/// optional fake quantization and an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct QLinear {
     name: String,
     weight: Parameter,
     bias: Option<Tensor>,
     quant: Option<(FakeQuant, Parameter)>,
+    lora: Option<LoraAdapter>,
 }
 
 impl QLinear {
@@ -123,18 +225,67 @@ impl QLinear {
         Ok(())
     }
 
+    /// Trains (or freezes) the scales (when quantized) and the latent
+    /// weights (only when quantized: full-precision matrices stay frozen).
+    pub fn set_trainable(&mut self, scales: bool, weights: bool) {
+        match &mut self.quant {
+            Some((_, s)) => {
+                s.trainable = scales;
+                self.weight.trainable = weights;
+            }
+            None => self.weight.trainable = false,
+        }
+    }
+
+    /// The LoRA adapter, when attached.
+    pub fn lora(&self) -> Option<&LoraAdapter> {
+        self.lora.as_ref()
+    }
+
+    /// Mutable access to the LoRA adapter (to train or freeze it).
+    pub fn lora_mut(&mut self) -> Option<&mut LoraAdapter> {
+        self.lora.as_mut()
+    }
+
+    /// Attaches `adapter` (replacing any), after checking its shapes
+    /// against the matrix.
+    ///
+    /// # Errors
+    /// [`EngineError::BadInput`] when `A` is not `[rank, n_in]` or `B` not
+    /// `[n_out, rank]`.
+    pub fn attach_lora(&mut self, adapter: LoraAdapter) -> EngineResult<()> {
+        let (n_out, n_in) = self.weight.var.dims2()?;
+        let (a, b) = (adapter.a.var.dims(), adapter.b.var.dims());
+        if a[1] != n_in || b[0] != n_out {
+            return Err(EngineError::BadInput(format!(
+                "LoRA for {} ([{n_out}, {n_in}]): A {a:?}, B {b:?}",
+                self.name
+            )));
+        }
+        self.lora = Some(adapter);
+        Ok(())
+    }
+
+    /// Removes and returns the LoRA adapter.
+    pub fn take_lora(&mut self) -> Option<LoraAdapter> {
+        self.lora.take()
+    }
+
     /// Removes the fake quantization (full-precision weights again, frozen).
     pub fn dequantize(&mut self) {
         self.quant = None;
         self.weight.trainable = false;
     }
 
-    /// Freezes the latent weights and the scales (the fake quantization
-    /// stays).
+    /// Freezes the latent weights, the scales (the fake quantization
+    /// stays) and the LoRA adapter.
     pub fn freeze(&mut self) {
         self.weight.trainable = false;
         if let Some((_, s)) = &mut self.quant {
             s.trainable = false;
+        }
+        if let Some(l) = &mut self.lora {
+            l.set_trainable(false);
         }
     }
 
@@ -149,15 +300,19 @@ impl QLinear {
         }
     }
 
-    /// `x W^T (+ b)` for `x` `[.., n_in]`.
+    /// `x W^T (+ b) (+ LoRA)` for `x` `[.., n_in]`.
     ///
     /// # Errors
     /// A last dimension other than `n_in`, candle errors.
     pub fn forward(&self, x: &Tensor) -> EngineResult<Tensor> {
         let w = self.effective_weight()?;
         let y = x.broadcast_matmul(&w.t()?)?;
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        Ok(match &self.lora {
+            Some(l) => (y + l.forward(x)?)?,
             None => y,
         })
     }
@@ -176,7 +331,8 @@ impl QLinear {
         }
     }
 
-    /// The trainable parameters (scales first, then latent weights).
+    /// The trainable parameters (scales first, then latent weights, then
+    /// the LoRA factors `A`, `B`).
     pub fn parameters(&self) -> Vec<&Parameter> {
         let mut v = Vec::new();
         if let Some((_, s)) = &self.quant {
@@ -186,6 +342,9 @@ impl QLinear {
         }
         if self.weight.trainable {
             v.push(&self.weight);
+        }
+        if let Some(l) = &self.lora {
+            v.extend([&l.a, &l.b].into_iter().filter(|p| p.trainable));
         }
         v
     }
@@ -618,6 +777,7 @@ impl CandleModel {
                     weight: req(&n(&format!("{s}.weight")))?,
                     bias: load(f, &n(&format!("{s}.bias")), dev)?,
                     quant: None,
+                    lora: None,
                 })
             };
             let linears = [
@@ -683,6 +843,16 @@ impl CandleModel {
         &self.output_norm
     }
 
+    /// Trains (or freezes) the final norm gain.
+    pub fn set_output_norm_trainable(&mut self, t: bool) {
+        self.output_norm.trainable = t;
+    }
+
+    /// The output matrix `[n_vocab, n_embd]` (the embedding when tied).
+    pub fn output_weight(&self) -> &Tensor {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+
     /// Token ids `[batch, seq]` (u32) from equal-length sequences.
     ///
     /// # Errors
@@ -746,13 +916,43 @@ impl CandleModel {
     /// # Errors
     /// candle errors.
     pub fn head(&self, x: &Tensor) -> EngineResult<Tensor> {
-        let h = rms_norm(x, &self.output_norm.tensor(), self.hp.rms_eps)?;
-        let w = self.output.as_ref().unwrap_or(&self.token_embd);
-        let mut y = h.broadcast_matmul(&w.t()?)?;
+        self.project(&self.final_norm(x)?)
+    }
+
+    /// The final RMSNorm of hidden states `x` `[.., n_embd]` (the first
+    /// half of [`CandleModel::head`]).
+    ///
+    /// # Errors
+    /// candle errors.
+    pub fn final_norm(&self, x: &Tensor) -> EngineResult<Tensor> {
+        rms_norm(x, &self.output_norm.tensor(), self.hp.rms_eps)
+    }
+
+    /// Logits `[.., n_vocab]` of normalised final hidden states `h`
+    /// `[.., n_embd]`: the output matrix and the softcap (the second half
+    /// of [`CandleModel::head`]).
+    ///
+    /// # Errors
+    /// candle errors.
+    pub fn project(&self, h: &Tensor) -> EngineResult<Tensor> {
+        let mut y = h.broadcast_matmul(&self.output_weight().t()?)?;
         if let Some(c) = self.hp.final_logit_softcap.filter(|&c| c > 0.0) {
             y = ((y / c as f64)?.tanh()? * c as f64)?;
         }
         Ok(y)
+    }
+
+    /// Final hidden states `[batch, seq, n_embd]` (before the final norm)
+    /// for `tokens` `[batch, seq]` (u32): embedding and every block.
+    ///
+    /// # Errors
+    /// As [`CandleModel::embed`], candle errors.
+    pub fn hidden(&self, tokens: &Tensor) -> EngineResult<Tensor> {
+        let mut x = self.embed(tokens)?;
+        for b in &self.blocks {
+            x = b.forward(&x)?;
+        }
+        Ok(x)
     }
 
     /// Logits `[batch, seq, n_vocab]` for `tokens` `[batch, seq]` (u32).
@@ -760,11 +960,7 @@ impl CandleModel {
     /// # Errors
     /// As [`CandleModel::embed`], candle errors.
     pub fn forward(&self, tokens: &Tensor) -> EngineResult<Tensor> {
-        let mut x = self.embed(tokens)?;
-        for b in &self.blocks {
-            x = b.forward(&x)?;
-        }
-        self.head(&x)
+        self.head(&self.hidden(tokens)?)
     }
 
     /// Full-sequence logits of one sequence, row-major `seq x n_vocab`

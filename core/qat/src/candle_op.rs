@@ -11,13 +11,27 @@
 //! them, e.g. LSQ's scaled step gradient; zero for the plain and clipped
 //! STEs). Rows are processed in parallel.
 //!
+//! Row-transformed formats (`q2_quip`): the format's blocks hold rotated
+//! rows `R w` (`R` orthogonal, the format's [`RowTransform`] at the op's
+//! seed), and its differentiable quantizer works in that basis. The op
+//! rotates each row, fake-quantizes it, and rotates back:
+//! `Q(w) = R^T q(R w)`; the backward rotates the output gradient
+//! (`R g`), applies the format's STE there and rotates the weight gradient
+//! back (`R^T`), which is the exact chain rule because `R^{-1} = R^T`
+//! (QuIP#'s incoherence processing trained through, Tseng et al. 2024).
+//! Scales are per group of the rotated row. [`FakeQuant::export`] writes
+//! the rotated blocks the file stores: the file must record the op's seed
+//! (`gguftool_quant::rows::SEED_KEY`).
+//!
 //! Devices: the op runs on the CPU. [`FakeQuant::apply`] moves tensors on
 //! another device (candle's `cuda` feature) to the host and back, so the
 //! model code is device-agnostic; the backward works on host copies.
 
 use crate::engine_error::{EngineError, EngineResult};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
-use gguftool_quant::format::{DifferentiableQuantizer, Format, Ste};
+use gguftool_quant::format::{
+    DifferentiableQuantizer, Format, PreparedRowTransform, RowTransform, Ste,
+};
 use rayon::prelude::*;
 
 /// A format's fake quantization with an STE: builds the op and manages
@@ -27,6 +41,8 @@ pub struct FakeQuant {
     format: &'static dyn Format,
     dq: &'static dyn DifferentiableQuantizer,
     ste: Ste,
+    transform: Option<&'static dyn RowTransform>,
+    seed: u64,
 }
 
 impl std::fmt::Debug for FakeQuant {
@@ -39,29 +55,54 @@ impl std::fmt::Debug for FakeQuant {
 }
 
 impl FakeQuant {
-    /// Fake quantization of `format` under `ste`.
+    /// Fake quantization of `format` under `ste` (row transforms at
+    /// `gguftool_quant::rows::DEFAULT_SEED`; see [`FakeQuant::with_seed`]).
     ///
     /// # Errors
     /// [`EngineError::Unsupported`] when the format has no differentiable
-    /// quantizer, or has a row transform (its blocks live in a rotated
-    /// basis the op does not model).
+    /// quantizer.
     pub fn new(format: &'static dyn Format, ste: Ste) -> EngineResult<Self> {
         let dq = format.differentiable().ok_or_else(|| {
             EngineError::Unsupported(format!("{} has no differentiable quantizer", format.name()))
         })?;
-        if format.row_transform().is_some() {
-            return Err(EngineError::Unsupported(format!(
-                "{} rotates rows before encoding; fake quantization in the original basis is not implemented",
-                format.name()
-            )));
-        }
         if dq.group_size() == 0 {
             return Err(EngineError::Unsupported(format!(
                 "{} reports a group size of 0",
                 format.name()
             )));
         }
-        Ok(Self { format, dq, ste })
+        Ok(Self {
+            format,
+            dq,
+            ste,
+            transform: format.row_transform(),
+            seed: gguftool_quant::rows::DEFAULT_SEED,
+        })
+    }
+
+    /// The same op with the row transform seeded by `seed` (no effect on
+    /// formats without one).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The row-transform seed (what the output file must record under
+    /// `gguftool_quant::rows::SEED_KEY` for a row-transformed format).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The prepared row transform for rows of `row_len`, when the format
+    /// has one.
+    fn prepared(&self, row_len: usize) -> EngineResult<Option<Box<dyn PreparedRowTransform>>> {
+        self.transform
+            .map(|t| {
+                t.prepare(row_len, self.seed).map_err(|e| {
+                    EngineError::BadInput(format!("{}: rows of {row_len}: {e}", self.format.name()))
+                })
+            })
+            .transpose()
     }
 
     /// [`FakeQuant::new`] for a format looked up by name in the registry.
@@ -90,11 +131,15 @@ impl FakeQuant {
     }
 
     /// Whether rows of `row_len` weights split into whole groups and whole
-    /// encoded blocks of the format.
+    /// encoded blocks of the format (and its row transform, if any, takes
+    /// that length).
     pub fn fits(&self, row_len: usize) -> bool {
         row_len > 0
             && row_len.is_multiple_of(self.group_size())
             && row_len.is_multiple_of(self.format.block_size())
+            && self
+                .transform
+                .is_none_or(|t| t.prepare(row_len, self.seed).is_ok())
     }
 
     fn check_shapes(&self, w: &[usize], s: &[usize]) -> EngineResult<usize> {
@@ -144,10 +189,19 @@ impl FakeQuant {
                 )));
             }
         }
-        let wv = host_f32(w)?;
+        let mut wv = host_f32(w)?;
         let g = self.group_size();
         let per_row = row_len / g;
         let mut s = vec![0f32; wv.len() / g];
+        let rt = self.prepared(row_len)?;
+        let rot_imp = match (&rt, importance) {
+            (Some(rt), Some(imp)) => Some(rt.importance(imp)),
+            _ => None,
+        };
+        let importance = rot_imp.as_deref().or(importance);
+        if let Some(rt) = &rt {
+            wv.par_chunks_mut(row_len).for_each(|r| rt.forward(r));
+        }
         s.par_chunks_mut(per_row)
             .zip(wv.par_chunks(row_len))
             .for_each(|(s, w)| self.dq.init_scales(w, importance, s));
@@ -170,7 +224,11 @@ impl FakeQuant {
                 scales.dtype()
             )));
         }
-        let op = FakeQuantOp { fq: *self };
+        let row_len = *w.dims().last().expect("checked shapes");
+        let op = FakeQuantOp {
+            fq: *self,
+            rt: self.prepared(row_len)?.map(std::sync::Arc::from),
+        };
         if w.device().is_cpu() {
             Ok(w.contiguous()?.apply_op2(&scales.contiguous()?, op)?)
         } else {
@@ -185,13 +243,17 @@ impl FakeQuant {
 
     /// Encodes `w` with `scales` (as [`FakeQuant::apply`] takes them)
     /// through the format's `export`: whole rows of encoded blocks, in
-    /// GGUF tensor-data order.
+    /// GGUF tensor-data order (rotated rows for a row-transformed format,
+    /// at [`FakeQuant::seed`]).
     ///
     /// # Errors
     /// Shapes that do not fit, non-f32 tensors.
     pub fn export(&self, w: &Tensor, scales: &Tensor) -> EngineResult<Vec<u8>> {
         let row_len = self.check_shapes(w.dims(), scales.dims())?;
-        let wv = host_f32(w)?;
+        let mut wv = host_f32(w)?;
+        if let Some(rt) = self.prepared(row_len)? {
+            wv.par_chunks_mut(row_len).for_each(|r| rt.forward(r));
+        }
         let sv = host_f32(scales)?;
         let row_bytes = row_len / self.format.block_size() * self.format.type_size();
         let per_row = row_len / self.group_size();
@@ -214,9 +276,11 @@ pub(crate) fn host_f32(t: &Tensor) -> EngineResult<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// The candle op (built by [`FakeQuant::apply`]).
+/// The candle op (built by [`FakeQuant::apply`]), with the row transform
+/// prepared for the weights' row length.
 struct FakeQuantOp {
     fq: FakeQuant,
+    rt: Option<std::sync::Arc<dyn PreparedRowTransform>>,
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -249,9 +313,21 @@ impl CustomOp2 for FakeQuantOp {
         let s = contiguous(s2, l2, "scales")?;
         let per_row = row_len / self.fq.group_size();
         let mut out = vec![0f32; w.len()];
-        out.par_chunks_mut(row_len)
-            .zip(w.par_chunks(row_len).zip(s.par_chunks(per_row)))
-            .for_each(|(o, (w, s))| self.fq.dq.forward(w, s, o));
+        match &self.rt {
+            None => out
+                .par_chunks_mut(row_len)
+                .zip(w.par_chunks(row_len).zip(s.par_chunks(per_row)))
+                .for_each(|(o, (w, s))| self.fq.dq.forward(w, s, o)),
+            Some(rt) => out
+                .par_chunks_mut(row_len)
+                .zip(w.par_chunks(row_len).zip(s.par_chunks(per_row)))
+                .for_each(|(o, (w, s))| {
+                    let mut x = w.to_vec();
+                    rt.forward(&mut x);
+                    self.fq.dq.forward(&x, s, o);
+                    rt.inverse(o);
+                }),
+        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -271,6 +347,7 @@ impl CustomOp2 for FakeQuantOp {
         let mut gw = vec![0f32; wv.len()];
         let mut gs = vec![0f32; sv.len()];
         let ste = self.fq.ste;
+        let rt = self.rt.as_deref();
         gw.par_chunks_mut(row_len)
             .zip(gs.par_chunks_mut(per_row))
             .zip(
@@ -278,7 +355,18 @@ impl CustomOp2 for FakeQuantOp {
                     .zip(sv.par_chunks(per_row))
                     .zip(gv.par_chunks(row_len)),
             )
-            .for_each(|((gw, gs), ((w, s), g))| self.fq.dq.backward(w, s, g, ste, gw, gs));
+            .for_each(|((gw, gs), ((w, s), g))| match rt {
+                None => self.fq.dq.backward(w, s, g, ste, gw, gs),
+                Some(rt) => {
+                    // Q(w) = R^T q(R w): dL/d(Rw) from q's STE at R g, then
+                    // back through R (orthogonal: R^-1 = R^T).
+                    let (mut x, mut gr) = (w.to_vec(), g.to_vec());
+                    rt.forward(&mut x);
+                    rt.forward(&mut gr);
+                    self.fq.dq.backward(&x, s, &gr, ste, gw, gs);
+                    rt.inverse(gw);
+                }
+            });
         Ok((
             Some(Tensor::from_vec(gw, w.shape(), w.device())?),
             Some(Tensor::from_vec(gs, scales.shape(), scales.device())?),

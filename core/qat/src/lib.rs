@@ -12,7 +12,11 @@
 //!   autograd): [`candle_op`] (any format's fake quantization as a custom
 //!   op), [`candle_model`] (the runtime's llama and gemma3 forward in
 //!   candle ops, matrices optionally fake-quantized), [`blockwise`] (block-wise
-//!   reconstruction of quantized blocks), [`engine_error`].
+//!   reconstruction of quantized blocks), [`e2e`] (end-to-end distillation
+//!   from the full-precision model, chunked output head), [`candle_adam`]
+//!   (Adam on candle variables), [`lora`] (LoRA adapters over the frozen
+//!   quantized base, merging), [`lora_gguf`] (llama.cpp LoRA GGUF files),
+//!   [`engine_error`].
 //!
 //! The straight-through estimators on uniform grids live in `gguftool_quant::ste`
 //! (the formats use them). The character-level reference model is a test
@@ -21,10 +25,14 @@
 #![warn(missing_docs)]
 
 pub mod blockwise;
+pub mod candle_adam;
 pub mod candle_model;
 pub mod candle_op;
 pub mod config;
+pub mod e2e;
 pub mod engine_error;
+pub mod lora;
+pub mod lora_gguf;
 pub mod loss;
 pub mod optim;
 pub mod per_tensor;

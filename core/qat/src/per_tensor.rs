@@ -155,7 +155,14 @@ pub fn train_matrix(
     )
     .ok_or_else(|| Error::Unsupported {
         tensor: name.to_string(),
-        reason: format!("rows of {row_len} do not fit {} groups", format.name()),
+        reason: if format.row_transform().is_some() {
+            format!(
+                "{} rotates rows; per-tensor QAT works in the original basis (use the block-wise or end-to-end engine)",
+                format.name()
+            )
+        } else {
+            format!("rows of {row_len} do not fit {} groups", format.name())
+        },
     })?;
     let decode_err = |prob: &TensorReconstruction, bytes: &[u8]| -> Result<f64, Error> {
         let mut q = vec![0f32; prob.target().len()];

@@ -28,7 +28,9 @@ pub struct TensorReconstruction<'a> {
 impl<'a> TensorReconstruction<'a> {
     /// Sets up `w` (`rows * row_len`, rows a multiple of the format's group)
     /// with per-column importance `imp` (`row_len` values; `None` = uniform).
-    /// Scales start where the encoder's initialization puts them.
+    /// Scales start where the encoder's initialization puts them. `None`
+    /// when the format has no differentiable quantizer, rotates rows (its
+    /// quantizer works in the rotated basis), or the rows do not fit.
     pub fn new(
         format: &'a dyn Format,
         w: Vec<f32>,
@@ -39,6 +41,11 @@ impl<'a> TensorReconstruction<'a> {
         learn_weights: bool,
     ) -> Option<Self> {
         let dq = format.differentiable()?;
+        // A row-transformed format's quantizer works on rotated rows; this
+        // reconstruction (and its export) is in the original basis.
+        if format.row_transform().is_some() {
+            return None;
+        }
         let g = dq.group_size();
         if row_len == 0 || !row_len.is_multiple_of(g) || !w.len().is_multiple_of(row_len) {
             return None;

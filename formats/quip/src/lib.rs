@@ -13,11 +13,13 @@ mod grid;
 pub mod kernel;
 pub mod layout;
 pub mod ldlq;
+mod qat;
 pub mod rotation;
 
 use gguftool_quant::activation::Q8Activations;
 use gguftool_quant::format::{
-    BlockGrid, Format, Kernel, PreparedRowTransform, Quantizer, RowTransform, SimdLevel,
+    BlockGrid, DifferentiableQuantizer, Format, Kernel, PreparedRowTransform, Quantizer,
+    RowTransform, SimdLevel,
 };
 use gguftool_quant::register_format;
 use ldlq::Feedback;
@@ -76,6 +78,11 @@ impl<const SB: u32> Format for Q2Quip<SB> {
         Some(self)
     }
     fn block_grid(&self) -> Option<&dyn BlockGrid> {
+        Some(self)
+    }
+    /// In the rotated basis (see the `qat` module): callers rotate rows
+    /// with [`Format::row_transform`] first.
+    fn differentiable(&self) -> Option<&dyn DifferentiableQuantizer> {
         Some(self)
     }
 }

@@ -1,0 +1,318 @@
+//! LoRA adapters as a llama.cpp LoRA GGUF: written from a [`CandleModel`]'s
+//! adapters, read back, and attached to a model.
+//!
+//! The layout is llama.cpp's (`convert_lora_to_gguf.py` writes it,
+//! `src/llama-adapter.cpp` `llama_adapter_lora_init_impl` reads it, checked
+//! against ggml-org/llama.cpp):
+//! - metadata `general.architecture` (the base model's, e.g. `llama`;
+//!   llama.cpp refuses a mismatch), `general.type = "adapter"`,
+//!   `adapter.type = "lora"`, `adapter.lora.alpha` (f32; one value for the
+//!   whole file);
+//! - per adapted matrix `<name>` (the base tensor's name, e.g.
+//!   `blk.0.attn_q.weight`): `<name>.lora_a` with ggml dims
+//!   `[n_in, r]` (row-major `A` `[r, n_in]`) and `<name>.lora_b` with dims
+//!   `[r, n_out]` (row-major `B` `[n_out, r]`); llama.cpp checks
+//!   `base.ne[0] == a.ne[0]`, `base.ne[1] == b.ne[1]`, `a.ne[1] == b.ne[0]`;
+//! - llama.cpp computes `W x + s * B (A x)` with
+//!   `s = adapter_scale * alpha / r` (`adapter_scale` when `alpha` is 0;
+//!   `r = b.ne[0]`), which is [`LoraAdapter`] at adapter scale 1.
+//!
+//! Tensors are written as F32 (exact). The reader also decodes any type our
+//! registry knows (F16, BF16, Q8_0 from llama.cpp's converter) and, like
+//! llama.cpp, skips `*_norm.weight` tensors and rejects other suffixes.
+//! Output is atomic: a temporary file in the target's directory, renamed on
+//! success and removed on failure.
+//!
+//! The runtime (`core/model`) cannot apply a LoRA file; llama.cpp
+//! (`--lora FILE`) can, or the adapters are merged ([`crate::lora::merge_lora`]).
+
+use crate::candle_model::{CandleModel, LoraAdapter};
+use crate::engine_error::{EngineError, EngineResult};
+use crate::lora::adapted;
+use candle_core::Tensor;
+use gguftool_gguf::value::{Metadata, Value};
+use gguftool_gguf::write::{GgufWriter, TensorSpec};
+use gguftool_gguf::GgufFile;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+/// GGML's F32 type id.
+const GGML_F32: u32 = 0;
+
+/// One adapter read from a file: `A` `[rank, n_in]` and `B` `[n_out, rank]`,
+/// row-major f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraTensors {
+    /// The base matrix's name (`blk.0.attn_q.weight`).
+    pub name: String,
+    /// Rank.
+    pub rank: usize,
+    /// Input width (`A`'s row length).
+    pub n_in: usize,
+    /// Output width (`B`'s rows).
+    pub n_out: usize,
+    /// `A`, `rank * n_in` values.
+    pub a: Vec<f32>,
+    /// `B`, `n_out * rank` values.
+    pub b: Vec<f32>,
+}
+
+/// A LoRA GGUF's content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraFile {
+    /// `general.architecture`.
+    pub arch: String,
+    /// `adapter.lora.alpha` (0 when absent, as llama.cpp reads it).
+    pub alpha: f32,
+    /// The adapters, in file order of their `lora_a` tensors.
+    pub adapters: Vec<LoraTensors>,
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn io(path: &Path, e: std::io::Error) -> EngineError {
+    gguftool_gguf::Error::io(path, e).into()
+}
+
+fn container(path: &Path) -> impl Fn(gguftool_gguf::GgufError) -> EngineError + '_ {
+    move |source| {
+        gguftool_gguf::Error::Gguf {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    }
+}
+
+/// Writes `model`'s adapters (every matrix with one, in model order) as a
+/// llama.cpp LoRA GGUF at `path` (see the module documentation);
+/// `name` becomes `general.name` when given. Returns the number of
+/// adapters written.
+///
+/// # Errors
+/// No adapter, adapters with different `alpha` (the format has one per
+/// file), I/O and container errors (the target is then untouched).
+pub fn write_lora_gguf(
+    model: &CandleModel,
+    path: impl AsRef<Path>,
+    name: Option<&str>,
+) -> EngineResult<usize> {
+    let path = path.as_ref();
+    let lins = adapted(model);
+    let Some(first) = lins.first().and_then(|l| l.lora()) else {
+        return Err(EngineError::BadInput(
+            "the model has no LoRA adapter".into(),
+        ));
+    };
+    let alpha = first.alpha();
+    let mut specs = Vec::with_capacity(2 * lins.len());
+    let mut data: Vec<Vec<u8>> = Vec::with_capacity(2 * lins.len());
+    for l in &lins {
+        let ad = l.lora().expect("adapted() lists matrices with an adapter");
+        if ad.alpha() != alpha {
+            return Err(EngineError::BadInput(format!(
+                "LoRA alpha {} on {} differs from {alpha}: a LoRA GGUF has one alpha",
+                ad.alpha(),
+                l.name()
+            )));
+        }
+        let (n_out, n_in) = l.weight().var().as_tensor().dims2()?;
+        let r = ad.rank() as u64;
+        for (suffix, t, dims) in [
+            ("lora_a", ad.a(), vec![n_in as u64, r]),
+            ("lora_b", ad.b(), vec![r, n_out as u64]),
+        ] {
+            let bytes: Vec<u8> = crate::candle_op::host_f32(t.var().as_tensor())?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            specs.push(TensorSpec {
+                name: format!("{}.{suffix}", l.name()),
+                ggml_type: GGML_F32,
+                dims,
+                n_bytes: bytes.len() as u64,
+            });
+            data.push(bytes);
+        }
+    }
+    let mut md = Metadata::new();
+    md.set(
+        "general.architecture",
+        Value::String(model.hparams().arch.name().to_string()),
+    );
+    md.set("general.type", Value::String("adapter".into()));
+    if let Some(n) = name {
+        md.set("general.name", Value::String(n.to_string()));
+    }
+    md.set("adapter.type", Value::String("lora".into()));
+    md.set("adapter.lora.alpha", Value::F32(alpha));
+
+    let tmp = temp_path(path);
+    let result = (|| -> EngineResult<()> {
+        let f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        let mut w = GgufWriter::begin(
+            BufWriter::new(f),
+            &md,
+            specs,
+            &gguftool_quant::registry::TYPES,
+        )
+        .map_err(container(&tmp))?;
+        for d in &data {
+            w.write_tensor_data(d).map_err(container(&tmp))?;
+        }
+        let bw = w.finish().map_err(container(&tmp))?;
+        let f = bw.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| lins.len())
+}
+
+fn str_key<'a>(md: &'a Metadata, key: &str) -> Option<&'a str> {
+    md.get(key).and_then(Value::as_str)
+}
+
+/// Reads a llama.cpp LoRA GGUF (see the module documentation), decoding
+/// every factor to f32.
+///
+/// # Errors
+/// A container error, `general.type` other than `adapter`, `adapter.type`
+/// other than `lora`, a non-f32 `adapter.lora.alpha`, a tensor with an
+/// unexpected suffix, an unpaired factor, factors that are not 2-D or whose
+/// ranks differ, a type no registered format decodes.
+pub fn read_lora_gguf(path: impl AsRef<Path>) -> EngineResult<LoraFile> {
+    let file = GgufFile::open(path.as_ref(), &gguftool_quant::registry::TYPES)?;
+    let md = &file.header().metadata;
+    let bad = |m: String| {
+        Err(EngineError::BadInput(format!(
+            "{}: {m}",
+            path.as_ref().display()
+        )))
+    };
+    let gt = str_key(md, "general.type").unwrap_or("");
+    if gt != "adapter" {
+        return bad(format!("general.type is {gt:?}, expected \"adapter\""));
+    }
+    let at = str_key(md, "adapter.type").unwrap_or("");
+    if at != "lora" {
+        return bad(format!("adapter.type is {at:?}, expected \"lora\""));
+    }
+    let alpha = match md.get("adapter.lora.alpha") {
+        None => 0.0,
+        Some(Value::F32(a)) => *a,
+        Some(v) => {
+            return bad(format!(
+                "adapter.lora.alpha is {}, expected f32",
+                v.value_type().name()
+            ))
+        }
+    };
+    let arch = str_key(md, "general.architecture")
+        .unwrap_or("")
+        .to_string();
+
+    // Pair the factors by base name, in file order of first appearance.
+    let mut order: Vec<String> = Vec::new();
+    let mut pairs: std::collections::HashMap<String, (Option<usize>, Option<usize>)> =
+        std::collections::HashMap::new();
+    for (i, t) in file.header().tensors.iter().enumerate() {
+        let (base, is_a) = if let Some(b) = t.name.strip_suffix(".lora_a") {
+            (b, true)
+        } else if let Some(b) = t.name.strip_suffix(".lora_b") {
+            (b, false)
+        } else if t.name.ends_with("_norm.weight") {
+            continue;
+        } else {
+            return bad(format!("tensor {:?} has an unexpected suffix", t.name));
+        };
+        let e = pairs.entry(base.to_string()).or_insert_with(|| {
+            order.push(base.to_string());
+            (None, None)
+        });
+        if is_a {
+            e.0 = Some(i);
+        } else {
+            e.1 = Some(i);
+        }
+    }
+    let mut adapters = Vec::with_capacity(order.len());
+    for name in order {
+        let (Some(ia), Some(ib)) = pairs[&name] else {
+            return bad(format!("LoRA pair for {name:?} is missing one factor"));
+        };
+        let (ta, tb) = (&file.header().tensors[ia], &file.header().tensors[ib]);
+        if ta.dims.len() != 2 || tb.dims.len() != 2 {
+            return bad(format!("LoRA factors of {name:?} are not 2-D"));
+        }
+        let (n_in, r, rb, n_out) = (ta.dims[0], ta.dims[1], tb.dims[0], tb.dims[1]);
+        if r != rb || r == 0 {
+            return bad(format!(
+                "LoRA factors of {name:?}: lora_a {:?} and lora_b {:?} do not chain",
+                ta.dims, tb.dims
+            ));
+        }
+        let decode = |i: usize| -> EngineResult<Vec<f32>> {
+            let codec = gguftool_quant::rows::tensor_decoder(&file, i)?;
+            let mut out = vec![0f32; file.header().tensors[i].n_elements as usize];
+            codec.decode(file.tensor_data(i), &mut out)?;
+            Ok(out)
+        };
+        adapters.push(LoraTensors {
+            name,
+            rank: r as usize,
+            n_in: n_in as usize,
+            n_out: n_out as usize,
+            a: decode(ia)?,
+            b: decode(ib)?,
+        });
+    }
+    Ok(LoraFile {
+        arch,
+        alpha,
+        adapters,
+    })
+}
+
+/// Attaches `file`'s adapters (frozen) to `model`'s matrices of the same
+/// names, replacing any there. Returns the number attached.
+///
+/// # Errors
+/// An architecture other than the model's, a name that is no block matrix
+/// of the model (the token embedding's adapter is not supported), shapes
+/// that do not fit the matrix (as llama.cpp checks them), candle errors.
+pub fn apply_lora_file(model: &mut CandleModel, file: &LoraFile) -> EngineResult<usize> {
+    let arch = model.hparams().arch.name();
+    if file.arch != arch {
+        return Err(EngineError::BadInput(format!(
+            "LoRA architecture {:?} does not match the model's {arch:?}",
+            file.arch
+        )));
+    }
+    let dev = model.device().clone();
+    for ad in &file.adapters {
+        let lin = model
+            .blocks_mut()
+            .iter_mut()
+            .flat_map(|b| b.linears_mut().iter_mut())
+            .find(|l| l.name() == ad.name)
+            .ok_or_else(|| {
+                EngineError::Unsupported(format!(
+                    "LoRA tensor {:?} is not a block matrix of the model",
+                    ad.name
+                ))
+            })?;
+        let a = Tensor::from_vec(ad.a.clone(), (ad.rank, ad.n_in), &dev)?;
+        let b = Tensor::from_vec(ad.b.clone(), (ad.n_out, ad.rank), &dev)?;
+        lin.attach_lora(LoraAdapter::new(&ad.name, a, b, file.alpha, false)?)?;
+    }
+    Ok(file.adapters.len())
+}
