@@ -458,16 +458,7 @@ fn round_blocks(
                     }
                     e[j] = v / u[(b + j) * n + b + j];
                 }
-                for (k, &ek) in e.iter().enumerate() {
-                    if ek == 0.0 {
-                        continue;
-                    }
-                    let urow = &u[(b + k) * n + rest..(b + k + 1) * n];
-                    wr[rest..]
-                        .iter_mut()
-                        .zip(urow)
-                        .for_each(|(x, &uk)| *x -= (ek * uk) as f32);
-                }
+                update_rest(wr, u, n, b, &e);
             });
     }
     Ok(out)
@@ -517,20 +508,30 @@ fn round_columns(
                     }
                 }
                 grid.pack(&params, &codes, dst);
-                let rest = b + bs;
-                for (k, &ek) in e.iter().enumerate() {
-                    if ek == 0.0 || rest == n {
-                        continue;
-                    }
-                    let urow = &u[(b + k) * n + rest..(b + k + 1) * n];
-                    wr[rest..]
-                        .iter_mut()
-                        .zip(urow)
-                        .for_each(|(x, &uk)| *x -= (ek * uk) as f32);
-                }
+                update_rest(wr, u, n, b, &e);
             }
         });
     out
+}
+
+/// GPTQ's lazy batch update of one row after the block starting at `b`
+/// (`e.len()` columns): `W[rest..] -= e U[b.., rest..]`, where `e` holds the
+/// block's errors divided by the diagonal of `U`.
+fn update_rest(wr: &mut [f32], u: &[f64], n: usize, b: usize, e: &[f64]) {
+    let rest = b + e.len();
+    if rest >= n {
+        return;
+    }
+    for (k, &ek) in e.iter().enumerate() {
+        if ek == 0.0 {
+            continue;
+        }
+        let urow = &u[(b + k) * n + rest..(b + k + 1) * n];
+        wr[rest..]
+            .iter_mut()
+            .zip(urow)
+            .for_each(|(x, &uk)| *x -= (ek * uk) as f32);
+    }
 }
 
 /// Block processing order: identity, or (act-order) blocks sorted by

@@ -233,42 +233,42 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
 
 #[test]
 fn a_hessian_gptq_cannot_factorize_fails_naming_the_tensor_and_leaves_no_output() {
-    use gguftool_calib::calib_file::CalibInput;
     use gguftool_calib::gptq::Hessian;
     let dir = tempfile::tempdir().unwrap();
     let model = root().join("fixtures/tiny-llama-f32.gguf");
-    // Symmetric with a non-negative diagonal (so the file is valid), but
-    // strongly indefinite: no damping GPTQ tries makes it factorizable.
-    let n = 64;
+    let text = root().join("fixtures/runtime/tiny.txt");
+    let real = dir.path().join("real.calib.gguf");
+    gguftool(&[
+        "calibrate",
+        s(&model),
+        "-f",
+        s(&text),
+        "-o",
+        s(&real),
+        "-c",
+        "32",
+        "--chunks",
+        "2",
+        "-t",
+        "1",
+    ]);
+    let f = gguftool_quant::registry::open(&real).unwrap();
+    let mut cal = Calibration::from_gguf(&f).unwrap();
+    drop(f);
+    std::fs::remove_file(&real).unwrap();
+    // The q/k/v site of layer 1 becomes symmetric with a non-negative
+    // diagonal (so the file is valid), but strongly indefinite: no damping
+    // GPTQ tries makes it factorizable.
+    let site = cal
+        .inputs
+        .iter_mut()
+        .find(|i| i.consumers.iter().any(|c| c == "blk.1.attn_q.weight"))
+        .unwrap();
+    let n = site.hessian.n();
     let h: Vec<f64> = (0..n * n)
         .map(|ij| if ij / n == ij % n { 1.0 } else { 1e9 })
         .collect();
-    let good = |site: &str| {
-        let mut h = Hessian::new(n);
-        let x: Vec<f32> = (0..8 * n).map(|i| ((i * 7 % 13) as f32) - 6.0).collect();
-        h.accumulate(&x).unwrap();
-        CalibInput {
-            site: site.into(),
-            consumers: vec![site.into()],
-            hessian: h,
-        }
-    };
-    let cal = Calibration {
-        datasets: vec!["synthetic".into()],
-        inputs: vec![
-            good("blk.0.attn_output.weight"),
-            CalibInput {
-                site: "blk.1.attn_q.weight".into(),
-                consumers: vec![
-                    "blk.1.attn_q.weight".into(),
-                    "blk.1.attn_k.weight".into(),
-                    "blk.1.attn_v.weight".into(),
-                ],
-                hessian: Hessian::from_matrix(n, h, 10).unwrap(),
-            },
-            good("blk.1.attn_output.weight"),
-        ],
-    };
+    site.hessian = Hessian::from_matrix(n, h, 10).unwrap();
     let cal_path = dir.path().join("bad.calib.gguf");
     cal.write(std::fs::File::create(&cal_path).unwrap())
         .unwrap();
@@ -353,7 +353,7 @@ fn calibration_for_another_model_or_with_missing_entries_is_refused() {
 
     // Another width: the same site with a Hessian twice as wide.
     let mut other = good.clone();
-    let i = &mut other.inputs[pos.min(other.inputs.len() - 1)];
+    let i = &mut other.inputs[pos];
     let n = 2 * i.hessian.n();
     let eye: Vec<f64> = (0..n * n)
         .map(|k| if k % (n + 1) == 0 { 1.0 } else { 0.0 })
