@@ -12,7 +12,9 @@
 //!   autograd): [`candle_op`] (any format's fake quantization as a custom
 //!   op), [`candle_model`] (the runtime's llama and gemma3 forward in
 //!   candle ops, matrices optionally fake-quantized), [`blockwise`] (block-wise
-//!   reconstruction of quantized blocks), [`engine_error`].
+//!   reconstruction of quantized blocks, resumable), [`checkpoint`] (its
+//!   checkpoints as GGUF files), [`init`] (GPTQ or importance starting
+//!   points), [`engine_error`].
 //!
 //! The straight-through estimators on uniform grids live in `gguftool_quant::ste`
 //! (the formats use them). The character-level reference model is a test
@@ -23,8 +25,10 @@
 pub mod blockwise;
 pub mod candle_model;
 pub mod candle_op;
+pub mod checkpoint;
 pub mod config;
 pub mod engine_error;
+pub mod init;
 pub mod loss;
 pub mod optim;
 pub mod per_tensor;
