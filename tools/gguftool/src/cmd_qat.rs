@@ -145,7 +145,7 @@ pub struct QatArgs {
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<usize>,
     /// Continue a block-stage run from its checkpoint (same model, text,
-    /// format and configuration), bit for bit.
+    /// format and configuration; --max-blocks may differ), bit for bit.
     #[arg(long, value_name = "CKPT")]
     pub resume: Option<PathBuf>,
     /// Stop after N optimizer steps of the run, writing a checkpoint
@@ -629,12 +629,18 @@ fn run_block(
         (None, Some((m, _))) => Start::Importance(m.clone()),
         (None, None) => Start::Plain,
     };
+    // max_blocks does not change the blocks it keeps: a run may be resumed
+    // with fewer (or more) blocks.
+    let trajectory = QatConfig {
+        max_blocks: None,
+        ..cfg.clone()
+    };
     let fingerprint = sha256_hex(
         format!(
             "qat block v1\n{}\n{}\n{}\n{}\n{}\nctx {n_ctx} calib {n_cal} heldout {}\n{}\n{}",
             a.input.display(),
             model.file().bytes().len(),
-            cfg.to_toml(),
+            trajectory.to_toml(),
             text_sha,
             calib_sha,
             a.heldout,

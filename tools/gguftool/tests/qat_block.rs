@@ -277,6 +277,20 @@ fn stopped_and_resumed_run_writes_the_same_bytes() {
     assert!(!ck.exists());
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 
+    // --max-blocks may change on resume: blocks it keeps train the same.
+    let (c, d) = (dir.path().join("c.gguf"), dir.path().join("d.gguf"));
+    let mut extra = common.to_vec();
+    extra.extend(["--max-blocks", "1"]);
+    assert!(run(&block_args(&c), &extra).status.success());
+    let mut extra = common.to_vec();
+    extra.extend(["--checkpoint", s(&ck), "--max-steps", "3"]);
+    assert!(run(&block_args(&d), &extra).status.success());
+    let mut extra = common.to_vec();
+    extra.extend(["--resume", s(&ck), "--max-blocks", "1"]);
+    let o = run(&block_args(&d), &extra);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&c).unwrap(), std::fs::read(&d).unwrap());
+
     // A checkpoint of another configuration is refused (exit 1).
     let mut extra = common.to_vec();
     extra.extend(["--checkpoint", s(&ck), "--max-steps", "2"]);
