@@ -469,6 +469,13 @@ impl Hooks for CliHooks<'_> {
     }
 
     fn step(&mut self, s: &StepInfo) -> Control {
+        // Test hook: a pause per step, so tests can interrupt a run.
+        if let Some(ms) = std::env::var("GGUFTOOL_TEST_DELAY_PER_STEP_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         self.session_tokens += s.tokens as u64;
         if self.terminal {
             let secs = self.t0.elapsed().as_secs_f64().max(1e-9);

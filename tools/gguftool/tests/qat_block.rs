@@ -299,3 +299,38 @@ fn stopped_and_resumed_run_writes_the_same_bytes() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("another run"));
 }
+
+#[test]
+fn ctrl_c_leaves_a_checkpoint_that_resumes_to_the_same_bytes() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    let ck = dir.path().join("b.ckpt");
+    let common = ["--epochs", "3", "--batch-size", "2"];
+    assert!(run(&block_args(&a), &common).status.success());
+    let mut args = block_args(&b);
+    args.extend(common.iter().map(|x| x.to_string()));
+    args.extend(["--checkpoint".to_string(), s(&ck).to_string()]);
+    let child = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args(&args)
+        .env("GGUFTOOL_TEST_DELAY_PER_STEP_MS", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let k = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted") && ck.exists() && !b.exists(), "{err}");
+    let mut extra = common.to_vec();
+    extra.extend(["--checkpoint", s(&ck), "--resume", s(&ck)]);
+    let o = run(&block_args(&b), &extra);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
