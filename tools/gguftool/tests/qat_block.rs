@@ -327,7 +327,10 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes_to_the_same_bytes() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted") && ck.exists() && !b.exists(), "{err}");
+    assert!(
+        err.contains("interrupted") && ck.exists() && !b.exists(),
+        "{err}"
+    );
     let mut extra = common.to_vec();
     extra.extend(["--checkpoint", s(&ck), "--resume", s(&ck)]);
     let o = run(&block_args(&b), &extra);
