@@ -124,11 +124,31 @@ fn warn_stale_temps(dir: &Path) {
 /// `signal` and `raise`, all async-signal-safe. It then re-raises the signal
 /// with the default action, so the exit status says which signal ended the
 /// process (the shell reports 130 for SIGINT, 143 for SIGTERM).
+///
+/// A long computation that can stop cleanly (QAT, which then writes a
+/// checkpoint) calls [`defer_interrupts`]: the first signal then only sets
+/// a flag it polls ([`interrupted`]); a second one ends the process as
+/// above.
 pub mod signals {
     use std::ffi::CString;
     use std::path::Path;
-    use std::sync::atomic::{AtomicPtr, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
     use std::sync::Once;
+
+    static DEFER: AtomicBool = AtomicBool::new(false);
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    /// While `on`, the first SIGINT, SIGTERM or SIGHUP only sets the flag
+    /// [`interrupted`] returns (installing the handler if needed).
+    pub fn defer_interrupts(on: bool) {
+        install();
+        DEFER.store(on, Ordering::SeqCst);
+    }
+
+    /// True once a signal arrived while interrupts were deferred.
+    pub fn interrupted() -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
 
     const SLOTS: usize = 64;
     static TEMPS: [AtomicPtr<libc::c_char>; SLOTS] =
@@ -136,6 +156,10 @@ pub mod signals {
     static INSTALL: Once = Once::new();
 
     extern "C" fn on_signal(sig: libc::c_int) {
+        // Atomic loads and stores are async-signal-safe.
+        if DEFER.load(Ordering::SeqCst) && !INTERRUPTED.swap(true, Ordering::SeqCst) {
+            return;
+        }
         for slot in &TEMPS {
             let p = slot.load(Ordering::SeqCst);
             if !p.is_null() {

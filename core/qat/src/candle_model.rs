@@ -269,6 +269,32 @@ impl QLinear {
     /// Removes and returns the LoRA adapter.
     pub fn take_lora(&mut self) -> Option<LoraAdapter> {
         self.lora.take()
+    /// [`QLinear::quantize`] from another starting point: `latent`
+    /// (`[n_out, n_in]`, e.g. GPTQ-rounded weights decoded) replaces the
+    /// latent weights when given, and the initial scales are the format's
+    /// `init_scales` of the (new) latent weights under `importance`.
+    ///
+    /// # Errors
+    /// A `latent` of another shape, rows that do not fit the format.
+    pub fn quantize_from(
+        &mut self,
+        fq: FakeQuant,
+        latent: Option<Tensor>,
+        importance: Option<&[f32]>,
+        learn_weights: bool,
+    ) -> EngineResult<()> {
+        if let Some(w) = latent {
+            if w.dims() != self.weight.var.as_tensor().dims() {
+                return Err(EngineError::BadInput(format!(
+                    "{}: initial weights of shape {:?}, matrix {:?}",
+                    self.name,
+                    w.dims(),
+                    self.weight.var.as_tensor().dims()
+                )));
+            }
+            self.weight = Parameter::new(self.name.clone(), w, learn_weights)?;
+        }
+        self.quantize(fq, importance, learn_weights)
     }
 
     /// Removes the fake quantization (full-precision weights again, frozen).
@@ -816,6 +842,14 @@ impl CandleModel {
             device: device.clone(),
             hp,
         })
+    }
+
+    /// [`CandleModel::from_model`] on the CPU.
+    ///
+    /// # Errors
+    /// As [`CandleModel::from_model`].
+    pub fn from_model_cpu(model: &Model) -> EngineResult<Self> {
+        Self::from_model(model, &Device::Cpu)
     }
 
     /// The hyperparameters (the runtime's).

@@ -1,5 +1,6 @@
 //! The QAT configuration: validated, read from JSON or TOML.
 
+use crate::blockwise::BlockwiseConfig;
 use gguftool_quant::format::Ste;
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,17 @@ pub struct QatConfig {
     pub seed: u64,
     /// Optional low-rank adapters (LoRA-QAT).
     pub lora: Option<LoraConfig>,
+    /// Micro-batches whose gradients are summed into one optimizer step
+    /// (block stage).
+    pub gradient_accumulation: usize,
+    /// Train the norm gains of each block (block stage).
+    pub learn_norms: bool,
+    /// Feed each block the outputs of the trained quantized blocks before
+    /// it, else the full-precision activations (block stage).
+    pub quantized_inputs: bool,
+    /// Train only the first this many blocks; later ones are converted as
+    /// `convert` would (block stage).
+    pub max_blocks: Option<usize>,
 }
 
 impl Default for QatConfig {
@@ -108,6 +120,10 @@ impl Default for QatConfig {
             batch_size: 32,
             seed: 0,
             lora: None,
+            gradient_accumulation: 1,
+            learn_norms: true,
+            quantized_inputs: true,
+            max_blocks: None,
         }
     }
 }
@@ -150,7 +166,16 @@ impl QatConfig {
 
     /// Parses TOML.
     pub fn from_toml(s: &str) -> Result<Self, ConfigError> {
-        let c: Self = toml::from_str(s).map_err(|e| bad("toml", e.to_string()))?;
+        let c: Self = toml::from_str(s).map_err(|e| {
+            // One line naming the key the error points at.
+            let key = e.span().and_then(|sp| {
+                let start = s[..sp.start.min(s.len())].rfind('\n').map_or(0, |i| i + 1);
+                let line = s[start..].lines().next()?;
+                line.split_once('=').map(|(k, _)| k.trim().to_string())
+            });
+            let msg = e.message().trim().to_string();
+            bad("toml", key.map_or(msg.clone(), |k| format!("{k}: {msg}")))
+        })?;
         c.validate()?;
         Ok(c)
     }
@@ -224,6 +249,12 @@ impl QatConfig {
         if self.batch_size == 0 {
             return Err(bad("batch_size", "must be at least 1"));
         }
+        if self.gradient_accumulation == 0 {
+            return Err(bad("gradient_accumulation", "must be at least 1"));
+        }
+        if self.max_blocks == Some(0) {
+            return Err(bad("max_blocks", "must be at least 1"));
+        }
         if let Some(l) = &self.lora {
             if l.rank == 0 {
                 return Err(bad("lora.rank", "must be at least 1"));
@@ -239,5 +270,105 @@ impl QatConfig {
     /// Scale learning rate.
     pub fn scale_lr(&self) -> f32 {
         self.scale_learning_rate.unwrap_or(self.learning_rate)
+    }
+
+    /// Checks that the configuration suits block-wise reconstruction
+    /// (`gguftool qat --stage block`) and translates it: `learning_rate`
+    /// is the latent weights' step size and `scale_learning_rate` that of
+    /// the scales and norm gains (both relative to each tensor's initial
+    /// RMS, per Adam step); `grad_clip`, `warmup_steps` (per block) and
+    /// `weight_decay` apply per step.
+    ///
+    /// # Errors
+    /// [`QatConfig::validate`]'s, and a field the block stage does not use
+    /// set to anything but its default (`granularity`, `loss`,
+    /// `temperature`, `pi_k`, `incoherence`, `lora`).
+    pub fn to_blockwise(&self) -> Result<BlockwiseConfig, ConfigError> {
+        self.validate()?;
+        let d = QatConfig::default();
+        let unused = |field: &'static str| {
+            Err(bad(
+                field,
+                "not used by the block stage (remove it, or use --stage per-tensor)",
+            ))
+        };
+        if self.granularity != d.granularity {
+            return unused("granularity");
+        }
+        if self.loss != d.loss {
+            return unused("loss");
+        }
+        if self.temperature != d.temperature {
+            return unused("temperature");
+        }
+        if self.pi_k.is_some() {
+            return unused("pi_k");
+        }
+        if self.incoherence {
+            return unused("incoherence");
+        }
+        if self.lora.is_some() {
+            return unused("lora");
+        }
+        Ok(BlockwiseConfig {
+            learning_rate: self.scale_lr() as f64,
+            weight_learning_rate: self.learning_rate as f64,
+            learn_weights: self.learn_weights,
+            learn_norms: self.learn_norms,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            grad_accum: self.gradient_accumulation,
+            grad_clip: self.grad_clip.map(f64::from),
+            warmup_steps: self.warmup_steps,
+            weight_decay: self.weight_decay as f64,
+            quantized_inputs: self.quantized_inputs,
+            seed: self.seed,
+            max_blocks: self.max_blocks,
+        })
+    }
+
+    /// Checks that the configuration suits per-tensor QAT: the block-stage
+    /// fields keep their defaults.
+    ///
+    /// # Errors
+    /// [`QatConfig::validate`]'s, and a block-stage field set.
+    pub fn check_per_tensor(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        let d = QatConfig::default();
+        let unused = |field: &'static str| {
+            Err(bad(
+                field,
+                "not used by the per-tensor stage (remove it, or use --stage block)",
+            ))
+        };
+        if self.gradient_accumulation != d.gradient_accumulation {
+            return unused("gradient_accumulation");
+        }
+        if self.learn_norms != d.learn_norms {
+            return unused("learn_norms");
+        }
+        if self.quantized_inputs != d.quantized_inputs {
+            return unused("quantized_inputs");
+        }
+        if self.max_blocks.is_some() {
+            return unused("max_blocks");
+        }
+        Ok(())
+    }
+}
+
+/// The defaults of `gguftool qat --stage block` (`QUALITY.md` 3c step 4):
+/// scales and norm gains only (Adam, step 5e-3 of their RMS), latent
+/// weights frozen (step 1e-4 when `learn_weights`), 2 epochs per block, 4
+/// sequences per step, no clipping.
+pub fn block_default_config() -> QatConfig {
+    QatConfig {
+        learning_rate: 1e-4,
+        scale_learning_rate: Some(5e-3),
+        learn_weights: false,
+        epochs: 2,
+        batch_size: 4,
+        grad_clip: None,
+        ..QatConfig::default()
     }
 }

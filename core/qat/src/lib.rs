@@ -12,7 +12,9 @@
 //!   autograd): [`candle_op`] (any format's fake quantization as a custom
 //!   op), [`candle_model`] (the runtime's llama and gemma3 forward in
 //!   candle ops, matrices optionally fake-quantized), [`blockwise`] (block-wise
-//!   reconstruction of quantized blocks), [`e2e`] (end-to-end distillation
+//!   reconstruction of quantized blocks, resumable), [`checkpoint`] (its
+//!   checkpoints as GGUF files), [`init`] (GPTQ or importance starting
+//!   points), [`e2e`] (end-to-end distillation
 //!   from the full-precision model, chunked output head), [`candle_adam`]
 //!   (Adam on candle variables), [`lora`] (LoRA adapters over the frozen
 //!   quantized base, merging), [`lora_gguf`] (llama.cpp LoRA GGUF files),
@@ -28,9 +30,11 @@ pub mod blockwise;
 pub mod candle_adam;
 pub mod candle_model;
 pub mod candle_op;
+pub mod checkpoint;
 pub mod config;
 pub mod e2e;
 pub mod engine_error;
+pub mod init;
 pub mod lora;
 pub mod lora_gguf;
 pub mod loss;

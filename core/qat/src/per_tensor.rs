@@ -38,7 +38,8 @@ pub fn check_config(cfg: &QatConfig) -> Result<(), Error> {
             "QAT config: incoherence: per-tensor QAT exports through formats without a row transform; use it with the reference model".into(),
         ));
     }
-    cfg.validate().map_err(|e| Error::Other(e.to_string()))
+    cfg.check_per_tensor()
+        .map_err(|e| Error::Other(e.to_string()))
 }
 
 /// Outcome for one tensor.

@@ -24,7 +24,6 @@ mod progress;
 
 // Link every format plugin so its registration is kept by the linker.
 
-use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,8 +94,9 @@ enum Command {
     },
     /// Quantize a model to a registered format.
     Convert(Box<cmd_convert::ConvertArgs>),
-    /// Quantization-aware training of each matrix against its imatrix-weighted
-    /// reconstruction error, exported through the format's encoder.
+    /// Quantization-aware training, exported through the format's encoder:
+    /// each matrix alone (--stage per-tensor) or block-wise through the model
+    /// on calibration text (--stage block).
     Qat(Box<cmd_qat::QatArgs>),
     /// Compare a quantized file with its original: RMSE, SQNR, bpw per tensor.
     Quality {
@@ -190,7 +190,7 @@ pub fn as_usage(e: gguftool_gguf::Error) -> CliError {
     CliError::Usage(e.to_string())
 }
 
-fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError> {
+fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if gguftool_formats::link() == 0 {
         return Err(gguftool_gguf::Error::Other("no formats linked".into()).into());
     }
@@ -216,19 +216,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<ExitCode, CliError> {
             no_seal,
         } => cmd_dequantize::run(&input, &output, to, force, !no_seal),
         Command::Convert(args) => cmd_convert::run(*args),
-        Command::Qat(args) => {
-            let given = |id: &str| {
-                matches
-                    .subcommand_matches("qat")
-                    .and_then(|m| m.value_source(id))
-                    == Some(ValueSource::CommandLine)
-            };
-            let given = cmd_qat::Given {
-                epochs: given("epochs"),
-                lr: given("lr"),
-            };
-            cmd_qat::run(*args, given)
-        }
+        Command::Qat(args) => cmd_qat::run(*args),
         Command::Quality {
             original,
             quantized,
@@ -282,7 +270,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    match run(cli, &matches) {
+    match run(cli) {
         Ok(code) => code,
         Err(CliError::Usage(msg)) => {
             eprintln!("error: {}", escape::escape_for_terminal(&msg));

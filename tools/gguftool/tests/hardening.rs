@@ -250,8 +250,11 @@ fn qat_accepts_the_flag_its_message_names_and_shows_its_defaults() {
     assert!(accepted.status.success(), "{}", err(&accepted));
 
     let help = out(&run(&["qat", "--help"]));
-    assert!(help.contains("[default: 4]"), "{help}");
-    assert!(help.contains("[default: 0.01]"), "{help}");
+    assert!(help.contains("[default: 4 per-tensor, 2 block]"), "{help}");
+    assert!(
+        help.contains("[default: 0.01 per-tensor, 0.0001 block]"),
+        "{help}"
+    );
 
     // A config file that leaves fields out gets the same defaults as no file.
     let cfg = dir.path().join("c.toml");

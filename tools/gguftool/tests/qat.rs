@@ -49,7 +49,7 @@ fn qat_command_trains_exports_and_never_does_worse_than_ptq() {
         let f = gguftool_quant::registry::open(&out).unwrap();
         assert!(f.header().metadata.get("gguftool.qat.config").is_some());
     }
-    // A bad config names its field and exits 1.
+    // A bad config names its field and is a usage error (exit 2).
     std::fs::write(&cfg, "epochs = 0\n").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_gguftool"))
         .args([
@@ -65,7 +65,7 @@ fn qat_command_trains_exports_and_never_does_worse_than_ptq() {
         ])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("epochs"),
         "{}",

@@ -1,0 +1,339 @@
+//! `gguftool qat --stage block` on the tiny fixture: training lowers every
+//! block's held-out MSE below its start (plain and GPTQ starts), bad
+//! configuration fields are usage errors naming the field, and a run
+//! stopped by `--max-steps` and resumed from its checkpoint writes the same
+//! bytes as a run that was not stopped.
+
+use gguftool_formats as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn gguftool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> Output {
+    let o = gguftool(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// The block-stage command line on the tiny fixture, writing `out`.
+fn block_args(out: &Path) -> Vec<String> {
+    let model = root().join("fixtures/tiny-llama-f32.gguf");
+    let text = root().join("fixtures/runtime/tiny.txt");
+    [
+        "qat",
+        s(&model),
+        "-o",
+        s(out),
+        "--format",
+        "piq2",
+        "--stage",
+        "block",
+        "-f",
+        s(&text),
+        "-c",
+        "32",
+        "--chunks",
+        "8",
+        "--heldout",
+        "2",
+        "-t",
+        "1",
+        "--force",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
+fn run(args: &[String], extra: &[&str]) -> Output {
+    let mut v: Vec<&str> = args.iter().map(String::as_str).collect();
+    v.extend_from_slice(extra);
+    gguftool(&v)
+}
+
+fn check_lowered(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let blocks = v["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 2);
+    for b in blocks {
+        let (init, best) = (
+            b["initial_heldout_mse"].as_f64().unwrap(),
+            b["best_heldout_mse"].as_f64().unwrap(),
+        );
+        assert!(best < init, "block not improved: {b}");
+        assert!(b["best_epoch"].as_u64().unwrap() > 0, "{b}");
+    }
+    v
+}
+
+#[test]
+fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("block.gguf");
+    let args = block_args(&out);
+    let v = check_lowered(&run(&args, &["--epochs", "3", "--json"]));
+    assert_eq!(v["start"], "plain");
+    assert_eq!(v["config"]["epochs"], 3);
+    assert_eq!(v["calibration_tokens"], 8 * 32);
+    ok(&["verify", s(&out)]);
+    let f = gguftool_quant::registry::open(&out).unwrap();
+    let md = &f.header().metadata;
+    for k in [
+        "gguftool.qat.config",
+        "gguftool.qat.text_sha256",
+        "gguftool.qat.calibration_tokens",
+    ] {
+        assert!(md.get(k).is_some(), "{k}");
+    }
+    let text = std::fs::read(root().join("fixtures/runtime/tiny.txt")).unwrap();
+    assert_eq!(
+        md.get("gguftool.qat.text_sha256")
+            .unwrap()
+            .as_str()
+            .unwrap(),
+        gguftool_gguf::integrity::sha256_hex(&text)
+    );
+    // Every block matrix is piq2; the output head as convert makes it.
+    let piq2 = gguftool_quant::registry::by_name("piq2").unwrap().type_id();
+    let h = f.header();
+    for t in &h.tensors {
+        if t.name.starts_with("blk.") && t.name.ends_with(".weight") && t.dims.len() == 2 {
+            assert_eq!(t.ggml_type, piq2, "{}", t.name);
+        }
+    }
+    // The output runs in the runtime.
+    ok(&[
+        "perplexity",
+        s(&out),
+        "-f",
+        s(&root().join("fixtures/runtime/tiny.txt")),
+        "-c",
+        "32",
+        "--chunks",
+        "2",
+        "-t",
+        "1",
+    ]);
+
+    // GPTQ start from a calibration file of the same text.
+    let cal = dir.path().join("cal.gguf");
+    ok(&[
+        "calibrate",
+        s(&root().join("fixtures/tiny-llama-f32.gguf")),
+        "-f",
+        s(&root().join("fixtures/runtime/tiny.txt")),
+        "-o",
+        s(&cal),
+        "-c",
+        "32",
+        "--chunks",
+        "4",
+        "-t",
+        "1",
+    ]);
+    let v = check_lowered(&run(
+        &args,
+        &["--epochs", "3", "--json", "--calibration", s(&cal)],
+    ));
+    assert_eq!(v["start"], "gptq");
+}
+
+#[test]
+fn bad_config_fields_are_usage_errors_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.gguf");
+    let cfg = dir.path().join("qat.toml");
+    let args = block_args(&out);
+    for (text, field) in [
+        ("gradient_accumulation = 0\n", "gradient_accumulation"),
+        ("learning_rate = -1.0\n", "learning_rate"),
+        ("scale_learning_rate = inf\n", "scale_learning_rate"),
+        ("epochs = 0\n", "epochs"),
+        ("batch_size = 0\n", "batch_size"),
+        ("max_blocks = 0\n", "max_blocks"),
+        ("temperature = 2.0\n", "temperature"),
+        ("grad_clip = 0.0\n", "grad_clip"),
+        ("[ste.clipped]\nclip = -1.0\n", "ste.clip"),
+        ("epoch = 3\n", "epoch"),
+        ("learn_norms = \"yes\"\n", "learn_norms"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let o = run(&args, &["--config", s(&cfg)]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{text}: {err}");
+        assert!(err.contains(field), "{text}: {err}");
+        assert!(!out.exists());
+    }
+    // Flags too; and per-tensor fields refused by the block stage and back.
+    let o = run(&args, &["--gradient-accumulation", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("gradient_accumulation"));
+    std::fs::write(&cfg, "max_blocks = 1\n").unwrap();
+    let model = root().join("fixtures/tiny-llama-f32.gguf");
+    let o = gguftool(&[
+        "qat",
+        s(&model),
+        "-o",
+        s(&out),
+        "--format",
+        "piq2",
+        "--config",
+        s(&cfg),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("max_blocks"));
+    // Stages for later, and block-stage flags without the block stage.
+    let o = gguftool(&[
+        "qat",
+        s(&model),
+        "-o",
+        s(&out),
+        "--format",
+        "piq2",
+        "--stage",
+        "e2e",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not yet available"));
+    let o = gguftool(&[
+        "qat",
+        s(&model),
+        "-o",
+        s(&out),
+        "--format",
+        "piq2",
+        "--max-steps",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    // --help shows both stages' defaults.
+    let o = ok(&["qat", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("[default: 4 per-tensor, 2 block]"), "{help}");
+}
+
+#[test]
+fn stopped_and_resumed_run_writes_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    let ck = dir.path().join("run.ckpt");
+    // 8 sequences, micro-batches of 2, 2 per step: 2 steps per epoch, 6
+    // per block, 12 in all; latent weights trained too.
+    let common = [
+        "--epochs",
+        "3",
+        "--batch-size",
+        "2",
+        "--gradient-accumulation",
+        "2",
+        "--learn-weights",
+    ];
+    let mut extra_a = common.to_vec();
+    extra_a.extend(["--checkpoint-every", "4"]);
+    let o = run(&block_args(&a), &extra_a);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut ck_a = a.clone().into_os_string();
+    ck_a.push(".ckpt");
+    assert!(!Path::new(&ck_a).exists(), "checkpoint removed at the end");
+
+    // Stopped mid-epoch in block 0, then in block 1, then to the end.
+    let args_b = block_args(&b);
+    for (resume, stop) in [(false, Some("5")), (true, Some("9")), (true, None)] {
+        let mut extra = common.to_vec();
+        extra.extend(["--checkpoint", s(&ck)]);
+        if resume {
+            extra.extend(["--resume", s(&ck)]);
+        }
+        if let Some(n) = stop {
+            extra.extend(["--max-steps", n]);
+        }
+        let o = run(&args_b, &extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{extra:?}: {err}");
+        if stop.is_some() {
+            assert!(ck.exists() && !b.exists(), "{err}");
+            assert!(err.contains("--resume"), "{err}");
+        }
+    }
+    assert!(!ck.exists());
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+
+    // --max-blocks may change on resume: blocks it keeps train the same.
+    let (c, d) = (dir.path().join("c.gguf"), dir.path().join("d.gguf"));
+    let mut extra = common.to_vec();
+    extra.extend(["--max-blocks", "1"]);
+    assert!(run(&block_args(&c), &extra).status.success());
+    let mut extra = common.to_vec();
+    extra.extend(["--checkpoint", s(&ck), "--max-steps", "3"]);
+    assert!(run(&block_args(&d), &extra).status.success());
+    let mut extra = common.to_vec();
+    extra.extend(["--resume", s(&ck), "--max-blocks", "1"]);
+    let o = run(&block_args(&d), &extra);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&c).unwrap(), std::fs::read(&d).unwrap());
+
+    // A checkpoint of another configuration is refused (exit 1).
+    let mut extra = common.to_vec();
+    extra.extend(["--checkpoint", s(&ck), "--max-steps", "2"]);
+    assert!(run(&args_b, &extra).status.success());
+    let o = run(&args_b, &["--resume", s(&ck), "--epochs", "4"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("another run"));
+}
+
+#[test]
+fn ctrl_c_leaves_a_checkpoint_that_resumes_to_the_same_bytes() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    let ck = dir.path().join("b.ckpt");
+    let common = ["--epochs", "3", "--batch-size", "2"];
+    assert!(run(&block_args(&a), &common).status.success());
+    let mut args = block_args(&b);
+    args.extend(common.iter().map(|x| x.to_string()));
+    args.extend(["--checkpoint".to_string(), s(&ck).to_string()]);
+    let child = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+        .args(&args)
+        .env("GGUFTOOL_TEST_DELAY_PER_STEP_MS", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let k = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted") && ck.exists() && !b.exists(),
+        "{err}"
+    );
+    let mut extra = common.to_vec();
+    extra.extend(["--checkpoint", s(&ck), "--resume", s(&ck)]);
+    let o = run(&block_args(&b), &extra);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
