@@ -269,6 +269,8 @@ impl QLinear {
     /// Removes and returns the LoRA adapter.
     pub fn take_lora(&mut self) -> Option<LoraAdapter> {
         self.lora.take()
+    }
+
     /// [`QLinear::quantize`] from another starting point: `latent`
     /// (`[n_out, n_in]`, e.g. GPTQ-rounded weights decoded) replaces the
     /// latent weights when given, and the initial scales are the format's
