@@ -289,7 +289,7 @@ pub fn gptq(
         None => round_blocks(format, quantizer, &mut w, &u, n, bs, ts)?,
     };
     if let Some(w0) = w0 {
-        refit_scales(format, &w0, &hm, &mut out)?;
+        refit_scales(format, &w0, &hm, n, &mut out)?;
     }
     if permuted {
         let mut placed = vec![0u8; out.len()];
@@ -317,9 +317,9 @@ fn refit_scales(
     format: &dyn Format,
     w: &[f32],
     h: &[f64],
+    n: usize,
     out: &mut [u8],
 ) -> Result<(), GptqError> {
-    let n = (h.len() as f64).sqrt() as usize;
     let (bs, ts) = (format.block_size(), format.type_size());
     let row_bytes = n / bs * ts;
     let quantizer = format
