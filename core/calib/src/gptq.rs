@@ -18,7 +18,15 @@
 //! transform (Q2+QuIP) are rounded in the rotated basis with
 //! `H' = R H R^T`, which makes QuIP's LDLQ a special case.
 
-use crate::linalg::{cholesky_in_place, inverse_from_cholesky, upper_cholesky};
+use crate::linalg::{cholesky_in_place, inverse_from_cholesky, matmul_nt, upper_cholesky};
+
+/// Rows processed together by one task: the rows of the factor (or of H)
+/// that a block touches stay in cache across the tile instead of being
+/// streamed again for every weight row.
+const ROW_TILE: usize = 16;
+
+/// Rows whose scales [`refit_scales`] refits per matrix product.
+const REFIT_CHUNK: usize = 1024;
 use gguftool_quant::format::{BlockGrid, Format, Quantizer};
 use gguftool_quant::rows::RowCodec;
 use rayon::prelude::*;
@@ -325,80 +333,105 @@ fn refit_scales(
     let quantizer = format
         .quantizer()
         .ok_or_else(|| GptqError::Format(format!("{} cannot quantize", format.name())))?;
-    w.par_chunks(n)
-        .zip(out.par_chunks_mut(row_bytes))
-        .try_for_each(|(wr, dst)| -> Result<(), GptqError> {
-            let mut q = vec![0f32; n];
-            format
-                .dequantize(dst, &mut q)
-                .map_err(|e| GptqError::Format(e.to_string()))?;
-            let r: Vec<f64> = wr.iter().zip(&q).map(|(&a, &b)| (a - b) as f64).collect();
-            let mut g: Vec<f64> = h
-                .chunks_exact(n)
-                .map(|hi| hi.iter().zip(&r).map(|(a, b)| a * b).sum())
-                .collect();
-            let mut target = vec![0f32; bs];
-            let mut imp = vec![0f32; bs];
-            let mut enc = vec![0u8; ts];
-            let mut dec = vec![0f32; bs];
-            let mut dq = vec![0f64; bs];
-            for (blk, block) in dst.chunks_exact_mut(ts).enumerate() {
-                let b = blk * bs;
-                let qb = &q[b..b + bs];
-                let hq: Vec<f64> = (0..bs)
-                    .map(|i| {
-                        let hi = &h[(b + i) * n + b..(b + i) * n + b + bs];
-                        hi.iter().zip(qb).map(|(a, &x)| a * x as f64).sum()
-                    })
-                    .collect();
-                let den: f64 = hq.iter().zip(qb).map(|(a, &x)| a * x as f64).sum();
-                let num: f64 = g[b..b + bs]
-                    .iter()
-                    .zip(qb)
-                    .map(|(a, &x)| a * x as f64)
-                    .sum();
-                if den <= 0.0 || num == 0.0 {
-                    continue;
-                }
-                let c = 1.0 + num / den;
-                target
+    // Rows in chunks, so the f64 residuals and gradients of a tall matrix
+    // (an output head) stay bounded.
+    for (wc, dc) in w
+        .chunks(n * REFIT_CHUNK)
+        .zip(out.chunks_mut(row_bytes * REFIT_CHUNK))
+    {
+        let rows = wc.len() / n;
+        let mut qs = vec![0f32; rows * n];
+        qs.par_chunks_mut(n)
+            .zip(dc.par_chunks(row_bytes))
+            .try_for_each(|(q, d)| format.dequantize(d, q))
+            .map_err(|e| GptqError::Format(e.to_string()))?;
+        let rs: Vec<f64> = wc.iter().zip(&qs).map(|(&a, &b)| (a - b) as f64).collect();
+        // G = R H (H symmetric, so R H^T).
+        let mut gs = matmul_nt(&rs, h, rows, n, n);
+        qs.par_chunks_mut(n)
+            .zip(gs.par_chunks_mut(n))
+            .zip(dc.par_chunks_mut(row_bytes))
+            .try_for_each(|((q, g), dst)| refit_row(format, quantizer, h, n, q, g, dst))?;
+    }
+    Ok(())
+}
+
+/// One row of [`refit_scales`]: `q` the row's decoded values, `g = H r` its
+/// error gradient, `dst` its encoded blocks (updated in place).
+fn refit_row(
+    format: &dyn Format,
+    quantizer: &dyn Quantizer,
+    h: &[f64],
+    n: usize,
+    q: &mut [f32],
+    g: &mut [f64],
+    dst: &mut [u8],
+) -> Result<(), GptqError> {
+    let (bs, ts) = (format.block_size(), format.type_size());
+    let mut target = vec![0f32; bs];
+    let mut imp = vec![0f32; bs];
+    let mut enc = vec![0u8; ts];
+    let mut dec = vec![0f32; bs];
+    let mut dq = vec![0f64; bs];
+    for (blk, block) in dst.chunks_exact_mut(ts).enumerate() {
+        let b = blk * bs;
+        let qb = &q[b..b + bs];
+        let hq: Vec<f64> = (0..bs)
+            .map(|i| {
+                let hi = &h[(b + i) * n + b..(b + i) * n + b + bs];
+                hi.iter().zip(qb).map(|(a, &x)| a * x as f64).sum()
+            })
+            .collect();
+        let den: f64 = hq.iter().zip(qb).map(|(a, &x)| a * x as f64).sum();
+        let num: f64 = g[b..b + bs]
+            .iter()
+            .zip(qb)
+            .map(|(a, &x)| a * x as f64)
+            .sum();
+        if den <= 0.0 || num == 0.0 {
+            continue;
+        }
+        let c = 1.0 + num / den;
+        target
+            .iter_mut()
+            .zip(qb)
+            .for_each(|(t, &x)| *t = (c * x as f64) as f32);
+        imp.iter_mut()
+            .enumerate()
+            .for_each(|(i, m)| *m = h[(b + i) * n + b + i].max(0.0) as f32);
+        quantizer.quantize_blocks(&target, Some(&imp), &mut enc);
+        format
+            .dequantize(&enc, &mut dec)
+            .map_err(|e| GptqError::Format(e.to_string()))?;
+        dq.iter_mut()
+            .zip(dec.iter().zip(qb))
+            .for_each(|(d, (&new, &old))| *d = (new - old) as f64);
+        // Change of (r - dq)^T H (r - dq).
+        let lin: f64 = dq.iter().zip(&g[b..b + bs]).map(|(a, b)| a * b).sum();
+        let quad: f64 = (0..bs)
+            .map(|i| {
+                let hi = &h[(b + i) * n + b..(b + i) * n + b + bs];
+                dq[i] * hi.iter().zip(&dq).map(|(a, d)| a * d).sum::<f64>()
+            })
+            .sum();
+        if quad - 2.0 * lin >= 0.0 {
+            continue;
+        }
+        block.copy_from_slice(&enc);
+        q[b..b + bs].copy_from_slice(&dec);
+        // g = H r with r -= dq: H symmetric, so subtract dq_k times row
+        // b + k (contiguous); only later blocks read g again.
+        let rest = b + bs;
+        for (k, &d) in dq.iter().enumerate() {
+            if d != 0.0 {
+                g[rest..]
                     .iter_mut()
-                    .zip(qb)
-                    .for_each(|(t, &x)| *t = (c * x as f64) as f32);
-                imp.iter_mut()
-                    .enumerate()
-                    .for_each(|(i, m)| *m = h[(b + i) * n + b + i].max(0.0) as f32);
-                quantizer.quantize_blocks(&target, Some(&imp), &mut enc);
-                format
-                    .dequantize(&enc, &mut dec)
-                    .map_err(|e| GptqError::Format(e.to_string()))?;
-                dq.iter_mut()
-                    .zip(dec.iter().zip(qb))
-                    .for_each(|(d, (&new, &old))| *d = (new - old) as f64);
-                // Change of (r - dq)^T H (r - dq).
-                let lin: f64 = dq.iter().zip(&g[b..b + bs]).map(|(a, b)| a * b).sum();
-                let quad: f64 = (0..bs)
-                    .map(|i| {
-                        let hi = &h[(b + i) * n + b..(b + i) * n + b + bs];
-                        dq[i] * hi.iter().zip(&dq).map(|(a, d)| a * d).sum::<f64>()
-                    })
-                    .sum();
-                if quad - 2.0 * lin >= 0.0 {
-                    continue;
-                }
-                block.copy_from_slice(&enc);
-                q[b..b + bs].copy_from_slice(&dec);
-                // g = H r with r -= dq.
-                for (gi, hi) in g.iter_mut().zip(h.chunks_exact(n)) {
-                    *gi -= hi[b..b + bs]
-                        .iter()
-                        .zip(&dq)
-                        .map(|(a, d)| a * d)
-                        .sum::<f64>();
-                }
+                    .zip(&h[(b + k) * n + rest..(b + k + 1) * n])
+                    .for_each(|(gi, &hk)| *gi -= d * hk);
             }
-            Ok(())
-        })
+        }
+    }
+    Ok(())
 }
 
 /// Rounds block by block with the format's encoder (no feedback inside a
@@ -484,31 +517,39 @@ fn round_columns(
         .map(|blk| block_weights(u, n, blk * bs, bs))
         .collect();
     let np = grid.params_per_block();
-    w.par_chunks_mut(n)
-        .zip(out.par_chunks_mut(row_bytes))
-        .for_each(|(wr, dst)| {
+    w.par_chunks_mut(n * ROW_TILE)
+        .zip(out.par_chunks_mut(row_bytes * ROW_TILE))
+        .for_each(|(wt, dt)| {
+            let tile = wt.len() / n;
             let mut params = vec![0f32; np];
             let mut codes = vec![0u8; bs];
             let mut e = vec![0f64; bs];
-            for (blk, dst) in dst.chunks_exact_mut(ts).enumerate() {
+            // Blocks outer, rows inner: U's rows for the block are reused
+            // by every row of the tile. Each row sees the same operations
+            // in the same order as a row-at-a-time pass.
+            for (blk, wb) in weights.iter().enumerate() {
                 let b = blk * bs;
-                grid.fit(&wr[b..b + bs], &weights[blk], &mut params);
-                for j in 0..bs {
-                    let v = wr[b + j];
-                    let (c, q) = grid.round(&params, j, v);
-                    codes[j] = c;
-                    let urow = &u[(b + j) * n..(b + j + 1) * n];
-                    let ej = (v - q) as f64 / urow[b + j];
-                    e[j] = ej;
-                    if ej != 0.0 {
-                        wr[b + j + 1..b + bs]
-                            .iter_mut()
-                            .zip(&urow[b + j + 1..b + bs])
-                            .for_each(|(x, &uk)| *x -= (ej * uk) as f32);
+                for t in 0..tile {
+                    let wr = &mut wt[t * n..(t + 1) * n];
+                    grid.fit(&wr[b..b + bs], wb, &mut params);
+                    for j in 0..bs {
+                        let v = wr[b + j];
+                        let (c, q) = grid.round(&params, j, v);
+                        codes[j] = c;
+                        let urow = &u[(b + j) * n..(b + j + 1) * n];
+                        let ej = (v - q) as f64 / urow[b + j];
+                        e[j] = ej;
+                        if ej != 0.0 {
+                            wr[b + j + 1..b + bs]
+                                .iter_mut()
+                                .zip(&urow[b + j + 1..b + bs])
+                                .for_each(|(x, &uk)| *x -= (ej * uk) as f32);
+                        }
                     }
+                    let off = t * row_bytes + blk * ts;
+                    grid.pack(&params, &codes, &mut dt[off..off + ts]);
+                    update_rest(wr, u, n, b, &e);
                 }
-                grid.pack(&params, &codes, dst);
-                update_rest(wr, u, n, b, &e);
             }
         });
     out

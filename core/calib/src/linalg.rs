@@ -68,13 +68,15 @@ pub fn inverse_from_cholesky(l: &[f64], n: usize) -> Vec<f64> {
             y[i] = -s / l[i * n + i];
         }
     });
-    let mut inv = vec![0f64; n * n];
-    inv.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-        for (j, v) in row.iter_mut().enumerate() {
-            let k0 = i.max(j);
-            *v = dot(&lt[i * n + k0..(i + 1) * n], &lt[j * n + k0..(j + 1) * n]);
+    // (i, j) = dot(lt_i, lt_j); the zeros before each row's start add
+    // nothing, so this is one product of `lt` with its transpose.
+    let mut inv = matmul_nt(&lt, &lt, n, n, n);
+    // Exactly symmetric, as the callers factor it again.
+    for i in 1..n {
+        for j in 0..i {
+            inv[i * n + j] = inv[j * n + i];
         }
-    });
+    }
     inv
 }
 
@@ -94,6 +96,54 @@ pub fn upper_cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, usize> {
         }
     }
     Ok(u)
+}
+
+/// `A B^T` for row-major `a` (`m x k`) and `b` (`n x k`): the `m x n`
+/// product, row-major, computed by the `gemm` crate on rayon's threads.
+///
+/// # Panics
+/// When `a.len() != m * k` or `b.len() != n * k` (a caller's bug).
+pub fn matmul_nt(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    assert_eq!(a.len(), m * k, "lhs of matmul_nt");
+    assert_eq!(b.len(), n * k, "rhs of matmul_nt");
+    let mut c = vec![0f64; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return c;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the lengths were checked above; with these strides every
+    // index the kernel touches is `i * k + p` (< m k) in `a`,
+    // `j * k + p` (< n k) in `b` and `i * n + j` (< m n) in `c`, and `c`
+    // is borrowed mutably and disjoint from the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    c
 }
 
 #[cfg(test)]
@@ -140,6 +190,20 @@ mod tests {
             for j in 0..n {
                 let p: f64 = (0..n).map(|k| u[k * n + i] * u[k * n + j]).sum();
                 assert!((p - inv[i * n + j]).abs() < 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_nt_matches_the_naive_product() {
+        let (m, k, n) = (7, 13, 5);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.91).cos()).collect();
+        let c = matmul_nt(&a, &b, m, k, n);
+        for i in 0..m {
+            for j in 0..n {
+                let p: f64 = (0..k).map(|x| a[i * k + x] * b[j * k + x]).sum();
+                assert!((c[i * n + j] - p).abs() < 1e-12, "{i},{j}");
             }
         }
     }
