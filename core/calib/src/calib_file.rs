@@ -206,3 +206,110 @@ fn check_matrix(site: &str, h: &[f64], n: usize) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    /// A calibration GGUF with one site `blk.0.attn_q.weight` whose tensor
+    /// has `dims` and data `h` (f32), and the given consumers.
+    fn file(dims: &[u64], h: &[f32], consumers: &[&str], tokens: Option<u64>) -> Vec<u8> {
+        let site = "blk.0.attn_q.weight";
+        let mut md = Metadata::new();
+        md.set(VERSION_KEY, Value::U32(1));
+        if let Some(t) = tokens {
+            md.set(&format!("{TOKENS_PREFIX}{site}"), Value::U64(t));
+        }
+        let c: Vec<String> = consumers.iter().map(|s| s.to_string()).collect();
+        md.set(
+            &format!("{CONSUMERS_PREFIX}{site}"),
+            Value::Array(Array::String(c.into())),
+        );
+        let spec = TensorSpec {
+            name: format!("{site}{XTX_SUFFIX}"),
+            ggml_type: 0,
+            dims: dims.to_vec(),
+            n_bytes: h.len() as u64 * 4,
+        };
+        let mut w =
+            GgufWriter::begin(Cursor::new(Vec::new()), &md, vec![spec], &StandardTypes).unwrap();
+        let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_tensor_data(&bytes).unwrap();
+        w.finish().unwrap().into_inner()
+    }
+
+    fn load(bytes: Vec<u8>) -> Result<Calibration, CalibError> {
+        let f = GgufFile::from_bytes("c.gguf", bytes, &StandardTypes).unwrap();
+        Calibration::from_gguf(&f)
+    }
+
+    fn err(bytes: Vec<u8>) -> String {
+        load(bytes).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_valid_site_loads() {
+        let c = load(file(
+            &[2, 2],
+            &[2.0, 1.0, 1.0, 3.0],
+            &["blk.0.attn_q.weight"],
+            Some(7),
+        ))
+        .unwrap();
+        assert_eq!(c.inputs.len(), 1);
+        assert_eq!(c.inputs[0].hessian.tokens(), 7);
+        assert_eq!(c.inputs[0].hessian.matrix(), &[2.0, 1.0, 1.0, 3.0]);
+        assert!(c.hessian_for("blk.0.attn_q.weight").is_some());
+    }
+
+    #[test]
+    fn malformed_sites_are_refused_naming_the_tensor() {
+        let q = &["blk.0.attn_q.weight"][..];
+        let e = err(file(&[2, 3], &[1.0; 6], q, Some(7)));
+        assert!(
+            e.contains("\"blk.0.attn_q.weight.xtx\" must be a square F32 matrix"),
+            "{e}"
+        );
+        let e = err(file(
+            &[2, 2],
+            &[1.0, f32::INFINITY, f32::INFINITY, 1.0],
+            q,
+            Some(7),
+        ));
+        assert!(
+            e.contains("blk.0.attn_q.weight: entry (0, 1) is not finite"),
+            "{e}"
+        );
+        let e = err(file(&[2, 2], &[1.0, 0.5, -0.5, 1.0], q, Some(7)));
+        assert!(
+            e.contains("blk.0.attn_q.weight: not symmetric at (1, 0)"),
+            "{e}"
+        );
+        let e = err(file(&[2, 2], &[-1.0, 0.0, 0.0, 1.0], q, Some(7)));
+        assert!(
+            e.contains("blk.0.attn_q.weight: negative diagonal entry 0"),
+            "{e}"
+        );
+        let e = err(file(&[2, 2], &[1.0, 0.0, 0.0, 1.0], q, None));
+        assert!(e.contains("tokens.blk.0.attn_q.weight"), "{e}");
+        let e = err(file(&[2, 2], &[1.0, 0.0, 0.0, 1.0], q, Some(0)));
+        assert!(e.contains("missing or zero"), "{e}");
+        let e = err(file(&[2, 2], &[1.0, 0.0, 0.0, 1.0], &[], Some(7)));
+        assert!(e.contains("consumers.blk.0.attn_q.weight"), "{e}");
+    }
+
+    #[test]
+    fn a_tensor_claimed_by_two_sites_is_refused() {
+        let mut c = load(file(&[1, 1], &[1.0], &["blk.0.attn_q.weight"], Some(3))).unwrap();
+        let mut other = c.inputs[0].clone();
+        other.site = "blk.0.attn_k.weight".into();
+        c.inputs.push(other);
+        let bytes = c.write(Cursor::new(Vec::new())).unwrap().into_inner();
+        let e = err(bytes);
+        assert!(
+            e.contains("tensor \"blk.0.attn_q.weight\" is claimed by sites"),
+            "{e}"
+        );
+    }
+}

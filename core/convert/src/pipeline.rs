@@ -387,10 +387,16 @@ pub const GPTQ_MAX_BPW: f64 = 8.0;
 /// planner's own note, if any, and `"; "`).
 pub const GPTQ_NOTE: &str = "GPTQ with the calibration Hessian";
 
-/// Turns every planned transcode whose tensor has a Hessian in `cal` (of
-/// the tensor's row length) into GPTQ rounding, except targets of
-/// [`GPTQ_MAX_BPW`] or more; returns how many.
-pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> usize {
+/// Turns every planned transcode whose tensor has a Hessian in `cal` into
+/// GPTQ rounding, except targets of [`GPTQ_MAX_BPW`] or more; returns how
+/// many. Tensors without a Hessian keep their plan
+/// ([`crate::calibration::check_calibration`] refuses those first where
+/// every matrix must be covered).
+///
+/// # Errors
+/// [`Error::Other`] naming the tensor when its Hessian's width is not the
+/// tensor's row length (a calibration file made for another model).
+pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> Result<usize> {
     let mut cache: Vec<(usize, Arc<Hessian>)> = Vec::new();
     let mut n = 0;
     for pt in &mut plan.tensors {
@@ -405,7 +411,13 @@ pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> 
             continue;
         };
         if h.n() as u64 != info.row_len() {
-            continue;
+            return Err(Error::Other(format!(
+                "calibration Hessian for tensor {:?} is {} wide, its rows have {} elements \
+                 (made for another model?)",
+                info.name,
+                h.n(),
+                info.row_len()
+            )));
         }
         let key = h as *const Hessian as usize;
         let hessian = match cache.iter().find(|(k, _)| *k == key) {
@@ -428,7 +440,7 @@ pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> 
         });
         n += 1;
     }
-    n
+    Ok(n)
 }
 
 /// The GPTQ tensors of `plan` (plan indices) grouped by shared Hessian,

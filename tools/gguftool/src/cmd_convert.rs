@@ -518,7 +518,8 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
     if let (Some(cal), Some(path)) = (&calibration, &a.calibration) {
         gguftool_convert::calibration::check_calibration(&plan, &src, cal)
             .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-        let n = gguftool_convert::apply_calibration(&mut plan, &src, cal);
+        let n = gguftool_convert::apply_calibration(&mut plan, &src, cal)
+            .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
         eprintln!("calibration: {n} matrices rounded with GPTQ");
         if n == 0 {
             eprintln!(

@@ -752,7 +752,7 @@ fn run_block(
     let (policy, provenance) = policy_for(&a, format, &imatrix)?;
     let mut plan = policy::plan(src, &policy, &provenance)?;
     if let Start::Gptq(cal) = &start {
-        gguftool_convert::apply_calibration(&mut plan, src, cal);
+        gguftool_convert::apply_calibration(&mut plan, src, cal)?;
     }
     for t in exported {
         let pt = plan
