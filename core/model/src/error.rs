@@ -58,6 +58,9 @@ pub enum Error {
         /// Cache capacity.
         capacity: usize,
     },
+    /// A LoRA adapter file that is malformed or does not fit the model.
+    #[error("LoRA adapter {0}")]
+    Adapter(String),
     /// Something the runtime does not implement.
     #[error("unsupported: {0}")]
     Unsupported(String),

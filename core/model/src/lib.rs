@@ -9,12 +9,15 @@
 //!   threads) or one token (decode), appending to a [`KvCache`] (f32).
 //! - [`Hooks`]: every linear's input and the final hidden state, for
 //!   calibration.
+//! - [`lora`]: llama.cpp LoRA adapter files, applied by
+//!   [`Model::apply_lora`].
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod error;
 pub mod gemm;
 pub mod hparams;
+pub mod lora;
 mod model;
 pub mod ops;
 

@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gemm;
 use crate::hparams::{Arch, Hparams, RopeKind};
+use crate::lora::{LoraDelta, LoraFile};
 use crate::ops;
 use gguftool_gguf::{GgufFile, Metadata};
 use gguftool_quant::activation::Activations;
@@ -82,6 +83,7 @@ pub struct Linear {
     table: KernelTable<'static>,
     n_in: usize,
     n_out: usize,
+    lora: Vec<LoraDelta>,
 }
 
 impl Linear {
@@ -227,6 +229,7 @@ impl Loader<'_> {
             table,
             n_in: t.dims[0] as usize,
             n_out: t.dims[1] as usize,
+            lora: Vec::new(),
         })
     }
 
@@ -364,6 +367,86 @@ impl Model {
     /// Chooses how batches are multiplied (default [`MatmulPath::Auto`]).
     pub fn set_matmul_path(&mut self, p: MatmulPath) {
         self.matmul_path = p;
+    }
+
+    /// Attaches `file`'s adapters at user scale `scale` (llama.cpp's
+    /// `--lora` is 1, `--lora-scaled FILE S` is `S`) to the matrices of the
+    /// same names: every later forward computes `W x + s * B (A x)`.
+    /// Adapters add up over several calls. Returns how many were attached.
+    ///
+    /// # Errors
+    /// [`Error::Adapter`] for an architecture other than the model's, a
+    /// tensor the model has no matrix of that name for (an adapter of the
+    /// token embedding is not supported), factors whose shapes do not fit
+    /// the matrix (as llama.cpp checks them), or a non-finite `scale`. The
+    /// model is unchanged on error.
+    pub fn apply_lora(&mut self, file: &LoraFile, scale: f32) -> Result<usize> {
+        let arch = self.hp.arch.name();
+        if file.arch != arch {
+            return Err(Error::Adapter(format!(
+                "architecture {:?} does not match the model's {arch:?}",
+                file.arch
+            )));
+        }
+        if !scale.is_finite() {
+            return Err(Error::Adapter(format!("scale {scale} is not finite")));
+        }
+        // Check everything first, so a bad adapter leaves the model as it was.
+        let mut targets = Vec::with_capacity(file.adapters.len());
+        for ad in &file.adapters {
+            let lin = self.linears().find(|l| l.name == ad.name).ok_or_else(|| {
+                Error::Adapter(format!("tensor {:?} is no matrix of the model", ad.name))
+            })?;
+            if ad.n_in != lin.n_in || ad.n_out != lin.n_out {
+                return Err(Error::Adapter(format!(
+                    "{:?}: factors are {} -> {} (rank {}), the matrix is {} -> {}",
+                    ad.name, ad.n_in, ad.n_out, ad.rank, lin.n_in, lin.n_out
+                )));
+            }
+            if ad.a.len() != ad.rank * ad.n_in || ad.b.len() != ad.n_out * ad.rank {
+                return Err(Error::Adapter(format!("{:?}: factor sizes", ad.name)));
+            }
+            targets.push(ad);
+        }
+        for ad in targets {
+            let delta = LoraDelta {
+                rank: ad.rank,
+                a: ad.a.clone(),
+                b: ad.b.clone(),
+                scale: file.scale_for(ad.rank, scale),
+            };
+            if let Some(lin) = self.linears_mut().find(|l| l.name == ad.name) {
+                lin.lora.push(delta);
+            }
+        }
+        Ok(file.adapters.len())
+    }
+
+    fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down])
+            .chain(
+                // The output head, unless it is the tied token embedding.
+                std::iter::once(&self.output).filter(|o| o.name == "output.weight"),
+            )
+    }
+
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| {
+                [
+                    &mut l.wq,
+                    &mut l.wk,
+                    &mut l.wv,
+                    &mut l.wo,
+                    &mut l.gate,
+                    &mut l.up,
+                    &mut l.down,
+                ]
+            })
+            .chain(std::iter::once(&mut self.output).filter(|o| o.name == "output.weight"))
     }
 
     /// The hyperparameters.
@@ -547,7 +630,9 @@ impl Model {
                     cached.len() - 1
                 }
             };
-            outs.push(self.apply(lin, &cached[k].1)?);
+            let mut out = self.apply(lin, &cached[k].1)?;
+            add_lora(lin, x, &mut out);
+            outs.push(out);
         }
         Ok(outs)
     }
@@ -665,6 +750,7 @@ impl Model {
             hooks.linear_input(il, &l.wo.name, &attn, n, nh * vd);
             let acts = self.quantize(&l.wo, &attn)?;
             let mut o = self.apply(&l.wo, &acts)?;
+            add_lora(&l.wo, &attn, &mut o);
             add_bias(&mut o, l.bo.as_deref());
             if let Some(w) = &l.post_attn_norm {
                 o.par_chunks_mut(d).for_each(|r| ops::rms_norm(r, w, eps));
@@ -695,6 +781,7 @@ impl Model {
             hooks.linear_input(il, &l.down.name, &gate, n, ff);
             let acts = self.quantize(&l.down, &gate)?;
             let mut dn = self.apply(&l.down, &acts)?;
+            add_lora(&l.down, &gate, &mut dn);
             add_bias(&mut dn, l.b_down.as_deref());
             if let Some(w) = &l.post_ffn_norm {
                 dn.par_chunks_mut(d).for_each(|r| ops::rms_norm(r, w, eps));
@@ -717,10 +804,19 @@ impl Model {
         }
         let acts = self.quantize(&self.output, &x[from * d..])?;
         let mut out = self.apply(&self.output, &acts)?;
+        add_lora(&self.output, &x[from * d..], &mut out);
         if let Some(c) = hp.final_logit_softcap.filter(|&c| c > 0.0) {
             out.par_iter_mut().for_each(|v| *v = (*v / c).tanh() * c);
         }
         Ok(out)
+    }
+}
+
+/// Adds every adapter of `lin` to its products `out` (`n_tok x n_out`) of
+/// the f32 inputs `x` (`n_tok x n_in`).
+fn add_lora(lin: &Linear, x: &[f32], out: &mut [f32]) {
+    for d in &lin.lora {
+        d.add_to(x, lin.n_in, out, lin.n_out);
     }
 }
 

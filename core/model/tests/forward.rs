@@ -6,6 +6,7 @@ use gguftool_formats as _;
 use gguftool_gguf::validate::StandardTypes;
 use gguftool_gguf::write::{GgufWriter, TensorSpec};
 use gguftool_gguf::{GgufFile, Metadata, Value};
+use gguftool_model::lora::{read_lora_gguf, LoraFile, LoraTensors};
 use gguftool_model::{Error, Hooks, Logits, MatmulPath, Model, NoHooks};
 use std::path::PathBuf;
 
@@ -328,4 +329,152 @@ fn gemma3_sliding_window_is_exact() {
             .unwrap();
         assert!(max_rel_diff(&all[i * nv..(i + 1) * nv], &one) < 1e-4, "{i}");
     }
+}
+
+/// A deterministic adapter of rank `r` for `name` (`n_in -> n_out`).
+fn adapter(name: &str, n_in: usize, n_out: usize, r: usize, seed: u32) -> LoraTensors {
+    let v = |n: usize, k: u32| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as f32 * 0.7311 + k as f32 * 1.37).sin()) * 0.05)
+            .collect()
+    };
+    LoraTensors {
+        name: name.into(),
+        rank: r,
+        n_in,
+        n_out,
+        a: v(r * n_in, seed),
+        b: v(n_out * r, seed + 1),
+    }
+}
+
+fn lora_file() -> LoraFile {
+    LoraFile {
+        arch: "llama".into(),
+        alpha: 16.0,
+        adapters: vec![
+            adapter("blk.0.attn_q.weight", 64, 64, 4, 1),
+            adapter("blk.1.ffn_down.weight", 128, 64, 4, 3),
+        ],
+    }
+}
+
+fn logits_of(m: &Model) -> Vec<f32> {
+    let mut c = m.new_cache(TOKENS.len());
+    m.forward(&mut c, &TOKENS, Logits::All, &mut NoHooks)
+        .unwrap()
+}
+
+/// `W x + s B (A x)` at run time equals the forward of the merged weights
+/// `W + s B A` (llama.cpp's scale `s = scale * alpha / r`), and an adapter
+/// that does not fit is refused naming the tensor, leaving the model as it was.
+#[test]
+fn lora_at_run_time_equals_the_merged_weights() {
+    let file = lora_file();
+    let scale = 0.5;
+    let s = scale * file.alpha / 4.0;
+    let mut adapted = open(1);
+    adapted.set_matmul_path(MatmulPath::ReferenceF32);
+    let base = logits_of(&adapted);
+    assert_eq!(adapted.apply_lora(&file, scale).unwrap(), 2);
+    let with_lora = logits_of(&adapted);
+
+    let (md, mut tensors) = fixture_parts();
+    for ad in &file.adapters {
+        let t = tensors.iter_mut().find(|t| t.0 == ad.name).unwrap();
+        for o in 0..ad.n_out {
+            for i in 0..ad.n_in {
+                let ba: f32 = (0..ad.rank)
+                    .map(|k| ad.b[o * ad.rank + k] * ad.a[k * ad.n_in + i])
+                    .sum();
+                t.2[o * ad.n_in + i] += s * ba;
+            }
+        }
+    }
+    let mut merged = Model::from_file(build(&md, &tensors), 1).unwrap();
+    merged.set_matmul_path(MatmulPath::ReferenceF32);
+    let want = logits_of(&merged);
+    assert!(
+        max_rel_diff(&base, &want) > 1e-3,
+        "the adapter changes nothing"
+    );
+    let d = max_rel_diff(&with_lora, &want);
+    assert!(d < 1e-5, "run-time LoRA vs merged: {d}");
+
+    // Refusals, each naming what is wrong; the model is unchanged.
+    let mut m = open(1);
+    m.set_matmul_path(MatmulPath::ReferenceF32);
+    let mut bad = lora_file();
+    bad.arch = "gemma3".into();
+    assert!(m
+        .apply_lora(&bad, 1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("\"gemma3\""));
+    let mut bad = lora_file();
+    bad.adapters[1].name = "blk.9.ffn_down.weight".into();
+    let e = m.apply_lora(&bad, 1.0).unwrap_err().to_string();
+    assert!(e.contains("\"blk.9.ffn_down.weight\" is no matrix"), "{e}");
+    let mut bad = lora_file();
+    bad.adapters[1] = adapter("blk.1.ffn_down.weight", 64, 64, 4, 3);
+    let e = m.apply_lora(&bad, 1.0).unwrap_err().to_string();
+    assert!(
+        e.contains("\"blk.1.ffn_down.weight\": factors are 64 -> 64"),
+        "{e}"
+    );
+    assert!(m.apply_lora(&lora_file(), f32::NAN).is_err());
+    assert_eq!(logits_of(&m), base);
+}
+
+/// A llama.cpp-layout adapter GGUF reads back exactly; malformed ones are
+/// refused naming the tensor or key.
+#[test]
+fn lora_gguf_reads_back_and_malformed_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, md: &Metadata, tensors: &[Tensor]| {
+        let f = build(md, tensors);
+        let p = dir.path().join(name);
+        std::fs::write(&p, f.bytes()).unwrap();
+        p
+    };
+    let mut md = Metadata::new();
+    md.set("general.architecture", Value::String("llama".into()));
+    md.set("general.type", Value::String("adapter".into()));
+    md.set("adapter.type", Value::String("lora".into()));
+    md.set("adapter.lora.alpha", Value::F32(16.0));
+    let file = lora_file();
+    let mut tensors: Vec<Tensor> = Vec::new();
+    for ad in &file.adapters {
+        let (r, ni, no) = (ad.rank as u64, ad.n_in as u64, ad.n_out as u64);
+        tensors.push((format!("{}.lora_a", ad.name), vec![ni, r], ad.a.clone()));
+        tensors.push((format!("{}.lora_b", ad.name), vec![r, no], ad.b.clone()));
+    }
+    let good = write("good.gguf", &md, &tensors);
+    assert_eq!(read_lora_gguf(&good).unwrap(), file);
+
+    let err = |p: &std::path::Path| read_lora_gguf(p).unwrap_err().to_string();
+    let e = err(&write("unpaired.gguf", &md, &tensors[..3]));
+    assert!(
+        e.contains("\"blk.1.ffn_down.weight\" is missing one factor"),
+        "{e}"
+    );
+    let mut odd = tensors.clone();
+    odd[0].0 = "blk.0.attn_q.weight.lora_c".into();
+    let e = err(&write("suffix.gguf", &md, &odd));
+    assert!(
+        e.contains("\"blk.0.attn_q.weight.lora_c\" has an unexpected suffix"),
+        "{e}"
+    );
+    let mut chain = tensors.clone();
+    chain[1] = (chain[1].0.clone(), vec![2, 64], vec![0.0; 128]);
+    let e = err(&write("chain.gguf", &md, &chain));
+    assert!(e.contains("do not chain"), "{e}");
+    let mut not_adapter = md.clone();
+    not_adapter.set("general.type", Value::String("model".into()));
+    let e = err(&write("model.gguf", &not_adapter, &tensors));
+    assert!(e.contains("general.type is \"model\""), "{e}");
+    let mut bad_alpha = md.clone();
+    bad_alpha.set("adapter.lora.alpha", Value::U32(16));
+    let e = err(&write("alpha.gguf", &bad_alpha, &tensors));
+    assert!(e.contains("adapter.lora.alpha is u32"), "{e}");
 }

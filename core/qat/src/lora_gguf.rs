@@ -17,14 +17,15 @@
 //!   `s = adapter_scale * alpha / r` (`adapter_scale` when `alpha` is 0;
 //!   `r = b.ne[0]`), which is [`LoraAdapter`] at adapter scale 1.
 //!
-//! Tensors are written as F32 (exact). The reader also decodes any type our
-//! registry knows (F16, BF16, Q8_0 from llama.cpp's converter) and, like
-//! llama.cpp, skips `*_norm.weight` tensors and rejects other suffixes.
+//! Tensors are written as F32 (exact). Reading is the runtime's
+//! ([`gguftool_model::lora`]), which also decodes F16, BF16 and Q8_0 factors
+//! and, like llama.cpp, skips `*_norm.weight` tensors.
 //! Output is atomic: a temporary file in the target's directory, renamed on
 //! success and removed on failure.
 //!
-//! The runtime (`core/model`) cannot apply a LoRA file; llama.cpp
-//! (`--lora FILE`) can, or the adapters are merged ([`crate::lora::merge_lora`]).
+//! The runtime applies a LoRA file ([`gguftool_model::Model::apply_lora`],
+//! `gguftool perplexity --lora FILE`) as llama.cpp does (`--lora FILE`), or
+//! the adapters are merged ([`crate::lora::merge_lora`]).
 
 use crate::candle_model::{CandleModel, LoraAdapter};
 use crate::engine_error::{EngineError, EngineResult};
@@ -32,41 +33,13 @@ use crate::lora::adapted;
 use candle_core::Tensor;
 use gguftool_gguf::value::{Metadata, Value};
 use gguftool_gguf::write::{GgufWriter, TensorSpec};
-use gguftool_gguf::GgufFile;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 /// GGML's F32 type id.
 const GGML_F32: u32 = 0;
 
-/// One adapter read from a file: `A` `[rank, n_in]` and `B` `[n_out, rank]`,
-/// row-major f32.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraTensors {
-    /// The base matrix's name (`blk.0.attn_q.weight`).
-    pub name: String,
-    /// Rank.
-    pub rank: usize,
-    /// Input width (`A`'s row length).
-    pub n_in: usize,
-    /// Output width (`B`'s rows).
-    pub n_out: usize,
-    /// `A`, `rank * n_in` values.
-    pub a: Vec<f32>,
-    /// `B`, `n_out * rank` values.
-    pub b: Vec<f32>,
-}
-
-/// A LoRA GGUF's content.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraFile {
-    /// `general.architecture`.
-    pub arch: String,
-    /// `adapter.lora.alpha` (0 when absent, as llama.cpp reads it).
-    pub alpha: f32,
-    /// The adapters, in file order of their `lora_a` tensors.
-    pub adapters: Vec<LoraTensors>,
-}
+pub use gguftool_model::lora::{LoraFile, LoraTensors};
 
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
@@ -177,109 +150,14 @@ pub fn write_lora_gguf(
     result.map(|()| lins.len())
 }
 
-fn str_key<'a>(md: &'a Metadata, key: &str) -> Option<&'a str> {
-    md.get(key).and_then(Value::as_str)
-}
-
-/// Reads a llama.cpp LoRA GGUF (see the module documentation), decoding
-/// every factor to f32.
+/// Reads a llama.cpp LoRA GGUF, every factor decoded to f32: the
+/// runtime's reader ([`gguftool_model::lora::read_lora_gguf`]), whose
+/// errors it returns as [`EngineError::Model`].
 ///
 /// # Errors
-/// A container error, `general.type` other than `adapter`, `adapter.type`
-/// other than `lora`, a non-f32 `adapter.lora.alpha`, a tensor with an
-/// unexpected suffix, an unpaired factor, factors that are not 2-D or whose
-/// ranks differ, a type no registered format decodes.
+/// As the runtime's reader.
 pub fn read_lora_gguf(path: impl AsRef<Path>) -> EngineResult<LoraFile> {
-    let file = GgufFile::open(path.as_ref(), &gguftool_quant::registry::TYPES)?;
-    let md = &file.header().metadata;
-    let bad = |m: String| {
-        Err(EngineError::BadInput(format!(
-            "{}: {m}",
-            path.as_ref().display()
-        )))
-    };
-    let gt = str_key(md, "general.type").unwrap_or("");
-    if gt != "adapter" {
-        return bad(format!("general.type is {gt:?}, expected \"adapter\""));
-    }
-    let at = str_key(md, "adapter.type").unwrap_or("");
-    if at != "lora" {
-        return bad(format!("adapter.type is {at:?}, expected \"lora\""));
-    }
-    let alpha = match md.get("adapter.lora.alpha") {
-        None => 0.0,
-        Some(Value::F32(a)) => *a,
-        Some(v) => {
-            return bad(format!(
-                "adapter.lora.alpha is {}, expected f32",
-                v.value_type().name()
-            ))
-        }
-    };
-    let arch = str_key(md, "general.architecture")
-        .unwrap_or("")
-        .to_string();
-
-    // Pair the factors by base name, in file order of first appearance.
-    let mut order: Vec<String> = Vec::new();
-    let mut pairs: std::collections::HashMap<String, (Option<usize>, Option<usize>)> =
-        std::collections::HashMap::new();
-    for (i, t) in file.header().tensors.iter().enumerate() {
-        let (base, is_a) = if let Some(b) = t.name.strip_suffix(".lora_a") {
-            (b, true)
-        } else if let Some(b) = t.name.strip_suffix(".lora_b") {
-            (b, false)
-        } else if t.name.ends_with("_norm.weight") {
-            continue;
-        } else {
-            return bad(format!("tensor {:?} has an unexpected suffix", t.name));
-        };
-        let e = pairs.entry(base.to_string()).or_insert_with(|| {
-            order.push(base.to_string());
-            (None, None)
-        });
-        if is_a {
-            e.0 = Some(i);
-        } else {
-            e.1 = Some(i);
-        }
-    }
-    let mut adapters = Vec::with_capacity(order.len());
-    for name in order {
-        let (Some(ia), Some(ib)) = pairs[&name] else {
-            return bad(format!("LoRA pair for {name:?} is missing one factor"));
-        };
-        let (ta, tb) = (&file.header().tensors[ia], &file.header().tensors[ib]);
-        if ta.dims.len() != 2 || tb.dims.len() != 2 {
-            return bad(format!("LoRA factors of {name:?} are not 2-D"));
-        }
-        let (n_in, r, rb, n_out) = (ta.dims[0], ta.dims[1], tb.dims[0], tb.dims[1]);
-        if r != rb || r == 0 {
-            return bad(format!(
-                "LoRA factors of {name:?}: lora_a {:?} and lora_b {:?} do not chain",
-                ta.dims, tb.dims
-            ));
-        }
-        let decode = |i: usize| -> EngineResult<Vec<f32>> {
-            let codec = gguftool_quant::rows::tensor_decoder(&file, i)?;
-            let mut out = vec![0f32; file.header().tensors[i].n_elements as usize];
-            codec.decode(file.tensor_data(i), &mut out)?;
-            Ok(out)
-        };
-        adapters.push(LoraTensors {
-            name,
-            rank: r as usize,
-            n_in: n_in as usize,
-            n_out: n_out as usize,
-            a: decode(ia)?,
-            b: decode(ib)?,
-        });
-    }
-    Ok(LoraFile {
-        arch,
-        alpha,
-        adapters,
-    })
+    Ok(gguftool_model::lora::read_lora_gguf(path)?)
 }
 
 /// Attaches `file`'s adapters (frozen) to `model`'s matrices of the same

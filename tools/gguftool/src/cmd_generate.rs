@@ -46,6 +46,8 @@ pub struct GenerateArgs {
     /// Threads (default: available cores).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
+    #[command(flatten)]
+    lora: crate::lora_args::LoraArgs,
     /// Do not echo the prompt.
     #[arg(long)]
     no_display_prompt: bool,
@@ -90,11 +92,13 @@ pub fn run(a: GenerateArgs) -> Result<ExitCode, CliError> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
+    let adapters = a.lora.adapters().map_err(usage)?;
     let t_load = Instant::now();
-    let model = Model::open(&a.model, threads).map_err(|e| match e {
+    let mut model = Model::open(&a.model, threads).map_err(|e| match e {
         gguftool_model::Error::Gguf(g) => CliError::Failed(g),
         e => failed(format!("{}: {e}", a.model.display())),
     })?;
+    crate::lora_args::LoraArgs::apply(&adapters, &mut model).map_err(failed)?;
     let tok = Tokenizer::from_metadata(model.metadata())
         .map_err(|e| failed(format!("{}: tokenizer: {e}", a.model.display())))?;
     let load_ms = t_load.elapsed().as_secs_f64() * 1e3;

@@ -31,6 +31,8 @@ pub struct PerplexityArgs {
     /// Threads (default: available cores).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
+    #[command(flatten)]
+    lora: crate::lora_args::LoraArgs,
     /// Logits file: written during a perplexity run, or read with --kl-divergence.
     #[arg(
         long = "kl-divergence-base",
@@ -78,11 +80,19 @@ pub fn run(args: PerplexityArgs) -> Result<ExitCode, gguftool_gguf::Error> {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();
+    let adapters = match args.lora.adapters() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let t_load = Instant::now();
     let mut model = Model::open(&args.model, threads).map_err(|e| match e {
         gguftool_model::Error::Gguf(g) => g,
         e => other(format!("{}: {e}", args.model.display())),
     })?;
+    crate::lora_args::LoraArgs::apply(&adapters, &mut model).map_err(other)?;
     model.set_matmul_path(match args.matmul {
         MatmulArg::Auto => gguftool_model::MatmulPath::Auto,
         MatmulArg::Kernels => gguftool_model::MatmulPath::Kernels,

@@ -19,6 +19,7 @@ mod cmd_verify;
 mod escape;
 mod input;
 mod json;
+mod lora_args;
 mod mixed;
 mod progress;
 

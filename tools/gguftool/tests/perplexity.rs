@@ -138,3 +138,96 @@ fn short_text_and_usage_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("_logits_"));
 }
+
+/// Writes a llama.cpp-layout LoRA GGUF for the tiny model: one rank-4
+/// adapter on `blk.0.attn_q.weight`, alpha 16.
+fn write_adapter(path: &std::path::Path) {
+    use gguftool_gguf::validate::StandardTypes;
+    use gguftool_gguf::value::{Metadata, Value};
+    use gguftool_gguf::write::{GgufWriter, TensorSpec};
+    let mut md = Metadata::new();
+    md.set("general.architecture", Value::String("llama".into()));
+    md.set("general.type", Value::String("adapter".into()));
+    md.set("adapter.type", Value::String("lora".into()));
+    md.set("adapter.lora.alpha", Value::F32(16.0));
+    let v = |n: usize, k: f32| -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.77 + k).sin() * 0.1).collect()
+    };
+    let tensors = [
+        ("blk.0.attn_q.weight.lora_a", vec![64u64, 4], v(256, 0.3)),
+        ("blk.0.attn_q.weight.lora_b", vec![4u64, 64], v(256, 1.9)),
+    ];
+    let specs = tensors
+        .iter()
+        .map(|(n, d, x)| TensorSpec {
+            name: n.to_string(),
+            ggml_type: 0,
+            dims: d.clone(),
+            n_bytes: x.len() as u64 * 4,
+        })
+        .collect();
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = GgufWriter::begin(f, &md, specs, &StandardTypes).unwrap();
+    for (_, _, x) in &tensors {
+        let b: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        w.write_tensor_data(&b).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// `--lora` / `--lora-scaled` (llama.cpp's flags) apply an adapter at run
+/// time: it changes the perplexity, at scale 0 it changes nothing, and bad
+/// scales (exit 2) and files that are no adapter (exit 1) are refused.
+#[test]
+fn lora_adapters_apply_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = s(&root().join("fixtures/tiny-llama-f32.gguf"));
+    let text = s(&root().join("fixtures/runtime/tiny.txt"));
+    let ad = dir.path().join("a.gguf");
+    write_adapter(&ad);
+    let ppl = |extra: &[&str]| -> (String, String) {
+        let mut args = vec![
+            "perplexity",
+            &model,
+            "-f",
+            &text,
+            "-c",
+            "32",
+            "--chunks",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        let out = String::from_utf8(o.stdout).unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Final estimate"))
+            .unwrap();
+        (line.to_string(), err)
+    };
+    let (base, _) = ppl(&[]);
+    let (with, err) = ppl(&["--lora", &s(&ad)]);
+    assert_ne!(with, base);
+    assert!(err.contains("(1 matrices, alpha 16, scale 1)"), "{err}");
+    let (zero, _) = ppl(&["--lora-scaled", &s(&ad), "0"]);
+    assert_eq!(zero, base);
+    let (half, _) = ppl(&["--lora-scaled", &s(&ad), "0.5"]);
+    assert!(half != base && half != with, "{half}");
+
+    let o = run(&[
+        "perplexity",
+        &model,
+        "-f",
+        &text,
+        "--lora-scaled",
+        &s(&ad),
+        "x",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("SCALE must be a finite number"));
+    let o = run(&["perplexity", &model, "-f", &text, "--lora", &model]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("general.type"));
+}
