@@ -98,6 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             temperature: fnum("--temp", 1.0),
             ce_weight: fnum("--ce", 0.0),
             chunk_positions: num("--chunk", 64),
+            ..LossConfig::default()
         },
         learning_rate: fnum("--lr", 1e-3),
         weight_learning_rate: fnum("--wlr", 1e-4),

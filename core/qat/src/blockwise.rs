@@ -400,6 +400,33 @@ fn quantize_block(
     cfg: &BlockwiseConfig,
     hooks: &mut dyn Hooks,
 ) -> EngineResult<()> {
+    quantize_block_from(model, il, fq, cfg.learn_weights, hooks)?;
+    model.blocks_mut()[il].set_norms_trainable(cfg.learn_norms);
+    Ok(())
+}
+
+/// Wraps every matrix of block `il` of `model` in `fq`'s fake quantization,
+/// each from the starting point [`Hooks::init`] gives (latent weights and
+/// importance for the initial scales); the latent weights are trainable
+/// when `learn_weights`, the scales always. The same starting points as
+/// [`train_blocks`] takes, e.g. for the blocks it does not train.
+///
+/// # Errors
+/// `il` out of range, errors of the hook, initial weights of another size,
+/// matrices the format cannot hold.
+pub fn quantize_block_from(
+    model: &mut CandleModel,
+    il: usize,
+    fq: FakeQuant,
+    learn_weights: bool,
+    hooks: &mut dyn Hooks,
+) -> EngineResult<()> {
+    if il >= model.blocks().len() {
+        return Err(EngineError::BadInput(format!(
+            "block {il} of {}",
+            model.blocks().len()
+        )));
+    }
     let dev = model.device().clone();
     let mut inits = Vec::with_capacity(7);
     for l in model.blocks()[il].linears() {
@@ -421,9 +448,8 @@ fn quantize_block(
             }
             None => None,
         };
-        l.quantize_from(fq, latent, init.importance.as_deref(), cfg.learn_weights)?;
+        l.quantize_from(fq, latent, init.importance.as_deref(), learn_weights)?;
     }
-    block.set_norms_trainable(cfg.learn_norms);
     Ok(())
 }
 

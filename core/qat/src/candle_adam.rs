@@ -65,6 +65,48 @@ impl CandleAdam {
         self.t as usize
     }
 
+    /// The step size of each variable, in order.
+    pub fn step_sizes(&self) -> Vec<f64> {
+        self.vars.iter().map(|(_, lr)| *lr).collect()
+    }
+
+    /// The first and second moment estimates, one tensor per variable.
+    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.m, &self.v)
+    }
+
+    /// Restores a saved state: `t` steps taken and the moments `m`, `v`
+    /// (one per variable, of its shape), so that the next [`CandleAdam::step`]
+    /// continues exactly as the saved optimizer would have.
+    ///
+    /// # Errors
+    /// [`EngineError::BadInput`] for lists of another length, moments of
+    /// another shape or a step count beyond `i32::MAX`.
+    pub fn restore(&mut self, t: u64, m: Vec<Tensor>, v: Vec<Tensor>) -> EngineResult<()> {
+        let n = self.vars.len();
+        if m.len() != n || v.len() != n {
+            return Err(EngineError::BadInput(format!(
+                "Adam: {} and {} moments for {n} variables",
+                m.len(),
+                v.len()
+            )));
+        }
+        for (i, (var, _)) in self.vars.iter().enumerate() {
+            if m[i].dims() != var.dims() || v[i].dims() != var.dims() {
+                return Err(EngineError::BadInput(format!(
+                    "Adam: moments of shapes {:?}, {:?} for a variable of {:?}",
+                    m[i].dims(),
+                    v[i].dims(),
+                    var.dims()
+                )));
+            }
+        }
+        self.t = i32::try_from(t).map_err(|_| EngineError::BadInput(format!("Adam: {t} steps")))?;
+        self.m = m;
+        self.v = v;
+        Ok(())
+    }
+
     /// One step with `grads[i]` the gradient of variable `i` (`None`: no
     /// gradient; the variable and its moments are left unchanged). Returns
     /// the global gradient norm before clipping.

@@ -1,11 +1,14 @@
-//! Checkpoints of block-wise training ([`crate::blockwise::Checkpoint`]) as
-//! GGUF files: the counters, the epoch's order and the Adam step sizes as
-//! metadata under `gguftool.qat.checkpoint.`, every tensor (parameters,
-//! best snapshot, Adam moments) as F32. Floats are stored exactly (f64 or
-//! f32 values), so a resumed run continues bit for bit. Reading validates
-//! every key, type and length, and the tensors' sizes.
+//! Checkpoints of block-wise training ([`crate::blockwise::Checkpoint`],
+//! `general.type` [`GENERAL_TYPE`]) and of end-to-end distillation
+//! ([`crate::e2e::DistillCheckpoint`], [`E2E_GENERAL_TYPE`]) as GGUF files:
+//! the counters, the shuffled order and the Adam step sizes as metadata
+//! under `gguftool.qat.checkpoint.`, every tensor (parameters, best
+//! snapshot, Adam moments) as F32. Floats are stored exactly (f64 or f32
+//! values), so a resumed run continues bit for bit. Reading validates every
+//! key, type and length, and the tensors' sizes.
 
 use crate::blockwise::{BlockReport, Checkpoint};
+use crate::e2e::{DistillCheckpoint, EvalStats, LossParts};
 use crate::engine_error::{EngineError, EngineResult};
 use gguftool_gguf::validate::StandardTypes;
 use gguftool_gguf::value::{Array, Metadata, Value};
@@ -14,9 +17,246 @@ use gguftool_gguf::GgufFile;
 use std::io::{Seek, Write};
 
 const P: &str = "gguftool.qat.checkpoint.";
-/// Value of `general.type` in a checkpoint.
+/// Value of `general.type` in a checkpoint of block-wise training.
 pub const GENERAL_TYPE: &str = "qat-checkpoint";
+/// Value of `general.type` in a checkpoint of end-to-end distillation
+/// (also LoRA-QAT).
+pub const E2E_GENERAL_TYPE: &str = "qat-e2e-checkpoint";
 const VERSION: u32 = 1;
+
+/// The kind of checkpoint `f` is (its `general.type`): [`GENERAL_TYPE`],
+/// [`E2E_GENERAL_TYPE`], or `None` for anything else.
+pub fn kind(f: &GgufFile) -> Option<&'static str> {
+    match f
+        .header()
+        .metadata
+        .get("general.type")
+        .and_then(Value::as_str)
+    {
+        Some(GENERAL_TYPE) => Some(GENERAL_TYPE),
+        Some(E2E_GENERAL_TYPE) => Some(E2E_GENERAL_TYPE),
+        _ => None,
+    }
+}
+
+type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// Writes `md` and `tensors` (F32) as GGUF into `w`.
+fn write_gguf<W: Write + Seek>(w: W, md: &Metadata, tensors: &NamedTensors) -> EngineResult<W> {
+    let specs = tensors
+        .iter()
+        .map(|(name, shape, v)| TensorSpec {
+            name: name.clone(),
+            ggml_type: 0,
+            dims: shape.iter().rev().map(|&d| d as u64).collect(),
+            n_bytes: v.len() as u64 * 4,
+        })
+        .collect();
+    let err = |e: gguftool_gguf::GgufError| bad(e.to_string());
+    let mut writer = GgufWriter::begin(w, md, specs, &StandardTypes).map_err(err)?;
+    for (_, _, v) in tensors {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        writer.write_tensor_data(&bytes).map_err(err)?;
+    }
+    writer.finish().map_err(err)
+}
+
+/// Every tensor of `f`, which must all be F32.
+fn read_tensors(f: &GgufFile) -> EngineResult<NamedTensors> {
+    let mut tensors = Vec::with_capacity(f.header().tensors.len());
+    for (i, t) in f.header().tensors.iter().enumerate() {
+        if t.ggml_type != 0 || t.n_bytes != t.n_elements.saturating_mul(4) {
+            return Err(bad(format!("tensor {:?} is not F32", t.name)));
+        }
+        let v: Vec<f32> = f
+            .tensor_data(i)
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let shape = t.dims.iter().rev().map(|&d| d as usize).collect();
+        tensors.push((t.name.clone(), shape, v));
+    }
+    Ok(tensors)
+}
+
+/// Typed access to the `gguftool.qat.checkpoint.` keys of a checkpoint
+/// whose `general.type` is `kind`.
+struct Keys<'a> {
+    md: &'a Metadata,
+}
+
+impl<'a> Keys<'a> {
+    fn open(f: &'a GgufFile, kind: &str) -> EngineResult<Self> {
+        let md = &f.header().metadata;
+        if md.get("general.type").and_then(Value::as_str) != Some(kind) {
+            return Err(bad(format!(
+                "general.type is not {kind:?} (not a QAT checkpoint)"
+            )));
+        }
+        let k = Self { md };
+        match k.key("version")? {
+            Value::U32(VERSION) => Ok(k),
+            v => Err(bad(format!("{P}version is {v:?}, expected u32 {VERSION}"))),
+        }
+    }
+
+    fn key(&self, s: &str) -> EngineResult<&'a Value> {
+        self.md
+            .get(&format!("{P}{s}"))
+            .ok_or_else(|| bad(format!("missing {P}{s}")))
+    }
+
+    fn string(&self, s: &str) -> EngineResult<String> {
+        Ok(self
+            .key(s)?
+            .as_str()
+            .ok_or_else(|| bad(format!("{P}{s} must be a string")))?
+            .to_string())
+    }
+
+    fn u64s(&self, s: &str) -> EngineResult<Vec<usize>> {
+        match self.key(s)? {
+            Value::Array(Array::U64(v)) => v
+                .iter()
+                .map(|&x| usize::try_from(x).map_err(|_| bad(format!("{P}{s}: {x} too large"))))
+                .collect(),
+            _ => Err(bad(format!("{P}{s} must be a u64 array"))),
+        }
+    }
+
+    fn f64s(&self, s: &str) -> EngineResult<Vec<f64>> {
+        match self.key(s)? {
+            Value::Array(Array::F64(v)) => Ok(v.clone()),
+            _ => Err(bad(format!("{P}{s} must be an f64 array"))),
+        }
+    }
+
+    fn u32s(&self, s: &str) -> EngineResult<Vec<u32>> {
+        match self.key(s)? {
+            Value::Array(Array::U32(v)) => Ok(v.clone()),
+            _ => Err(bad(format!("{P}{s} must be a u32 array"))),
+        }
+    }
+}
+
+impl DistillCheckpoint {
+    /// Writes the checkpoint as GGUF into `w` (`general.type`
+    /// [`E2E_GENERAL_TYPE`]).
+    ///
+    /// # Errors
+    /// Writer failures.
+    pub fn write<W: Write + Seek>(&self, w: W) -> EngineResult<W> {
+        let mut md = Metadata::new();
+        md.set("general.type", Value::String(E2E_GENERAL_TYPE.into()));
+        let k = |s: &str| format!("{P}{s}");
+        md.set(&k("version"), Value::U32(VERSION));
+        md.set(&k("fingerprint"), Value::String(self.fingerprint.clone()));
+        md.set(&k("notes"), Value::String(self.notes.clone()));
+        md.set(
+            &k("counters"),
+            u64s([
+                self.step,
+                self.shuffles,
+                self.adam_t as usize,
+                self.best_step,
+                self.tokens,
+            ]),
+        );
+        md.set(&k("order"), Value::Array(Array::U32(self.order.clone())));
+        md.set(&k("step_sizes"), f64s(self.step_sizes.clone()));
+        md.set(&k("train_seconds"), f64s(vec![self.train_seconds]));
+        md.set(&k("evals.steps"), u64s(self.evals.iter().map(|(s, _)| *s)));
+        md.set(
+            &k("evals.positions"),
+            u64s(self.evals.iter().map(|(_, e)| e.positions)),
+        );
+        md.set(
+            &k("evals.values"),
+            f64s(
+                self.evals
+                    .iter()
+                    .flat_map(|(_, e)| [e.kl, e.nll, e.top1_agreement])
+                    .collect(),
+            ),
+        );
+        md.set(
+            &k("train_loss"),
+            f64s(
+                self.train_loss
+                    .iter()
+                    .flat_map(|p| [p.kd, p.ce, p.total])
+                    .collect(),
+            ),
+        );
+        write_gguf(w, &md, &self.tensors)
+    }
+
+    /// Reads and validates a checkpoint written by
+    /// [`DistillCheckpoint::write`].
+    ///
+    /// # Errors
+    /// Not such a checkpoint, another version, keys missing or of the wrong
+    /// type or length, tensors that are not F32.
+    pub fn from_gguf(f: &GgufFile) -> EngineResult<Self> {
+        let k = Keys::open(f, E2E_GENERAL_TYPE)?;
+        let c = k.u64s("counters")?;
+        let [step, shuffles, adam_t, best_step, tokens] = c[..] else {
+            return Err(bad(format!("{P}counters must hold 5 values")));
+        };
+        let steps = k.u64s("evals.steps")?;
+        let positions = k.u64s("evals.positions")?;
+        let values = k.f64s("evals.values")?;
+        if positions.len() != steps.len() || values.len() != 3 * steps.len() {
+            return Err(bad("evaluation arrays of inconsistent lengths"));
+        }
+        let evals = steps
+            .iter()
+            .zip(&positions)
+            .zip(values.chunks_exact(3))
+            .map(|((&s, &p), v)| {
+                (
+                    s,
+                    EvalStats {
+                        kl: v[0],
+                        nll: v[1],
+                        top1_agreement: v[2],
+                        positions: p,
+                    },
+                )
+            })
+            .collect();
+        let losses = k.f64s("train_loss")?;
+        if !losses.len().is_multiple_of(3) {
+            return Err(bad(format!("{P}train_loss must hold 3 values per step")));
+        }
+        let train_loss = losses
+            .chunks_exact(3)
+            .map(|v| LossParts {
+                kd: v[0],
+                ce: v[1],
+                total: v[2],
+            })
+            .collect();
+        let [train_seconds] = k.f64s("train_seconds")?[..] else {
+            return Err(bad(format!("{P}train_seconds must hold 1 value")));
+        };
+        Ok(Self {
+            fingerprint: k.string("fingerprint")?,
+            notes: k.string("notes")?,
+            step,
+            shuffles,
+            order: k.u32s("order")?,
+            adam_t: adam_t as u64,
+            step_sizes: k.f64s("step_sizes")?,
+            evals,
+            best_step,
+            train_loss,
+            tokens,
+            train_seconds,
+            tensors: read_tensors(f)?,
+        })
+    }
+}
 
 fn bad(m: impl Into<String>) -> EngineError {
     EngineError::BadInput(format!("checkpoint: {}", m.into()))
@@ -100,23 +340,7 @@ impl Checkpoint {
                     .collect(),
             ),
         );
-        let specs = self
-            .tensors
-            .iter()
-            .map(|(name, shape, v)| TensorSpec {
-                name: name.clone(),
-                ggml_type: 0,
-                dims: shape.iter().rev().map(|&d| d as u64).collect(),
-                n_bytes: v.len() as u64 * 4,
-            })
-            .collect();
-        let err = |e: gguftool_gguf::GgufError| bad(e.to_string());
-        let mut writer = GgufWriter::begin(w, &md, specs, &StandardTypes).map_err(err)?;
-        for (_, _, v) in &self.tensors {
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            writer.write_tensor_data(&bytes).map_err(err)?;
-        }
-        writer.finish().map_err(err)
+        write_gguf(w, &md, &self.tensors)
     }
 
     /// Reads and validates a checkpoint.
@@ -125,47 +349,15 @@ impl Checkpoint {
     /// Not a checkpoint, another version, keys missing or of the wrong type
     /// or length, tensors that are not F32.
     pub fn from_gguf(f: &GgufFile) -> EngineResult<Self> {
-        let md = &f.header().metadata;
-        if md.get("general.type").and_then(Value::as_str) != Some(GENERAL_TYPE) {
-            return Err(bad(format!(
-                "general.type is not {GENERAL_TYPE:?} (not a QAT checkpoint)"
-            )));
-        }
-        let key = |s: &str| -> EngineResult<&Value> {
-            md.get(&format!("{P}{s}"))
-                .ok_or_else(|| bad(format!("missing {P}{s}")))
-        };
-        match key("version")? {
-            Value::U32(VERSION) => {}
-            v => return Err(bad(format!("{P}version is {v:?}, expected u32 {VERSION}"))),
-        }
-        let fingerprint = key("fingerprint")?
-            .as_str()
-            .ok_or_else(|| bad(format!("{P}fingerprint must be a string")))?
-            .to_string();
-        let arr_u64 = |s: &str| -> EngineResult<Vec<usize>> {
-            match key(s)? {
-                Value::Array(Array::U64(v)) => v
-                    .iter()
-                    .map(|&x| usize::try_from(x).map_err(|_| bad(format!("{P}{s}: {x} too large"))))
-                    .collect(),
-                _ => Err(bad(format!("{P}{s} must be a u64 array"))),
-            }
-        };
-        let arr_f64 = |s: &str| -> EngineResult<Vec<f64>> {
-            match key(s)? {
-                Value::Array(Array::F64(v)) => Ok(v.clone()),
-                _ => Err(bad(format!("{P}{s} must be an f64 array"))),
-            }
-        };
+        let k = Keys::open(f, GENERAL_TYPE)?;
+        let fingerprint = k.string("fingerprint")?;
+        let arr_u64 = |s: &str| k.u64s(s);
+        let arr_f64 = |s: &str| k.f64s(s);
         let c = arr_u64("counters")?;
         let [layer, epoch, pos, block_steps, global_step, adam_t, best_epoch] = c[..] else {
             return Err(bad(format!("{P}counters must hold 7 values")));
         };
-        let order = match key("order")? {
-            Value::Array(Array::U32(v)) => v.clone(),
-            _ => return Err(bad(format!("{P}order must be a u32 array"))),
-        };
+        let order = k.u32s("order")?;
         let mse = arr_f64("mse")?;
         let [initial_train_mse, initial_heldout_mse, best_mse] = mse[..] else {
             return Err(bad(format!("{P}mse must hold 3 values")));
@@ -197,19 +389,7 @@ impl Checkpoint {
                 seconds: v[5],
             });
         }
-        let mut tensors = Vec::with_capacity(f.header().tensors.len());
-        for (i, t) in f.header().tensors.iter().enumerate() {
-            if t.ggml_type != 0 || t.n_bytes != t.n_elements.saturating_mul(4) {
-                return Err(bad(format!("tensor {:?} is not F32", t.name)));
-            }
-            let v: Vec<f32> = f
-                .tensor_data(i)
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            let shape = t.dims.iter().rev().map(|&d| d as usize).collect();
-            tensors.push((t.name.clone(), shape, v));
-        }
+        let tensors = read_tensors(f)?;
         Ok(Self {
             fingerprint,
             layer,

@@ -1,6 +1,7 @@
 //! The QAT configuration: validated, read from JSON or TOML.
 
 use crate::blockwise::BlockwiseConfig;
+use crate::e2e::{DistillConfig, LossConfig};
 use gguftool_quant::format::Ste;
 use serde::{Deserialize, Serialize};
 
@@ -35,14 +36,31 @@ impl Default for LossWeights {
 
 /// Low-rank adapters trained on a frozen quantized base.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LoraConfig {
     /// Rank of each adapter.
     pub rank: usize,
     /// Scaling: the update is `alpha / rank * B A`.
     pub alpha: f32,
-    /// Names (or name substrings) of the tensors that get adapters.
+    /// Patterns of the matrices that get adapters, as
+    /// [`crate::lora::LoraConfig::targets`]: a block matrix's name without
+    /// `.weight` (`blk.3.attn_q`) or its role (`attn_q`), `*` matching any
+    /// run of characters.
     pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    /// Rank 8, alpha 16, every block matrix.
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            targets: crate::candle_model::BLOCK_MATRICES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// Everything a QAT run needs to know.
@@ -97,6 +115,15 @@ pub struct QatConfig {
     /// Train only the first this many blocks; later ones are converted as
     /// `convert` would (block stage).
     pub max_blocks: Option<usize>,
+    /// Optimizer steps of end-to-end distillation (e2e and lora stages).
+    pub steps: usize,
+    /// Held-out evaluation every this many steps, choosing the kept step
+    /// (e2e and lora stages).
+    pub eval_every: usize,
+    /// Positions per chunk of the output head in the distillation loss
+    /// (bounds memory to about a dozen `head_chunk x n_vocab` f32 tensors;
+    /// e2e and lora stages).
+    pub head_chunk: usize,
 }
 
 impl Default for QatConfig {
@@ -124,6 +151,9 @@ impl Default for QatConfig {
             learn_norms: true,
             quantized_inputs: true,
             max_blocks: None,
+            steps: 100,
+            eval_every: 25,
+            head_chunk: 64,
         }
     }
 }
@@ -255,6 +285,15 @@ impl QatConfig {
         if self.max_blocks == Some(0) {
             return Err(bad("max_blocks", "must be at least 1"));
         }
+        if self.steps == 0 {
+            return Err(bad("steps", "must be at least 1"));
+        }
+        if self.eval_every == 0 {
+            return Err(bad("eval_every", "must be at least 1"));
+        }
+        if self.head_chunk == 0 {
+            return Err(bad("head_chunk", "must be at least 1"));
+        }
         if let Some(l) = &self.lora {
             if l.rank == 0 {
                 return Err(bad("lora.rank", "must be at least 1"));
@@ -262,6 +301,9 @@ impl QatConfig {
             positive_finite("lora.alpha", l.alpha)?;
             if l.targets.is_empty() {
                 return Err(bad("lora.targets", "name at least one tensor"));
+            }
+            if let Some(t) = l.targets.iter().find(|t| t.trim().is_empty()) {
+                return Err(bad("lora.targets", format!("empty pattern {t:?}")));
             }
         }
         Ok(())
@@ -310,7 +352,14 @@ impl QatConfig {
         if self.lora.is_some() {
             return unused("lora");
         }
-        Ok(BlockwiseConfig {
+        self.e2e_fields_unused("block")?;
+        Ok(self.blockwise_unchecked())
+    }
+
+    /// The block-wise configuration of the block-stage fields (see
+    /// [`QatConfig::to_blockwise`]), unchecked.
+    fn blockwise_unchecked(&self) -> BlockwiseConfig {
+        BlockwiseConfig {
             learning_rate: self.scale_lr() as f64,
             weight_learning_rate: self.learning_rate as f64,
             learn_weights: self.learn_weights,
@@ -324,7 +373,189 @@ impl QatConfig {
             quantized_inputs: self.quantized_inputs,
             seed: self.seed,
             max_blocks: self.max_blocks,
-        })
+        }
+    }
+
+    /// Refuses the fields only end-to-end distillation uses when they are
+    /// not at their defaults, naming the stage that does not use them.
+    fn e2e_fields_unused(&self, stage: &str) -> Result<(), ConfigError> {
+        let d = QatConfig::default();
+        let unused = |field: &'static str| {
+            Err(bad(
+                field,
+                format!(
+                    "not used by the {stage} stage (remove it, or use --stage e2e, lora or all)"
+                ),
+            ))
+        };
+        if self.steps != d.steps {
+            return unused("steps");
+        }
+        if self.eval_every != d.eval_every {
+            return unused("eval_every");
+        }
+        if self.head_chunk != d.head_chunk {
+            return unused("head_chunk");
+        }
+        Ok(())
+    }
+
+    /// Refuses the fields neither end-to-end distillation nor LoRA-QAT use
+    /// (`granularity`, `pi_k`, `incoherence`, and unless `block_too` the
+    /// block-stage fields `epochs`, `max_blocks`, `quantized_inputs`,
+    /// `warmup_steps`, `weight_decay`).
+    fn distill_unused(&self, stage: &str, block_too: bool) -> Result<(), ConfigError> {
+        let d = QatConfig::default();
+        let unused = |field: &'static str| {
+            Err(bad(
+                field,
+                format!("not used by the {stage} stage (remove it)"),
+            ))
+        };
+        if self.granularity != d.granularity {
+            return unused("granularity");
+        }
+        if self.pi_k.is_some() {
+            return unused("pi_k");
+        }
+        if self.incoherence {
+            return unused("incoherence");
+        }
+        if !block_too {
+            if self.epochs != d.epochs {
+                return unused("epochs");
+            }
+            if self.max_blocks.is_some() {
+                return unused("max_blocks");
+            }
+            if self.quantized_inputs != d.quantized_inputs {
+                return unused("quantized_inputs");
+            }
+            if self.warmup_steps != d.warmup_steps {
+                return unused("warmup_steps");
+            }
+            if self.weight_decay != d.weight_decay {
+                return unused("weight_decay");
+            }
+        }
+        Ok(())
+    }
+
+    /// The distillation settings common to the e2e, lora and all stages.
+    fn distill_unchecked(&self) -> DistillConfig {
+        DistillConfig {
+            loss: LossConfig {
+                temperature: self.temperature as f64,
+                kd_weight: self.loss.distill as f64,
+                ce_weight: self.loss.task as f64,
+                chunk_positions: self.head_chunk,
+            },
+            learning_rate: self.scale_lr() as f64,
+            weight_learning_rate: self.learning_rate as f64,
+            lora_learning_rate: self.learning_rate as f64,
+            learn_scales: true,
+            learn_norms: self.learn_norms,
+            learn_weights: self.learn_weights,
+            learn_lora: false,
+            steps: self.steps,
+            batch_size: self.batch_size,
+            grad_accum: self.gradient_accumulation,
+            eval_every: self.eval_every,
+            clip: self.grad_clip.map(f64::from),
+            seed: self.seed,
+        }
+    }
+
+    /// Checks that the configuration suits end-to-end distillation
+    /// (`gguftool qat --stage e2e`) and translates it: `steps` Adam steps
+    /// of `gradient_accumulation` micro-batches of `batch_size` sequences;
+    /// `scale_learning_rate` is the step size of the scales and norm gains
+    /// and `learning_rate` that of the latent weights (both relative to
+    /// each tensor's initial RMS); the loss is `loss.distill` times `T^2`
+    /// KL at `temperature` plus `loss.task` times the next-token
+    /// cross-entropy, the output head in chunks of `head_chunk` positions;
+    /// `grad_clip` clips the global gradient norm; the held-out KL every
+    /// `eval_every` steps picks the kept step.
+    ///
+    /// # Errors
+    /// [`QatConfig::validate`]'s, and a field the stage does not use set to
+    /// anything but its default (`granularity`, `pi_k`, `incoherence`,
+    /// `lora`, `epochs`, `max_blocks`, `quantized_inputs`, `warmup_steps`,
+    /// `weight_decay`).
+    pub fn to_e2e(&self) -> Result<DistillConfig, ConfigError> {
+        self.validate()?;
+        self.distill_unused("e2e", false)?;
+        if self.lora.is_some() {
+            return Err(bad("lora", "not used by the e2e stage (use --stage lora)"));
+        }
+        Ok(self.distill_unchecked())
+    }
+
+    /// Checks that the configuration suits LoRA-QAT (`gguftool qat --stage
+    /// lora`) and translates it: as [`QatConfig::to_e2e`], but only the
+    /// adapters `lora` describes are trained, with `learning_rate` as their
+    /// (absolute) Adam step size; the base stays frozen. The adapters'
+    /// initialisation is seeded by `seed`.
+    ///
+    /// # Errors
+    /// As [`QatConfig::to_e2e`] (but `lora` is required), and
+    /// `learn_weights`, `learn_norms` or `scale_learning_rate` set (the base
+    /// is frozen).
+    pub fn to_lora(&self) -> Result<(DistillConfig, crate::lora::LoraConfig), ConfigError> {
+        self.validate()?;
+        self.distill_unused("lora", false)?;
+        let frozen = |field: &'static str| {
+            Err(bad(
+                field,
+                "the lora stage trains only the adapters over a frozen base (remove it, or use --stage e2e)",
+            ))
+        };
+        if self.learn_weights {
+            return frozen("learn_weights");
+        }
+        if self.learn_norms {
+            return frozen("learn_norms");
+        }
+        if self.scale_learning_rate.is_some() {
+            return frozen("scale_learning_rate");
+        }
+        let Some(l) = &self.lora else {
+            return Err(bad("lora", "the lora stage needs { rank, alpha, targets }"));
+        };
+        let cfg = DistillConfig {
+            learn_scales: false,
+            learn_norms: false,
+            learn_weights: false,
+            learn_lora: true,
+            ..self.distill_unchecked()
+        };
+        let lora = crate::lora::LoraConfig {
+            rank: l.rank,
+            alpha: l.alpha,
+            targets: l.targets.clone(),
+            seed: self.seed,
+        };
+        Ok((cfg, lora))
+    }
+
+    /// Checks that the configuration suits `gguftool qat --stage all`
+    /// (block-wise reconstruction, then end-to-end distillation from its
+    /// result) and translates it into both stages' settings: the block
+    /// stage's fields as [`QatConfig::to_blockwise`], the distillation's as
+    /// [`QatConfig::to_e2e`]; the fields both use (`learning_rate`,
+    /// `scale_learning_rate`, `learn_weights`, `learn_norms`, `batch_size`,
+    /// `gradient_accumulation`, `grad_clip`, `seed`) apply to both.
+    ///
+    /// # Errors
+    /// [`QatConfig::validate`]'s, and `granularity`, `pi_k`, `incoherence`
+    /// or `lora` set.
+    pub fn to_all(&self) -> Result<(BlockwiseConfig, DistillConfig), ConfigError> {
+        self.validate()?;
+        self.distill_unused("all", true)?;
+        if self.lora.is_some() {
+            return Err(bad("lora", "not used by the all stage (use --stage lora)"));
+        }
+        Ok((self.blockwise_unchecked(), self.distill_unchecked()))
     }
 
     /// Checks that the configuration suits per-tensor QAT: the block-stage
@@ -353,7 +584,7 @@ impl QatConfig {
         if self.max_blocks.is_some() {
             return unused("max_blocks");
         }
-        Ok(())
+        self.e2e_fields_unused("per-tensor")
     }
 }
 
@@ -370,5 +601,53 @@ pub fn block_default_config() -> QatConfig {
         batch_size: 4,
         grad_clip: None,
         ..QatConfig::default()
+    }
+}
+
+/// The defaults of `gguftool qat --stage e2e`: Adam on the scales and norm
+/// gains at 1e-3 of their RMS (latent weights frozen; 1e-4 when
+/// `learn_weights`), 100 steps of 4 sequences, KL at temperature 1 only,
+/// the held-out KL every 25 steps, no clipping.
+pub fn e2e_default_config() -> QatConfig {
+    QatConfig {
+        learning_rate: 1e-4,
+        scale_learning_rate: Some(1e-3),
+        learn_weights: false,
+        batch_size: 4,
+        grad_clip: None,
+        ..QatConfig::default()
+    }
+}
+
+/// The defaults of `gguftool qat --stage lora`: rank-8 adapters (alpha 16)
+/// on every block matrix, Adam at 5e-4 (absolute), base frozen (no latent
+/// weights, scales or norm gains trained), otherwise as
+/// [`e2e_default_config`].
+pub fn lora_default_config() -> QatConfig {
+    QatConfig {
+        learning_rate: 5e-4,
+        scale_learning_rate: None,
+        learn_weights: false,
+        learn_norms: false,
+        batch_size: 4,
+        grad_clip: None,
+        lora: Some(LoraConfig::default()),
+        ..QatConfig::default()
+    }
+}
+
+/// The defaults of `gguftool qat --stage all`: the block stage's
+/// ([`block_default_config`]) for every field it uses, also in the
+/// distillation that follows; the distillation-only fields as in
+/// [`e2e_default_config`].
+pub fn all_default_config() -> QatConfig {
+    let e = e2e_default_config();
+    QatConfig {
+        steps: e.steps,
+        eval_every: e.eval_every,
+        head_chunk: e.head_chunk,
+        temperature: e.temperature,
+        loss: e.loss,
+        ..block_default_config()
     }
 }

@@ -6,10 +6,11 @@
 //!
 //! Loss per batch of `n` positions (Hinton et al. 2015, "Distilling the
 //! Knowledge in a Neural Network"):
-//! `T^2 / n * sum_pos KL(softmax(z_t / T) || softmax(z_s / T))`
+//! `k T^2 / n * sum_pos KL(softmax(z_t / T) || softmax(z_s / T))`
 //! `+ w / n' * sum_pos -log softmax(z_s)[next token]`
-//! with `T` the temperature, `w` the cross-entropy weight and `n'` the
-//! positions that have a next token in their sequence. Trained: quantizer
+//! with `T` the temperature, `k` the distillation weight, `w` the
+//! cross-entropy weight and `n'` the positions that have a next token in
+//! their sequence. Trained: quantizer
 //! scales and norm gains (the block norms and the final norm), optionally the
 //! latent weights and the LoRA adapters attached to the student
 //! ([`crate::lora`]); the embedding and output matrices stay frozen.
@@ -48,8 +49,17 @@
 //! except LoRA factors (absolute; `B` starts at zero). The held-out KL is
 //! measured every [`DistillConfig::eval_every`] steps and the best state is
 //! kept (the initial state counts as step 0, so training never makes the
-//! held-out KL worse).
+//! held-out KL worse). [`DistillConfig::grad_accum`] micro-batches are
+//! averaged into one step.
+//!
+//! **Checkpoints.** [`distill_resumable`] hands its whole state between two
+//! steps to its [`DistillHooks`] on request ([`DistillCheckpoint`]: trained
+//! parameters, kept snapshot, Adam's moments and counter, the shuffling
+//! position, the evaluations and losses so far); a run resumed from it
+//! ends bit for bit where the uninterrupted run ends. [`distill`] is the
+//! same run without checkpoints.
 
+use crate::blockwise::{export_blocks, Control, ExportedTensor};
 use crate::candle_adam::CandleAdam;
 use crate::candle_model::{CandleModel, Parameter};
 use crate::engine_error::{EngineError, EngineResult};
@@ -62,6 +72,8 @@ use std::time::Instant;
 pub struct LossConfig {
     /// Distillation temperature `T` (> 0; 1: the plain distributions).
     pub temperature: f64,
+    /// Weight `k` of the distillation term (>= 0; 0: pure cross-entropy).
+    pub kd_weight: f64,
     /// Weight `w` of the next-token cross-entropy (>= 0; 0: pure KD).
     pub ce_weight: f64,
     /// Positions per output-head chunk (>= 1); bounds the largest tensor
@@ -73,6 +85,7 @@ impl Default for LossConfig {
     fn default() -> Self {
         Self {
             temperature: 1.0,
+            kd_weight: 1.0,
             ce_weight: 0.0,
             chunk_positions: 64,
         }
@@ -91,6 +104,16 @@ impl LossConfig {
                 "cross-entropy weight must be finite and >= 0".into(),
             ));
         }
+        if !(self.kd_weight.is_finite() && self.kd_weight >= 0.0) {
+            return Err(EngineError::BadInput(
+                "distillation weight must be finite and >= 0".into(),
+            ));
+        }
+        if self.kd_weight + self.ce_weight <= 0.0 {
+            return Err(EngineError::BadInput(
+                "the distillation and cross-entropy weights are both 0".into(),
+            ));
+        }
         if self.chunk_positions == 0 {
             return Err(EngineError::BadInput(
                 "chunk_positions must be at least 1".into(),
@@ -103,11 +126,12 @@ impl LossConfig {
 /// The parts of a batch's loss (means as in the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct LossParts {
-    /// `T^2 *` mean KL(teacher || student) at temperature `T`, nats.
+    /// `T^2 *` mean KL(teacher || student) at temperature `T` (unweighted),
+    /// nats.
     pub kd: f64,
     /// Mean next-token cross-entropy of the student (unweighted), nats.
     pub ce: f64,
-    /// `kd + ce_weight * ce`.
+    /// `kd_weight * kd + ce_weight * ce`.
     pub total: f64,
 }
 
@@ -358,7 +382,7 @@ pub fn distill_loss(
     let mask = Tensor::from_vec(mask, b * t, dev)?;
     let want_ce = cfg.ce_weight > 0.0;
     let (kl, ce) = chunk_sums(&zs, &zt, &lab, &mask, cfg.temperature, want_ce)?;
-    let mut loss = (kl * (cfg.temperature * cfg.temperature / n))?;
+    let mut loss = (kl * (cfg.kd_weight * cfg.temperature * cfg.temperature / n))?;
     if let Some(ce) = ce {
         loss = (loss + (ce * (cfg.ce_weight / n_ce))?)?;
     }
@@ -480,7 +504,7 @@ pub fn head_stage(
             &lab[s..s + c],
             &mask[s..s + c],
             cfg.temperature,
-            1.0 / n,
+            cfg.kd_weight / n,
             cfg.ce_weight / n_ce,
         )?;
         drop(zt);
@@ -504,7 +528,7 @@ pub fn head_stage(
         loss: LossParts {
             kd,
             ce,
-            total: kd + cfg.ce_weight * ce,
+            total: cfg.kd_weight * kd + cfg.ce_weight * ce,
         },
         hidden_grad: Tensor::cat(&gh, 0)?,
         grads,
@@ -614,8 +638,11 @@ pub struct DistillConfig {
     pub learn_lora: bool,
     /// Optimizer steps.
     pub steps: usize,
-    /// Sequences per step.
+    /// Sequences per micro-batch (one forward and backward pass).
     pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged into one optimizer step
+    /// (>= 1).
+    pub grad_accum: usize,
     /// Held-out evaluation every this many steps (and after the last).
     pub eval_every: usize,
     /// Global gradient-norm clip (`None`: none).
@@ -637,6 +664,7 @@ impl Default for DistillConfig {
             learn_lora: true,
             steps: 100,
             batch_size: 4,
+            grad_accum: 1,
             eval_every: 25,
             clip: None,
             seed: 0x5eed,
@@ -657,20 +685,25 @@ impl DistillConfig {
                 return bad(&format!("{name} must be finite and >= 0"));
             }
         }
-        if self.batch_size == 0 || self.eval_every == 0 {
-            return bad("batch_size and eval_every must be at least 1");
+        if self.batch_size == 0 || self.eval_every == 0 || self.grad_accum == 0 {
+            return bad("batch_size, grad_accum and eval_every must be at least 1");
         }
         Ok(())
     }
 }
 
-/// One progress event of [`distill`].
+/// One progress event of [`distill`] and [`distill_resumable`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DistillProgress {
     /// Steps done.
     pub step: usize,
-    /// The loss of the step's batch (before its update).
+    /// Steps of the whole run.
+    pub total_steps: usize,
+    /// The loss of the step's batches (before its update; the mean over
+    /// its micro-batches).
     pub loss: LossParts,
+    /// Training positions of this step.
+    pub tokens: usize,
     /// Held-out statistics, when measured after this step.
     pub heldout: Option<EvalStats>,
 }
@@ -694,9 +727,11 @@ pub struct DistillReport {
     pub trained_elements: usize,
     /// Training positions processed.
     pub tokens: usize,
-    /// Wall time of the training steps (evaluations excluded), seconds.
+    /// Wall time of the training steps (evaluations excluded), seconds
+    /// (summed over the sessions of a resumed run).
     pub train_seconds: f64,
-    /// Wall time in all (targets, evaluations, training), seconds.
+    /// Wall time in all (targets, evaluations, training), seconds (of the
+    /// last session when resumed).
     pub seconds: f64,
 }
 
@@ -704,18 +739,15 @@ fn rms(t: &Tensor) -> EngineResult<f64> {
     Ok(scalar(&t.sqr()?.mean_all()?)?.sqrt())
 }
 
-/// Sets the student's trainable flags from `cfg` (scales, latent weights,
-/// norms, adapters) and lists the trained variables with their Adam step
-/// sizes (see [`DistillConfig`]), in model order: per block each matrix's
-/// scales, latent weights and LoRA factors, then the block's norms; the
-/// final norm last.
+/// [`select_parameters`] with each variable's name ([`Parameter::name`]):
+/// `(name, variable, step size)`, in the same order.
 ///
 /// # Errors
 /// candle errors.
-pub fn select_parameters(
+pub fn select_named_parameters(
     student: &mut CandleModel,
     cfg: &DistillConfig,
-) -> EngineResult<Vec<(Var, f64)>> {
+) -> EngineResult<Vec<(String, Var, f64)>> {
     for b in student.blocks_mut() {
         b.set_norms_trainable(cfg.learn_norms);
         for l in b.linears_mut() {
@@ -727,8 +759,12 @@ pub fn select_parameters(
     }
     student.set_output_norm_trainable(cfg.learn_norms);
     let mut out = Vec::new();
-    let rel = |p: &Parameter, lr: f64| -> EngineResult<(Var, f64)> {
-        Ok((p.var().clone(), lr * rms(p.var().as_tensor())?.max(1e-12)))
+    let rel = |p: &Parameter, lr: f64| -> EngineResult<(String, Var, f64)> {
+        Ok((
+            p.name().to_string(),
+            p.var().clone(),
+            lr * rms(p.var().as_tensor())?.max(1e-12),
+        ))
     };
     for b in student.blocks() {
         for l in b.linears() {
@@ -743,7 +779,11 @@ pub fn select_parameters(
             if let Some(lo) = l.lora() {
                 for p in [lo.a(), lo.b()] {
                     if p.trainable() {
-                        out.push((p.var().clone(), cfg.lora_learning_rate));
+                        out.push((
+                            p.name().to_string(),
+                            p.var().clone(),
+                            cfg.lora_learning_rate,
+                        ));
                     }
                 }
             }
@@ -760,6 +800,24 @@ pub fn select_parameters(
     Ok(out)
 }
 
+/// Sets the student's trainable flags from `cfg` (scales, latent weights,
+/// norms, adapters) and lists the trained variables with their Adam step
+/// sizes (see [`DistillConfig`]), in model order: per block each matrix's
+/// scales, latent weights and LoRA factors, then the block's norms; the
+/// final norm last.
+///
+/// # Errors
+/// candle errors.
+pub fn select_parameters(
+    student: &mut CandleModel,
+    cfg: &DistillConfig,
+) -> EngineResult<Vec<(Var, f64)>> {
+    Ok(select_named_parameters(student, cfg)?
+        .into_iter()
+        .map(|(_, v, lr)| (v, lr))
+        .collect())
+}
+
 /// Freezes every parameter of `student` (the fake quantization and the
 /// adapters stay).
 pub fn freeze_all(student: &mut CandleModel) {
@@ -772,11 +830,124 @@ pub fn freeze_all(student: &mut CandleModel) {
     student.set_output_norm_trainable(false);
 }
 
+/// The whole state of a [`distill_resumable`] run between two optimizer
+/// steps: resuming from it continues bit for bit. Tensors are named with a
+/// prefix and the parameter's name ([`Parameter::name`]): `cur.` the
+/// current values of the trained parameters, `best.` the kept (best
+/// held-out) snapshot, `adam_m.`/`adam_v.` Adam's moments. Written and
+/// read as GGUF by [`crate::checkpoint`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistillCheckpoint {
+    /// Identifies the run (model, text, student, configuration); set and
+    /// checked by the caller, empty from [`distill_resumable`].
+    pub fingerprint: String,
+    /// Free text the caller stores with the checkpoint (e.g. the reports
+    /// of an earlier stage of the same run); empty from
+    /// [`distill_resumable`].
+    pub notes: String,
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Shuffled orders of the training sequences drawn so far.
+    pub shuffles: usize,
+    /// What is left of the drawn orders (training sequence indices).
+    pub order: Vec<u32>,
+    /// Adam's step counter.
+    pub adam_t: u64,
+    /// Absolute Adam step size of each trained parameter, in `cur.` order.
+    pub step_sizes: Vec<f64>,
+    /// `(step, held-out statistics)` of every evaluation so far (step 0:
+    /// the initial state).
+    pub evals: Vec<(usize, EvalStats)>,
+    /// The kept step (one of `evals`).
+    pub best_step: usize,
+    /// Training loss per step so far.
+    pub train_loss: Vec<LossParts>,
+    /// Training positions processed so far.
+    pub tokens: usize,
+    /// Wall time of the training steps so far, seconds.
+    pub train_seconds: f64,
+    /// Named tensors (see the type documentation): name, shape, values.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl DistillCheckpoint {
+    fn tensor(&self, name: &str, like: &Tensor) -> EngineResult<Tensor> {
+        let (_, shape, v) = self
+            .tensors
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .ok_or_else(|| EngineError::BadInput(format!("checkpoint: tensor {name} missing")))?;
+        if shape.as_slice() != like.dims() {
+            return Err(EngineError::BadInput(format!(
+                "checkpoint: tensor {name} of shape {shape:?}, expected {:?}",
+                like.dims()
+            )));
+        }
+        Ok(Tensor::from_vec(v.clone(), shape.clone(), like.device())?)
+    }
+
+    /// Held-out statistics at `step`, when evaluated there.
+    pub fn eval_at(&self, step: usize) -> Option<EvalStats> {
+        self.evals.iter().find(|(s, _)| *s == step).map(|(_, e)| *e)
+    }
+}
+
+/// Callbacks of [`distill_resumable`]; every method has a do-nothing
+/// default.
+pub trait DistillHooks {
+    /// After each optimizer step (and its evaluation, when one is due).
+    fn step(&mut self, progress: &DistillProgress) -> Control {
+        let _ = progress;
+        Control::Continue
+    }
+
+    /// A checkpoint asked for by [`DistillHooks::step`].
+    ///
+    /// # Errors
+    /// Whatever stops the run (e.g. the checkpoint could not be written).
+    fn checkpoint(&mut self, checkpoint: &DistillCheckpoint) -> EngineResult<()> {
+        let _ = checkpoint;
+        Ok(())
+    }
+}
+
+/// How [`distill_resumable`] ended.
+#[derive(Debug, Clone)]
+pub enum DistillOutcome {
+    /// Every step done; the student holds the kept state, frozen.
+    Finished(DistillReport),
+    /// [`DistillHooks::step`] asked to stop after this many steps (a
+    /// checkpoint was handed to [`DistillHooks::checkpoint`]); the student
+    /// holds the current state.
+    Stopped {
+        /// Optimizer steps done.
+        step: usize,
+    },
+}
+
+/// A uniformly shuffled `0..n` (Fisher-Yates, `n - 1` draws).
+fn shuffled(rng: &mut SplitMix64, n: usize) -> Vec<usize> {
+    let mut o: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        o.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    o
+}
+
+fn named(prefix: &str, name: &str, t: &Tensor) -> EngineResult<(String, Vec<usize>, Vec<f32>)> {
+    Ok((
+        format!("{prefix}{name}"),
+        t.dims().to_vec(),
+        crate::candle_op::host_f32(t)?,
+    ))
+}
+
 /// Trains `student` to match `teacher` (see the module documentation) on
-/// `train` sequences for `cfg.steps` Adam steps of `cfg.batch_size`
-/// sequences (reshuffled every pass), keeping the state with the lowest
-/// held-out KL on `heldout`. Sequences are token ids of one length per set.
-/// On return the student holds the kept state, all parameters frozen.
+/// `train` sequences for `cfg.steps` Adam steps of `cfg.grad_accum`
+/// micro-batches of `cfg.batch_size` sequences (reshuffled every pass),
+/// keeping the state with the lowest held-out KL on `heldout`. Sequences
+/// are token ids of one length per set. On return the student holds the
+/// kept state, all parameters frozen.
 ///
 /// # Errors
 /// Empty or ragged sequence sets, ids outside the vocabulary, a
@@ -789,6 +960,47 @@ pub fn distill(
     cfg: &DistillConfig,
     progress: &mut dyn FnMut(&DistillProgress),
 ) -> EngineResult<DistillReport> {
+    struct P<'a>(&'a mut dyn FnMut(&DistillProgress));
+    impl DistillHooks for P<'_> {
+        fn step(&mut self, p: &DistillProgress) -> Control {
+            (self.0)(p);
+            Control::Continue
+        }
+    }
+    match distill_resumable(
+        student,
+        teacher,
+        train,
+        heldout,
+        cfg,
+        None,
+        &mut P(progress),
+    )? {
+        DistillOutcome::Finished(r) => Ok(r),
+        DistillOutcome::Stopped { .. } => Err(EngineError::BadInput("stopped".into())),
+    }
+}
+
+/// [`distill`] with checkpoints: after every step `hooks` may ask for a
+/// [`DistillCheckpoint`] or to stop, and a run started from `resume` (a
+/// checkpoint of a run with the same student start, teacher, data and
+/// configuration) continues bit for bit: it ends in the same state as the
+/// run that was not interrupted. The student must be in its starting
+/// state (as the interrupted run began) when resuming; the checkpoint
+/// overwrites the trained parameters after the teacher targets are taken.
+///
+/// # Errors
+/// As [`distill`]; a checkpoint that does not fit the run; errors of the
+/// hooks.
+pub fn distill_resumable(
+    student: &mut CandleModel,
+    teacher: &CandleModel,
+    train: &[Vec<u32>],
+    heldout: &[Vec<u32>],
+    cfg: &DistillConfig,
+    resume: Option<&DistillCheckpoint>,
+    hooks: &mut dyn DistillHooks,
+) -> EngineResult<DistillOutcome> {
     cfg.validate()?;
     if train.is_empty() || heldout.is_empty() {
         return Err(EngineError::BadInput(
@@ -807,46 +1019,152 @@ pub fn distill(
     let chunk = cfg.loss.chunk_positions;
     let train_t = TeacherTargets::new(teacher, train, bs)?;
     let held_t = TeacherTargets::new(teacher, heldout, bs)?;
-    let params = select_parameters(student, cfg)?;
+    let params = select_named_parameters(student, cfg)?;
     if params.is_empty() {
         return Err(EngineError::BadInput(
             "distillation: nothing to train (no quantized matrix, norm or adapter selected)".into(),
         ));
     }
-    let trained_elements = params.iter().map(|(v, _)| v.elem_count()).sum();
-    let vars: Vec<Var> = params.iter().map(|(v, _)| v.clone()).collect();
+    let trained_elements = params.iter().map(|(_, v, _)| v.elem_count()).sum();
+    let names: Vec<String> = params.iter().map(|(n, _, _)| n.clone()).collect();
+    let vars: Vec<Var> = params.iter().map(|(_, v, _)| v.clone()).collect();
     let snapshot = || -> EngineResult<Vec<Tensor>> {
         Ok(vars
             .iter()
             .map(|v| v.as_tensor().copy())
             .collect::<candle_core::Result<_>>()?)
     };
-    let mut adam = CandleAdam::new(params, cfg.clip)?;
-
-    let initial = evaluate(student, teacher, &held_t, bs, chunk)?;
-    let mut best = (initial, 0usize, snapshot()?);
-    let mut evals = vec![(0, initial)];
-    let mut train_loss = Vec::with_capacity(cfg.steps);
-    let mut rng = SplitMix64::new(cfg.seed);
     let n = train.len();
+    let per_batch = bs.min(n);
+
+    // The run's state: fresh, or restored from the checkpoint.
+    let mut step = 0usize;
+    let mut shuffles = 0usize;
     let mut order: Vec<usize> = Vec::new();
+    let mut evals: Vec<(usize, EvalStats)>;
+    let mut best: (EvalStats, usize, Vec<Tensor>);
+    let mut train_loss: Vec<LossParts> = Vec::with_capacity(cfg.steps);
+    let mut tokens = 0usize;
     let mut train_seconds = 0.0;
-    let mut tokens = 0;
-    for step in 1..=cfg.steps {
-        if order.len() < bs.min(n) {
-            let mut o: Vec<usize> = (0..n).collect();
-            for i in (1..n).rev() {
-                o.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-            }
-            order.extend(o);
+    let mut adam;
+    match resume {
+        None => {
+            adam = CandleAdam::new(
+                params.iter().map(|(_, v, lr)| (v.clone(), *lr)).collect(),
+                cfg.clip,
+            )?;
+            let initial = evaluate(student, teacher, &held_t, bs, chunk)?;
+            best = (initial, 0, snapshot()?);
+            evals = vec![(0, initial)];
         }
-        let idx: Vec<usize> = order.drain(..bs.min(n)).collect();
+        Some(c) => {
+            let misfit = |m: String| {
+                EngineError::BadInput(format!(
+                    "checkpoint (step {} of a distillation run) does not fit this run: {m}",
+                    c.step
+                ))
+            };
+            let n_cur = c
+                .tensors
+                .iter()
+                .filter(|(t, _, _)| t.starts_with("cur."))
+                .count();
+            if c.step > cfg.steps
+                || c.step_sizes.len() != vars.len()
+                || n_cur != vars.len()
+                || c.train_loss.len() != c.step
+                || c.order.iter().any(|&i| i as usize >= n)
+            {
+                return Err(misfit(format!(
+                    "{} steps of {}, {} parameters for {}, {} sequences",
+                    c.step,
+                    cfg.steps,
+                    n_cur,
+                    vars.len(),
+                    n
+                )));
+            }
+            let best_stats = c
+                .eval_at(c.best_step)
+                .ok_or_else(|| misfit(format!("no evaluation at the kept step {}", c.best_step)))?;
+            if c.evals.first().map(|e| e.0) != Some(0) {
+                return Err(misfit("no evaluation of the initial state".into()));
+            }
+            let mut m = Vec::with_capacity(vars.len());
+            let mut v = Vec::with_capacity(vars.len());
+            let mut b = Vec::with_capacity(vars.len());
+            for (name, var) in names.iter().zip(&vars) {
+                let like = var.as_tensor();
+                var.set(&c.tensor(&format!("cur.{name}"), like)?)?;
+                m.push(c.tensor(&format!("adam_m.{name}"), like)?);
+                v.push(c.tensor(&format!("adam_v.{name}"), like)?);
+                b.push(c.tensor(&format!("best.{name}"), like)?);
+            }
+            adam = CandleAdam::new(
+                vars.iter()
+                    .cloned()
+                    .zip(c.step_sizes.iter().copied())
+                    .collect(),
+                cfg.clip,
+            )?;
+            adam.restore(c.adam_t, m, v)?;
+            step = c.step;
+            shuffles = c.shuffles;
+            order = c.order.iter().map(|&i| i as usize).collect();
+            evals = c.evals.clone();
+            best = (best_stats, c.best_step, b);
+            train_loss.extend_from_slice(&c.train_loss);
+            tokens = c.tokens;
+            train_seconds = c.train_seconds;
+        }
+    }
+    // The shuffling generator, advanced past the orders already drawn.
+    let mut rng = SplitMix64::new(cfg.seed);
+    for _ in 0..shuffles {
+        shuffled(&mut rng, n);
+    }
+    while step < cfg.steps {
+        step += 1;
         let t0 = Instant::now();
-        let (tok, tn) = train_t.select(&idx)?;
-        let (parts, grads) = loss_and_grads(student, teacher, &tok, &tn, &vars, &cfg.loss)?;
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let (mut kd, mut ce, mut total) = (0f64, 0f64, 0f64);
+        let mut step_tokens = 0;
+        for _ in 0..cfg.grad_accum {
+            if order.len() < per_batch {
+                order.extend(shuffled(&mut rng, n));
+                shuffles += 1;
+            }
+            let idx: Vec<usize> = order.drain(..per_batch).collect();
+            let (tok, tn) = train_t.select(&idx)?;
+            let (parts, g) = loss_and_grads(student, teacher, &tok, &tn, &vars, &cfg.loss)?;
+            step_tokens += tok.elem_count();
+            kd += parts.kd;
+            ce += parts.ce;
+            total += parts.total;
+            if cfg.grad_accum == 1 {
+                grads = g;
+            } else {
+                let w = 1.0 / cfg.grad_accum as f64;
+                for (slot, gi) in grads.iter_mut().zip(g) {
+                    if let Some(gi) = gi {
+                        accumulate(slot, &(gi * w)?)?;
+                    }
+                }
+            }
+        }
+        let k = cfg.grad_accum as f64;
+        let parts = if cfg.grad_accum == 1 {
+            LossParts { kd, ce, total }
+        } else {
+            LossParts {
+                kd: kd / k,
+                ce: ce / k,
+                total: total / k,
+            }
+        };
         adam.step(&grads)?;
         train_seconds += t0.elapsed().as_secs_f64();
-        tokens += tok.elem_count();
+        tokens += step_tokens;
         train_loss.push(parts);
         let heldout_stats = if step % cfg.eval_every == 0 || step == cfg.steps {
             let e = evaluate(student, teacher, &held_t, bs, chunk)?;
@@ -858,18 +1176,49 @@ pub fn distill(
         } else {
             None
         };
-        progress(&DistillProgress {
+        let ctl = hooks.step(&DistillProgress {
             step,
+            total_steps: cfg.steps,
             loss: parts,
+            tokens: step_tokens,
             heldout: heldout_stats,
         });
+        if ctl != Control::Continue {
+            let (m, v) = adam.moments();
+            let mut tensors = Vec::with_capacity(4 * vars.len());
+            for (k, (name, var)) in names.iter().zip(&vars).enumerate() {
+                tensors.push(named("cur.", name, var.as_tensor())?);
+                tensors.push(named("best.", name, &best.2[k])?);
+                tensors.push(named("adam_m.", name, &m[k])?);
+                tensors.push(named("adam_v.", name, &v[k])?);
+            }
+            let ck = DistillCheckpoint {
+                fingerprint: String::new(),
+                notes: String::new(),
+                step,
+                shuffles,
+                order: order.iter().map(|&i| i as u32).collect(),
+                adam_t: adam.steps() as u64,
+                step_sizes: adam.step_sizes(),
+                evals: evals.clone(),
+                best_step: best.1,
+                train_loss: train_loss.clone(),
+                tokens,
+                train_seconds,
+                tensors,
+            };
+            hooks.checkpoint(&ck)?;
+            if ctl == Control::Stop {
+                return Ok(DistillOutcome::Stopped { step });
+            }
+        }
     }
     for (v, t) in vars.iter().zip(&best.2) {
         v.set(t)?;
     }
     freeze_all(student);
-    Ok(DistillReport {
-        initial,
+    Ok(DistillOutcome::Finished(DistillReport {
+        initial: evals[0].1,
         best: best.0,
         best_step: best.1,
         evals,
@@ -879,5 +1228,28 @@ pub fn distill(
         tokens,
         train_seconds,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    }))
+}
+
+/// GGML's F32 type id.
+const GGML_F32: u32 = 0;
+
+/// What end-to-end distillation changed, for writing:
+/// [`crate::blockwise::export_blocks`] (every quantized matrix encoded with
+/// its format, the norm gains of the blocks holding one) and, when any
+/// matrix is quantized, the final norm gain `output_norm.weight` (f32).
+///
+/// # Errors
+/// As [`crate::blockwise::export_blocks`].
+pub fn export_student(model: &CandleModel) -> EngineResult<Vec<ExportedTensor>> {
+    let mut out = export_blocks(model)?;
+    if !out.is_empty() {
+        let v = crate::candle_op::host_f32(model.output_norm().var().as_tensor())?;
+        out.push(ExportedTensor {
+            name: model.output_norm().name().to_string(),
+            type_id: GGML_F32,
+            bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        });
+    }
+    Ok(out)
 }

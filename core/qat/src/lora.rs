@@ -188,10 +188,23 @@ pub fn merge_lora(
     model: &CandleModel,
     encode: Option<&'static dyn Format>,
 ) -> EngineResult<Vec<ExportedTensor>> {
+    merge_lora_each(model, &|_| encode)
+}
+
+/// [`merge_lora`] with the encoder chosen per matrix: `encode(linear)` as
+/// `merge_lora`'s `encode` for that matrix (e.g. the type the matrix has in
+/// the quantized file the adapters were trained on).
+///
+/// # Errors
+/// As [`merge_lora`].
+pub fn merge_lora_each(
+    model: &CandleModel,
+    encode: &dyn Fn(&QLinear) -> Option<&'static dyn Format>,
+) -> EngineResult<Vec<ExportedTensor>> {
     let mut out = Vec::new();
     for l in adapted(model) {
         let merged = merged_weight(l)?;
-        let (type_id, bytes) = match (encode, l.quant()) {
+        let (type_id, bytes) = match (encode(l), l.quant()) {
             (None, Some((fq, s))) => (
                 fq.format().type_id(),
                 fq.export(&merged, s.var().as_tensor())?,

@@ -53,16 +53,6 @@ fn io(path: &Path, e: std::io::Error) -> EngineError {
     gguftool_gguf::Error::io(path, e).into()
 }
 
-fn container(path: &Path) -> impl Fn(gguftool_gguf::GgufError) -> EngineError + '_ {
-    move |source| {
-        gguftool_gguf::Error::Gguf {
-            path: path.to_path_buf(),
-            source,
-        }
-        .into()
-    }
-}
-
 /// Writes `model`'s adapters (every matrix with one, in model order) as a
 /// llama.cpp LoRA GGUF at `path` (see the module documentation);
 /// `name` becomes `general.name` when given. Returns the number of
@@ -77,6 +67,35 @@ pub fn write_lora_gguf(
     name: Option<&str>,
 ) -> EngineResult<usize> {
     let path = path.as_ref();
+    let tmp = temp_path(path);
+    let result = (|| -> EngineResult<usize> {
+        let f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        let (bw, n) = write_lora_gguf_to(model, BufWriter::new(f), name, &Metadata::new())?;
+        let f = bw.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// [`write_lora_gguf`] into a writer, with `extra` metadata added after the
+/// adapter keys (e.g. what the adapters were trained on; a key of `extra`
+/// replaces one of the same name). Returns the writer and the number of
+/// adapters written.
+///
+/// # Errors
+/// No adapter, adapters with different `alpha` (the format has one per
+/// file), writer errors.
+pub fn write_lora_gguf_to<W: std::io::Write + std::io::Seek>(
+    model: &CandleModel,
+    w: W,
+    name: Option<&str>,
+    extra: &Metadata,
+) -> EngineResult<(W, usize)> {
     let lins = adapted(model);
     let Some(first) = lins.first().and_then(|l| l.lora()) else {
         return Err(EngineError::BadInput(
@@ -125,29 +144,15 @@ pub fn write_lora_gguf(
     }
     md.set("adapter.type", Value::String("lora".into()));
     md.set("adapter.lora.alpha", Value::F32(alpha));
-
-    let tmp = temp_path(path);
-    let result = (|| -> EngineResult<()> {
-        let f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-        let mut w = GgufWriter::begin(
-            BufWriter::new(f),
-            &md,
-            specs,
-            &gguftool_quant::registry::TYPES,
-        )
-        .map_err(container(&tmp))?;
-        for d in &data {
-            w.write_tensor_data(d).map_err(container(&tmp))?;
-        }
-        let bw = w.finish().map_err(container(&tmp))?;
-        let f = bw.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
-        f.sync_all().map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    for (k, v) in extra.entries() {
+        md.set(k, v.clone());
     }
-    result.map(|()| lins.len())
+    let err = |e: gguftool_gguf::GgufError| EngineError::BadInput(format!("LoRA GGUF: {e}"));
+    let mut gw = GgufWriter::begin(w, &md, specs, &gguftool_quant::registry::TYPES).map_err(err)?;
+    for d in &data {
+        gw.write_tensor_data(d).map_err(err)?;
+    }
+    Ok((gw.finish().map_err(err)?, lins.len()))
 }
 
 /// Reads a llama.cpp LoRA GGUF, every factor decoded to f32: the

@@ -6,10 +6,12 @@
 use candle_core::{Device, Tensor, Var};
 use gguftool_formats as _;
 use gguftool_model::Model;
+use gguftool_qat::blockwise::Control;
 use gguftool_qat::candle_model::CandleModel;
 use gguftool_qat::candle_op::FakeQuant;
 use gguftool_qat::e2e::{
-    distill, distill_loss, loss_and_grads, select_parameters, DistillConfig, LossConfig,
+    distill, distill_loss, distill_resumable, export_student, loss_and_grads, select_parameters,
+    DistillCheckpoint, DistillConfig, DistillHooks, DistillOutcome, DistillProgress, LossConfig,
     TeacherTargets,
 };
 use gguftool_quant::format::Ste;
@@ -64,9 +66,15 @@ fn chunked_loss_and_gradient_equal_the_unchunked_graph() {
     let data = seqs(2, 24, nv, 7);
     let targets = TeacherTargets::new(&teacher, &data, 2).unwrap();
     let (tok, tn) = targets.select(&[0, 1]).unwrap();
-    for (temperature, ce_weight) in [(1.0, 0.0), (2.0, 0.5)] {
+    for (temperature, kd_weight, ce_weight) in [
+        (1.0, 1.0, 0.0),
+        (2.0, 1.0, 0.5),
+        (1.5, 0.25, 0.3),
+        (1.0, 0.0, 1.0),
+    ] {
         let base = LossConfig {
             temperature,
+            kd_weight,
             ce_weight,
             chunk_positions: 48,
         };
@@ -121,6 +129,7 @@ fn chunked_gradient_matches_finite_differences_on_smooth_parameters() {
         temperature: 1.5,
         ce_weight: 0.01,
         chunk_positions: 7,
+        ..LossConfig::default()
     };
     let (_, grads) = loss_and_grads(&student, &teacher, &tok, &tn, &vars, &cfg).unwrap();
     let norms = [
@@ -258,6 +267,25 @@ fn bad_configurations_are_errors() {
             learning_rate: f64::NAN,
             ..DistillConfig::default()
         },
+        DistillConfig {
+            grad_accum: 0,
+            ..DistillConfig::default()
+        },
+        DistillConfig {
+            loss: LossConfig {
+                kd_weight: -1.0,
+                ..LossConfig::default()
+            },
+            ..DistillConfig::default()
+        },
+        DistillConfig {
+            loss: LossConfig {
+                kd_weight: 0.0,
+                ce_weight: 0.0,
+                ..LossConfig::default()
+            },
+            ..DistillConfig::default()
+        },
     ] {
         assert!(distill(&mut student, &teacher, &data, &data, &cfg, &mut |_| {}).is_err());
     }
@@ -278,4 +306,162 @@ fn bad_configurations_are_errors() {
         &mut |_| {}
     )
     .is_err());
+}
+
+/// Stops (with a checkpoint) after step `stop_at`, checkpoints every
+/// `every` steps, keeps the last checkpoint after a round trip through
+/// its GGUF form.
+struct Stopper {
+    stop_at: Option<usize>,
+    every: usize,
+    saved: Option<DistillCheckpoint>,
+    steps_seen: Vec<usize>,
+}
+
+impl DistillHooks for Stopper {
+    fn step(&mut self, p: &DistillProgress) -> Control {
+        self.steps_seen.push(p.step);
+        if self.stop_at == Some(p.step) {
+            Control::Stop
+        } else if p.step.is_multiple_of(self.every) {
+            Control::Checkpoint
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn checkpoint(
+        &mut self,
+        c: &DistillCheckpoint,
+    ) -> gguftool_qat::engine_error::EngineResult<()> {
+        let bytes = c
+            .write(std::io::Cursor::new(Vec::new()))
+            .unwrap()
+            .into_inner();
+        let dir = std::env::temp_dir().join(format!("gguftool-e2e-ck-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ck.gguf");
+        std::fs::write(&path, &bytes).unwrap();
+        let f =
+            gguftool_gguf::GgufFile::open(&path, &gguftool_gguf::validate::StandardTypes).unwrap();
+        assert_eq!(
+            gguftool_qat::checkpoint::kind(&f),
+            Some(gguftool_qat::checkpoint::E2E_GENERAL_TYPE)
+        );
+        let back = DistillCheckpoint::from_gguf(&f).unwrap();
+        assert_eq!(&back, c, "checkpoint round trip");
+        // The block-stage reader refuses it.
+        assert!(gguftool_qat::blockwise::Checkpoint::from_gguf(&f).is_err());
+        self.saved = Some(back);
+        Ok(())
+    }
+}
+
+#[test]
+fn stopped_and_resumed_distillation_ends_in_the_same_state() {
+    let teacher = model();
+    let fresh = || {
+        let mut s = model();
+        let fq = FakeQuant::by_name("piq2", Ste::LearnedStepSize).unwrap();
+        for b in s.blocks_mut() {
+            b.quantize(fq, true).unwrap();
+        }
+        s
+    };
+    let nv = teacher.hparams().n_vocab;
+    // 7 sequences in micro-batches of 3, 2 per step: the order wraps
+    // mid-step, and reshuffles happen across the stop.
+    let train = seqs(7, 12, nv, 11);
+    let held = seqs(2, 12, nv, 12);
+    let cfg = DistillConfig {
+        steps: 9,
+        eval_every: 4,
+        batch_size: 3,
+        grad_accum: 2,
+        learn_weights: true,
+        learning_rate: 1e-2,
+        clip: Some(5.0),
+        loss: LossConfig {
+            temperature: 1.5,
+            ce_weight: 0.1,
+            chunk_positions: 10,
+            ..LossConfig::default()
+        },
+        ..DistillConfig::default()
+    };
+    let run =
+        |student: &mut CandleModel, resume: Option<&DistillCheckpoint>, hooks: &mut Stopper| {
+            distill_resumable(student, &teacher, &train, &held, &cfg, resume, hooks).unwrap()
+        };
+    let mut a = fresh();
+    let mut ha = Stopper {
+        stop_at: None,
+        every: 4,
+        saved: None,
+        steps_seen: Vec::new(),
+    };
+    let DistillOutcome::Finished(ra) = run(&mut a, None, &mut ha) else {
+        panic!("not finished")
+    };
+    assert_eq!(ha.steps_seen, (1..=9).collect::<Vec<_>>());
+    assert_eq!(ra.tokens, 9 * 2 * 3 * 12);
+    assert_eq!(
+        ra.evals.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [0, 4, 8, 9]
+    );
+
+    // Stopped after step 3, resumed, stopped after 6, resumed to the end.
+    let mut b = fresh();
+    let mut hb = Stopper {
+        stop_at: Some(3),
+        every: 100,
+        saved: None,
+        steps_seen: Vec::new(),
+    };
+    assert!(matches!(
+        run(&mut b, None, &mut hb),
+        DistillOutcome::Stopped { step: 3 }
+    ));
+    for stop in [Some(6), None] {
+        let ck = hb.saved.take().unwrap();
+        let mut b = fresh();
+        hb.stop_at = stop;
+        match run(&mut b, Some(&ck), &mut hb) {
+            DistillOutcome::Stopped { step } => assert_eq!(Some(step), stop),
+            DistillOutcome::Finished(rb) => {
+                assert!(stop.is_none());
+                assert_eq!(hb.steps_seen, (1..=9).collect::<Vec<_>>());
+                assert_eq!(rb.train_loss, ra.train_loss);
+                assert_eq!(rb.evals, ra.evals);
+                assert_eq!(rb.best_step, ra.best_step);
+                assert_eq!(rb.tokens, ra.tokens);
+                assert_eq!(export_student(&b).unwrap(), export_student(&a).unwrap());
+            }
+        }
+    }
+    // The initial state is not at the kept step's KL (training helped).
+    assert!(ra.best.kl < ra.initial.kl, "{ra:?}");
+
+    // A checkpoint of a run with other parameters does not fit.
+    let ck = ha.saved.take().unwrap();
+    let mut c = fresh();
+    let other = DistillConfig {
+        learn_weights: false,
+        ..cfg.clone()
+    };
+    let e = distill_resumable(
+        &mut c,
+        &teacher,
+        &train,
+        &held,
+        &other,
+        Some(&ck),
+        &mut Stopper {
+            stop_at: None,
+            every: 100,
+            saved: None,
+            steps_seen: Vec::new(),
+        },
+    );
+    assert!(e.is_err());
 }

@@ -79,6 +79,7 @@ fn peak_memory_is_bounded_by_the_chunk() {
             temperature: 2.0,
             ce_weight: 0.5,
             chunk_positions: chunk,
+            ..LossConfig::default()
         };
         let run = || head_stage(&student, &teacher, &hidden, &tok, &tn, &vars, &cfg).unwrap();
         // Warm-up (thread pools, lazily built tables), then measure.
