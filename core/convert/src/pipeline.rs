@@ -377,6 +377,54 @@ fn execute_inner(
     output.commit()
 }
 
+/// The bytes [`execute`] writes for planned tensor `index` of `plan`,
+/// computed on their own (a GPTQ tensor under its own factorization of its
+/// Hessian), e.g. to train against a tensor as the output will hold it and
+/// then write exactly those bytes ([`TensorAction::Encoded`]).
+///
+/// # Errors
+/// `index` out of range, the plan's or the source's row-transform seed
+/// unreadable, encoding errors.
+pub fn encode_planned(src: &GgufFile, plan: &Plan, index: usize) -> Result<Vec<u8>> {
+    let pt = plan
+        .tensors
+        .get(index)
+        .ok_or_else(|| Error::Other(format!("planned tensor {index} out of range")))?;
+    let seed_err = |source: gguftool_quant::KernelError| Error::Kernel {
+        tensor: gguftool_quant::rows::SEED_KEY.into(),
+        source: source.into(),
+    };
+    let seeds = (
+        gguftool_quant::rows::seed(&src.header().metadata).map_err(seed_err)?,
+        gguftool_quant::rows::seed(&plan.metadata).map_err(seed_err)?,
+    );
+    let data = src.tensor_data(pt.source_index);
+    let info = &src.header().tensors[pt.source_index];
+    match &pt.action {
+        TensorAction::Encoded(bytes) => Ok(bytes.to_vec()),
+        TensorAction::Copy => Ok(data.to_vec()),
+        TensorAction::Gptq { .. } => {
+            let (mut bytes, _) = gptq_group(src, &[pt], seeds)?;
+            Ok(bytes.remove(0))
+        }
+        &TensorAction::Transcode { source, target } => {
+            let mut out = Vec::with_capacity(pt.spec.n_bytes as usize);
+            let imp = pt.importance.as_deref().map(Vec::as_slice);
+            transcode_tensor(
+                info,
+                data,
+                (source, seeds.0, target, seeds.1),
+                imp,
+                &mut |bytes, _| {
+                    out.extend_from_slice(bytes);
+                    Ok(())
+                },
+            )?;
+            Ok(out)
+        }
+    }
+}
+
 /// Targets of at least this many bits per weight (Q8_0, F16, ...) are
 /// rounded to nearest even with a calibration file: their error is already
 /// small, and GPTQ on Gemma-3-270M's tied 262,144 x 640 embedding at Q8_0

@@ -117,7 +117,7 @@ impl BlockwiseConfig {
 }
 
 /// What training did to one block.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BlockReport {
     /// Layer index.
     pub layer: usize,

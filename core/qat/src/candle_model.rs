@@ -889,6 +889,81 @@ impl CandleModel {
         self.output.as_ref().unwrap_or(&self.token_embd)
     }
 
+    /// The token embedding `[n_vocab, n_embd]`.
+    pub fn token_embd(&self) -> &Tensor {
+        &self.token_embd
+    }
+
+    /// Whether the output head is the token embedding (no `output.weight`).
+    pub fn tied_output(&self) -> bool {
+        self.output.is_none()
+    }
+
+    /// Replaces the token embedding (frozen; also the output head when
+    /// tied), e.g. by its quantized values as a file will hold them.
+    ///
+    /// # Errors
+    /// A tensor that is not f32 `[n_vocab, n_embd]` on the model's device.
+    pub fn set_token_embd(&mut self, t: Tensor) -> EngineResult<()> {
+        self.check_vocab_matrix("token_embd.weight", &t)?;
+        self.token_embd = t;
+        Ok(())
+    }
+
+    /// Replaces the separate output matrix (frozen), e.g. by its quantized
+    /// values as a file will hold them.
+    ///
+    /// # Errors
+    /// A tied model (no separate output matrix: see
+    /// [`CandleModel::set_token_embd`]), a tensor that is not f32
+    /// `[n_vocab, n_embd]` on the model's device.
+    pub fn set_output_weight(&mut self, t: Tensor) -> EngineResult<()> {
+        if self.output.is_none() {
+            return Err(EngineError::BadInput(
+                "the output head is tied to the token embedding".into(),
+            ));
+        }
+        self.check_vocab_matrix("output.weight", &t)?;
+        self.output = Some(t);
+        Ok(())
+    }
+
+    /// [`CandleModel::set_token_embd`] or [`CandleModel::set_output_weight`]
+    /// by GGUF name (`token_embd.weight`, `output.weight`) from row-major
+    /// values `[n_vocab, n_embd]`.
+    ///
+    /// # Errors
+    /// Another name, values of another count, as the setters.
+    pub fn set_vocab_matrix(&mut self, name: &str, values: Vec<f32>) -> EngineResult<()> {
+        let (nv, d) = (self.hp.n_vocab, self.hp.n_embd);
+        if values.len() != nv * d {
+            return Err(EngineError::BadInput(format!(
+                "{name}: {} values for [{nv}, {d}]",
+                values.len()
+            )));
+        }
+        let t = Tensor::from_vec(values, (nv, d), &self.device)?;
+        match name {
+            "token_embd.weight" => self.set_token_embd(t),
+            "output.weight" => self.set_output_weight(t),
+            _ => Err(EngineError::BadInput(format!(
+                "{name} is neither token_embd.weight nor output.weight"
+            ))),
+        }
+    }
+
+    fn check_vocab_matrix(&self, name: &str, t: &Tensor) -> EngineResult<()> {
+        let want = [self.hp.n_vocab, self.hp.n_embd];
+        if t.dims() != want || t.dtype() != DType::F32 || !t.device().same_device(&self.device) {
+            return Err(EngineError::BadInput(format!(
+                "{name}: {:?} {:?}, expected f32 {want:?} on the model's device",
+                t.dtype(),
+                t.dims()
+            )));
+        }
+        Ok(())
+    }
+
     /// Token ids `[batch, seq]` (u32) from equal-length sequences.
     ///
     /// # Errors

@@ -1166,7 +1166,7 @@ pub fn distill_resumable(
         train_seconds += t0.elapsed().as_secs_f64();
         tokens += step_tokens;
         train_loss.push(parts);
-        let heldout_stats = if step % cfg.eval_every == 0 || step == cfg.steps {
+        let heldout_stats = if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
             let e = evaluate(student, teacher, &held_t, bs, chunk)?;
             evals.push((step, e));
             if e.kl < best.0.kl {
