@@ -1,15 +1,16 @@
 //! `gguftool qat`: quantization-aware training of a GGUF model, exported
 //! through the format's encoder; tensors not trained are converted as
-//! `convert` would. Two stages:
+//! `convert` would. Stages:
 //!
 //! - `per-tensor` (default): every matrix the policy would encode with the
 //!   QAT format is trained alone to minimise its importance-weighted output
 //!   error (imatrix);
 //! - `block`: block-wise reconstruction through the model on calibration
 //!   text (`gguftool_qat::blockwise`), from the GPTQ rounding when a
-//!   calibration file is given, with progress, checkpoints and resume.
-//!
-//! `e2e` and `lora` are reserved for end-to-end distillation and LoRA-QAT.
+//!   calibration file is given, with progress, checkpoints and resume;
+//! - `e2e`, `lora`, `all`: end-to-end distillation from the full-precision
+//!   model, LoRA-QAT, and block-wise reconstruction followed by end-to-end
+//!   distillation ([`crate::cmd_qat_e2e`]).
 
 use crate::escape::escape_for_terminal as esc;
 use crate::progress::count_bar;
@@ -24,12 +25,14 @@ use gguftool_gguf::seal::WriteOptions;
 use gguftool_gguf::value::Value;
 use gguftool_gguf::Error;
 use gguftool_qat::blockwise::{
-    export_blocks, train_blocks, BlockReport, Checkpoint, Control, Hooks, LinearInit, Outcome,
-    StepInfo,
+    export_blocks, train_blocks, BlockReport, Checkpoint, Control, ExportedTensor, Hooks,
+    LinearInit, Outcome, StepInfo,
 };
 use gguftool_qat::candle_model::{CandleModel, QLinear};
 use gguftool_qat::candle_op::FakeQuant;
-use gguftool_qat::config::{block_default_config, QatConfig};
+use gguftool_qat::config::{
+    all_default_config, block_default_config, e2e_default_config, lora_default_config, QatConfig,
+};
 use gguftool_qat::engine_error::{EngineError, EngineResult};
 use gguftool_qat::per_tensor::{self, default_config};
 use indicatif::ProgressBar;
@@ -47,21 +50,50 @@ pub enum Stage {
     PerTensor,
     /// Block-wise reconstruction through the model on calibration text.
     Block,
-    /// End-to-end distillation (not yet available).
+    /// End-to-end distillation of the quantized model from the full-precision one.
     E2e,
-    /// LoRA-QAT (not yet available).
+    /// LoRA-QAT: low-rank adapters on the frozen quantized model, distilled.
     Lora,
+    /// Block-wise reconstruction, then end-to-end distillation from its result.
+    All,
 }
 
-/// `help` text of a flag that overrides config field values: the
-/// description and both stages' defaults.
-fn with_defaults(desc: &str, field: impl Fn(&QatConfig) -> String) -> String {
-    format!(
-        "{desc} [default: {} per-tensor, {} block]",
-        field(&default_config()),
-        field(&block_default_config())
-    )
+impl Stage {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::PerTensor => "per-tensor",
+            Stage::Block => "block",
+            Stage::E2e => "e2e",
+            Stage::Lora => "lora",
+            Stage::All => "all",
+        }
+    }
+
+    /// The stage's default configuration (what a config file's missing
+    /// fields and flags not given take).
+    pub fn defaults(self) -> QatConfig {
+        match self {
+            Stage::PerTensor => default_config(),
+            Stage::Block => block_default_config(),
+            Stage::E2e => e2e_default_config(),
+            Stage::Lora => lora_default_config(),
+            Stage::All => all_default_config(),
+        }
+    }
 }
+
+/// `help` text of a flag that overrides a config field: the description
+/// and the defaults of the stages that use it.
+fn with_defaults(desc: &str, stages: &[Stage], field: impl Fn(&QatConfig) -> String) -> String {
+    let d: Vec<String> = stages
+        .iter()
+        .map(|s| format!("{} {}", field(&s.defaults()), s.name()))
+        .collect();
+    format!("{desc} [default: {}]", d.join(", "))
+}
+
+use Stage::{Block as B, E2e as E, Lora as L, PerTensor as PT};
 
 /// Options of `gguftool qat`.
 #[derive(clap::Args)]
@@ -75,81 +107,131 @@ pub struct QatArgs {
     #[arg(long)]
     pub format: String,
     /// Training stage: `per-tensor` trains each matrix alone; `block` runs
-    /// block-wise reconstruction through the model on -f TEXT.
+    /// block-wise reconstruction through the model on -f TEXT; `e2e`
+    /// distills the quantized model from INPUT (the full-precision teacher)
+    /// on -f TEXT; `lora` trains low-rank adapters on the frozen quantized
+    /// model the same way and writes a llama.cpp LoRA GGUF (or, with
+    /// --merge, the merged model); `all` runs `block`, then `e2e` from its
+    /// result (defaults: the block stage's, and the e2e stage's for the
+    /// distillation-only fields).
     #[arg(long, value_enum, default_value_t = Stage::PerTensor)]
     pub stage: Stage,
-    /// Calibration text of the block stage, cut into -c token chunks as
-    /// `perplexity` cuts its text (BOS per chunk as the model asks); never
-    /// the evaluation text.
+    /// Training text of the block, e2e, lora and all stages, cut into -c
+    /// token chunks as `perplexity` cuts its text (BOS per chunk as the
+    /// model asks); never the evaluation text.
     #[arg(short = 'f', long = "file", value_name = "TEXT")]
     pub text: Option<PathBuf>,
-    /// Tokens per chunk of the block stage (0: the model's training context).
+    /// Tokens per chunk of -f TEXT (0: the model's training context).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
     pub ctx_size: usize,
-    /// Calibration chunks of the block stage (-1: every chunk but the held-out ones).
+    /// Training chunks of -f TEXT (-1: every chunk but the held-out ones).
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
     pub chunks: i64,
-    /// Held-out chunks of the block stage (after the calibration chunks),
-    /// choosing each block's best epoch.
+    /// Held-out chunks of -f TEXT (after the training chunks), choosing
+    /// each block's best epoch and the distillation's kept step.
     #[arg(long, default_value_t = 4)]
     pub heldout: usize,
-    /// Calibration file from `gguftool calibrate` (block stage): each
-    /// matrix starts from its GPTQ rounding, and matrices not trained are
-    /// rounded with GPTQ as `convert --calibration` does.
+    /// Calibration file from `gguftool calibrate` (block, e2e, lora, all):
+    /// each matrix starts from its GPTQ rounding, and matrices not trained
+    /// are rounded with GPTQ as `convert --calibration` does.
     #[arg(long, value_name = "FILE")]
     pub calibration: Option<PathBuf>,
     /// llama.cpp importance matrix: weights the per-tensor error; in the
-    /// block stage, the initial scales without --calibration.
+    /// other stages, the initial scales without --calibration.
     #[arg(long, value_name = "FILE")]
     pub imatrix: Option<PathBuf>,
+    /// Already quantized GGUF of INPUT in --format (e2e and lora; e.g. a
+    /// block-stage output): the student starts from its matrices (decoded;
+    /// initial scales re-derived from them) and norm gains, and tensors
+    /// not trained keep its bytes. In the lora stage it is the frozen base
+    /// the adapters are written for.
+    #[arg(long, value_name = "QUANT")]
+    pub student: Option<PathBuf>,
+    /// Lora stage: write the model with the adapters merged and re-encoded
+    /// in the format instead of a LoRA adapter file.
+    #[arg(long)]
+    pub merge: bool,
     /// QAT configuration (JSON or TOML; fields in docs/qat-config.md). Fields
     /// it leaves out take the stage's defaults; flags given on the command
     /// line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     // Config fields as flags (same names and defaults as the file).
-    #[arg(long, help = with_defaults("Passes over the data (config: epochs)", |c| c.epochs.to_string()))]
+    #[arg(long, help = with_defaults("Passes over the data (config: epochs)", &[PT, B],
+        |c| c.epochs.to_string()))]
     pub epochs: Option<usize>,
-    #[arg(long, help = with_defaults(
-        "Learning rate of the latent weights, relative to each tensor's RMS (config: learning_rate)",
-        |c| c.learning_rate.to_string()))]
+    #[arg(long, allow_negative_numbers = true, help = with_defaults(
+        "Learning rate of the latent weights, relative to each tensor's RMS; of the adapters (absolute) in the lora stage (config: learning_rate)",
+        &[PT, B, E, L], |c| c.learning_rate.to_string()))]
     pub lr: Option<f32>,
-    #[arg(long, help = with_defaults(
+    #[arg(long, allow_negative_numbers = true, help = with_defaults(
         "Learning rate of the scales (and norm gains) (config: scale_learning_rate)",
-        |c| c.scale_learning_rate.map_or("--lr".into(), |v| v.to_string())))]
+        &[PT, B, E], |c| c.scale_learning_rate.map_or("--lr".into(), |v| v.to_string())))]
     pub scale_lr: Option<f32>,
     #[arg(long, help = with_defaults(
-        "Rows (per-tensor) or sequences (block) per step (config: batch_size)",
-        |c| c.batch_size.to_string()))]
+        "Rows (per-tensor) or sequences (other stages) per micro-batch (config: batch_size)",
+        &[PT, B, E, L], |c| c.batch_size.to_string()))]
     pub batch_size: Option<usize>,
     #[arg(long, help = with_defaults(
-        "Micro-batches summed per optimizer step, block stage (config: gradient_accumulation)",
-        |c| c.gradient_accumulation.to_string()))]
+        "Micro-batches per optimizer step, their gradients combined (config: gradient_accumulation)",
+        &[B, E, L], |c| c.gradient_accumulation.to_string()))]
     pub gradient_accumulation: Option<usize>,
     #[arg(long, help = with_defaults(
-        "Train only the first N blocks, block stage (config: max_blocks)",
-        |c| c.max_blocks.map_or("all".into(), |v| v.to_string())))]
+        "Train only the first N blocks block-wise; in --stage all the distillation then trains every block (config: max_blocks)",
+        &[B], |c| c.max_blocks.map_or("all".into(), |v| v.to_string())))]
     pub max_blocks: Option<usize>,
+    #[arg(long, help = with_defaults("Optimizer steps of the distillation (config: steps)",
+        &[E, L], |c| c.steps.to_string()))]
+    pub steps: Option<usize>,
+    #[arg(long, value_name = "N", help = with_defaults(
+        "Measure the held-out KL every N steps; the best step is kept (config: eval_every)",
+        &[E, L], |c| c.eval_every.to_string()))]
+    pub eval_every: Option<usize>,
+    #[arg(long, allow_negative_numbers = true, help = with_defaults("Distillation temperature (config: temperature)",
+        &[E, L], |c| c.temperature.to_string()))]
+    pub temperature: Option<f32>,
+    #[arg(long, allow_negative_numbers = true, help = with_defaults(
+        "Weight of the distillation term T^2 KL(teacher || student) (config: loss.distill)",
+        &[E, L], |c| c.loss.distill.to_string()))]
+    pub kd_weight: Option<f32>,
+    #[arg(long, allow_negative_numbers = true, help = with_defaults(
+        "Weight of the next-token cross-entropy on the text (config: loss.task)",
+        &[E, L], |c| c.loss.task.to_string()))]
+    pub ce_weight: Option<f32>,
+    #[arg(long, value_name = "N", help = with_defaults(
+        "Positions per output-head chunk of the loss, bounding its memory (config: head_chunk)",
+        &[E, L], |c| c.head_chunk.to_string()))]
+    pub head_chunk: Option<usize>,
+    #[arg(long, help = with_defaults("Rank of the LoRA adapters (config: lora.rank)",
+        &[L], |c| c.lora.as_ref().map_or("-".into(), |l| l.rank.to_string())))]
+    pub lora_rank: Option<usize>,
+    #[arg(long, allow_negative_numbers = true, help = with_defaults("LoRA alpha: the update is alpha / rank * B A (config: lora.alpha)",
+        &[L], |c| c.lora.as_ref().map_or("-".into(), |l| l.alpha.to_string())))]
+    pub lora_alpha: Option<f32>,
+    #[arg(long, value_delimiter = ',', value_name = "PATTERNS", help = with_defaults(
+        "Comma-separated matrices that get adapters: roles (attn_q) or names (blk.3.ffn_*), * matching any run (config: lora.targets)",
+        &[L], |c| c.lora.as_ref().map_or("-".into(), |l| l.targets.join(","))))]
+    pub lora_targets: Vec<String>,
     /// Learn only the scales, not the latent weights (config: learn_weights = false).
     #[arg(long, conflicts_with = "learn_weights")]
     pub scales_only: bool,
     /// Learn the latent weights too (config: learn_weights = true).
     #[arg(long)]
     pub learn_weights: bool,
-    /// Checkpoint file of the block stage [default: OUTPUT.ckpt]; removed
-    /// when the run finishes.
+    /// Checkpoint file [default: OUTPUT.ckpt]; removed when the run
+    /// finishes.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<PathBuf>,
-    /// Write a checkpoint every N optimizer steps (block stage; Ctrl-C
-    /// always writes one).
+    /// Write a checkpoint every N optimizer steps (Ctrl-C always writes one).
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<usize>,
-    /// Continue a block-stage run from its checkpoint (same model, text,
-    /// format and configuration; --max-blocks may differ), bit for bit.
+    /// Continue a run from its checkpoint (same model, text, student,
+    /// format and configuration; in the block stage --max-blocks may
+    /// differ), bit for bit.
     #[arg(long, value_name = "CKPT")]
     pub resume: Option<PathBuf>,
-    /// Stop after N optimizer steps of the run, writing a checkpoint
-    /// (block stage).
+    /// Stop after N optimizer steps of the run, writing a checkpoint (in
+    /// --stage all the distillation's steps count after the block stage's).
     #[arg(long, value_name = "N")]
     pub max_steps: Option<usize>,
     /// Threads (default: available cores).
@@ -179,10 +261,7 @@ fn cfg_err(src: &str, e: impl std::fmt::Display) -> CliError {
 /// The configuration: the stage's defaults, the file's fields over them,
 /// the flags over those. Every bad value is a usage error naming its field.
 fn load_config(a: &QatArgs) -> Result<QatConfig, CliError> {
-    let defaults = match a.stage {
-        Stage::Block => block_default_config(),
-        _ => default_config(),
-    };
+    let defaults = a.stage.defaults();
     let mut cfg = match &a.config {
         None => defaults,
         Some(p) => {
@@ -194,10 +273,22 @@ fn load_config(a: &QatArgs) -> Result<QatConfig, CliError> {
                 let file: toml::Table = toml::from_str(&text).map_err(|e| cfg_err(&name, e))?;
                 let mut merged =
                     toml::Table::try_from(&defaults).map_err(|e| Error::Other(e.to_string()))?;
-                merged.extend(file);
+                merged.extend(file.clone());
                 merged.insert("format".into(), toml::Value::String(a.format.clone()));
                 let merged = toml::to_string(&merged).map_err(|e| cfg_err(&name, e))?;
-                QatConfig::from_toml(&merged).map_err(|e| cfg_err(&name, e))?
+                let parsed = QatConfig::from_toml(&merged).map_err(|e| cfg_err(&name, e))?;
+                // TOML has no null: a field the stage leaves unset (e.g. no
+                // grad_clip) is missing from the merged text and took the
+                // type's default; unset it again unless the file sets it.
+                let d = serde_json::to_value(&defaults).map_err(|e| Error::Other(e.to_string()))?;
+                let mut p =
+                    serde_json::to_value(&parsed).map_err(|e| Error::Other(e.to_string()))?;
+                for (k, v) in d.as_object().into_iter().flatten() {
+                    if v.is_null() && !file.contains_key(k) {
+                        p[k] = serde_json::Value::Null;
+                    }
+                }
+                QatConfig::from_json(&p.to_string()).map_err(|e| cfg_err(&name, e))?
             } else {
                 let file: serde_json::Value = serde_json::from_str(&text)
                     .map_err(|e| cfg_err(&name, e.to_string().lines().next().unwrap_or("")))?;
@@ -237,12 +328,52 @@ fn load_config(a: &QatArgs) -> Result<QatConfig, CliError> {
     if a.learn_weights {
         cfg.learn_weights = true;
     }
+    if let Some(v) = a.steps {
+        cfg.steps = v;
+    }
+    if let Some(v) = a.eval_every {
+        cfg.eval_every = v;
+    }
+    if let Some(v) = a.temperature {
+        cfg.temperature = v;
+    }
+    if let Some(v) = a.kd_weight {
+        cfg.loss.distill = v;
+    }
+    if let Some(v) = a.ce_weight {
+        cfg.loss.task = v;
+    }
+    if let Some(v) = a.head_chunk {
+        cfg.head_chunk = v;
+    }
+    if a.lora_rank.is_some() || a.lora_alpha.is_some() || !a.lora_targets.is_empty() {
+        let l = cfg.lora.get_or_insert_with(Default::default);
+        if let Some(v) = a.lora_rank {
+            l.rank = v;
+        }
+        if let Some(v) = a.lora_alpha {
+            l.alpha = v;
+        }
+        if !a.lora_targets.is_empty() {
+            l.targets = a.lora_targets.clone();
+        }
+    }
+    let e = |e: gguftool_qat::config::ConfigError| usage(e.to_string());
     match a.stage {
         Stage::Block => {
-            cfg.to_blockwise().map_err(|e| usage(e.to_string()))?;
+            cfg.to_blockwise().map_err(e)?;
         }
-        _ => {
-            cfg.check_per_tensor().map_err(|e| usage(e.to_string()))?;
+        Stage::E2e => {
+            cfg.to_e2e().map_err(e)?;
+        }
+        Stage::Lora => {
+            cfg.to_lora().map_err(e)?;
+        }
+        Stage::All => {
+            cfg.to_all().map_err(e)?;
+        }
+        Stage::PerTensor => {
+            cfg.check_per_tensor().map_err(e)?;
             per_tensor::check_config(&cfg).map_err(|e| usage(e.to_string()))?;
         }
     }
@@ -250,12 +381,6 @@ fn load_config(a: &QatArgs) -> Result<QatConfig, CliError> {
 }
 
 pub fn run(a: QatArgs) -> Result<ExitCode, CliError> {
-    if matches!(a.stage, Stage::E2e | Stage::Lora) {
-        return Err(usage(format!(
-            "--stage {}: not yet available (stages: per-tensor, block)",
-            if a.stage == Stage::E2e { "e2e" } else { "lora" }
-        )));
-    }
     let cfg = load_config(&a)?;
     crate::input::refuse_same_file(&a.input, &a.output)?;
     let format = crate::cmd_convert::encoding_format("--format", &cfg.format)?;
@@ -265,8 +390,21 @@ pub fn run(a: QatArgs) -> Result<ExitCode, CliError> {
             format.name()
         )));
     }
-    if a.stage == Stage::Block {
-        return run_block(a, cfg, format);
+    if !matches!(a.stage, Stage::E2e | Stage::Lora) && a.student.is_some() {
+        return Err(usage(format!(
+            "--student is for --stage e2e or lora (--stage {} starts from INPUT)",
+            a.stage.name()
+        )));
+    }
+    if a.stage != Stage::Lora && a.merge {
+        return Err(usage("--merge is for --stage lora"));
+    }
+    match a.stage {
+        Stage::Block => return run_block(a, cfg, format),
+        Stage::E2e | Stage::Lora | Stage::All => {
+            return crate::cmd_qat_e2e::run_distill(a, cfg, format)
+        }
+        Stage::PerTensor => {}
     }
     for (flag, set) in [
         ("-f", a.text.is_some()),
@@ -277,13 +415,15 @@ pub fn run(a: QatArgs) -> Result<ExitCode, CliError> {
         ("--max-steps", a.max_steps.is_some()),
     ] {
         if set {
-            return Err(usage(format!("{flag} needs --stage block")));
+            return Err(usage(format!(
+                "{flag} needs a stage that trains on text (--stage block, e2e, lora or all)"
+            )));
         }
     }
     run_per_tensor(a, cfg, format)
 }
 
-fn load_imatrix(p: Option<&Path>) -> Result<Option<(Arc<Imatrix>, String)>, Error> {
+pub(crate) fn load_imatrix(p: Option<&Path>) -> Result<Option<(Arc<Imatrix>, String)>, Error> {
     p.map(|p| -> Result<_, Error> {
         let m = Imatrix::load(p)?;
         let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
@@ -292,7 +432,7 @@ fn load_imatrix(p: Option<&Path>) -> Result<Option<(Arc<Imatrix>, String)>, Erro
     .transpose()
 }
 
-fn policy_for(
+pub(crate) fn policy_for(
     a: &QatArgs,
     format: &'static dyn gguftool_quant::format::Format,
     imatrix: &Option<(Arc<Imatrix>, String)>,
@@ -396,7 +536,7 @@ fn run_per_tensor(
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_output(
+pub(crate) fn write_output(
     a: &QatArgs,
     src: &gguftool_gguf::GgufFile,
     plan: &gguftool_convert::Plan,
@@ -417,41 +557,25 @@ fn write_output(
     )
 }
 
-/// How the block stage's matrices start.
-enum Start {
+/// How the trained matrices start (block, e2e, lora and all stages; the
+/// e2e and lora stages' `--student` start is theirs alone).
+pub(crate) enum Start {
     Gptq(Calibration),
     Importance(Arc<Imatrix>),
     Plain,
 }
 
 impl Start {
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Start::Gptq(_) => "gptq",
             Start::Importance(_) => "imatrix",
             Start::Plain => "plain",
         }
     }
-}
 
-/// The block stage's callbacks: starting points, progress, checkpoints.
-struct CliHooks<'a> {
-    start: &'a Start,
-    fq: FakeQuant,
-    pb: ProgressBar,
-    terminal: bool,
-    t0: Instant,
-    session_tokens: u64,
-    checkpoint_path: PathBuf,
-    checkpoint_every: Option<usize>,
-    max_steps: Option<usize>,
-    fingerprint: String,
-    wrote_checkpoint: bool,
-    quiet: bool,
-}
-
-impl Hooks for CliHooks<'_> {
-    fn init(&mut self, _layer: usize, linear: &QLinear) -> EngineResult<LinearInit> {
+    /// The starting point of `linear` (see `gguftool_qat::init`).
+    pub(crate) fn init(&self, fq: FakeQuant, linear: &QLinear) -> EngineResult<LinearInit> {
         let imp = |m: &Imatrix| -> Option<Vec<f32>> {
             let n = *linear.weight().var().as_tensor().dims().last()?;
             m.for_tensor(linear.name(), n, 1)
@@ -459,8 +583,8 @@ impl Hooks for CliHooks<'_> {
                 .flatten()
                 .map(<[f32]>::to_vec)
         };
-        match self.start {
-            Start::Gptq(cal) => gguftool_qat::init::gptq_start(cal, self.fq, linear),
+        match self {
+            Start::Gptq(cal) => gguftool_qat::init::gptq_start(cal, fq, linear),
             Start::Importance(m) => Ok(gguftool_qat::init::importance_start(
                 linear,
                 imp(m).as_deref(),
@@ -468,86 +592,46 @@ impl Hooks for CliHooks<'_> {
             Start::Plain => Ok(LinearInit::default()),
         }
     }
-
-    fn step(&mut self, s: &StepInfo) -> Control {
-        // Test hook: a pause per step, so tests can interrupt a run.
-        if let Some(ms) = std::env::var("GGUFTOOL_TEST_DELAY_PER_STEP_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
-        self.session_tokens += s.tokens as u64;
-        if self.terminal {
-            let secs = self.t0.elapsed().as_secs_f64().max(1e-9);
-            self.pb.set_length(s.total_steps as u64);
-            self.pb.set_position(s.global_step as u64);
-            self.pb.set_message(format!(
-                "block {}/{} epoch {} loss {:.3e} {:.0} tok/s",
-                s.layer + 1,
-                s.n_layers,
-                s.epoch,
-                s.loss,
-                self.session_tokens as f64 / secs
-            ));
-        }
-        if signals::interrupted() || self.max_steps.is_some_and(|m| s.global_step >= m) {
-            Control::Stop
-        } else if self
-            .checkpoint_every
-            .is_some_and(|n| s.global_step.is_multiple_of(n))
-        {
-            Control::Checkpoint
-        } else {
-            Control::Continue
-        }
-    }
-
-    fn checkpoint(&mut self, ck: &Checkpoint) -> EngineResult<()> {
-        let ck = Checkpoint {
-            fingerprint: self.fingerprint.clone(),
-            ..ck.clone()
-        };
-        let io = |e: Error| EngineError::BadInput(e.to_string());
-        let out = AtomicOutput::create(&self.checkpoint_path, true).map_err(io)?;
-        let w = ck.write(out.writer().map_err(io)?)?;
-        let mut w = w;
-        w.flush()
-            .map_err(|e| io(Error::io(&self.checkpoint_path, e)))?;
-        drop(w);
-        out.commit().map_err(io)?;
-        self.wrote_checkpoint = true;
-        Ok(())
-    }
-
-    fn block_done(&mut self, r: &BlockReport) {
-        if self.quiet {
-            return;
-        }
-        let line = format!(
-            "block {:2}: held-out MSE {:.4e} -> {:.4e} (epoch {}, relative {:.4}), {} steps, {:.1} s",
-            r.layer,
-            r.initial_heldout_mse,
-            r.best_heldout_mse,
-            r.best_epoch,
-            r.best_heldout_mse / r.heldout_target_power.max(f64::MIN_POSITIVE),
-            r.steps,
-            r.seconds
-        );
-        self.pb.suspend(|| eprintln!("{line}"));
-    }
 }
 
-fn run_block(
-    a: QatArgs,
-    cfg: QatConfig,
-    format: &'static dyn gguftool_quant::format::Format,
-) -> Result<ExitCode, CliError> {
-    let bcfg = cfg.to_blockwise().map_err(|e| usage(e.to_string()))?;
-    let text_path = a
-        .text
-        .as_ref()
-        .ok_or_else(|| usage("--stage block needs -f TEXT (calibration text)"))?;
+/// The start from `--calibration` (GPTQ) or `--imatrix`, else plain, and
+/// the calibration file's SHA-256 (empty without one).
+pub(crate) fn load_start(
+    a: &QatArgs,
+    imatrix: &Option<(Arc<Imatrix>, String)>,
+) -> Result<(Start, String), CliError> {
+    Ok(match (&a.calibration, imatrix) {
+        (Some(p), _) => {
+            let f = gguftool_quant::registry::open(p)?;
+            let cal = Calibration::from_gguf(&f)
+                .map_err(|e| Error::Other(format!("{}: {e}", p.display())))?;
+            (Start::Gptq(cal), sha256_hex(f.bytes()))
+        }
+        (None, Some((m, _))) => (Start::Importance(m.clone()), String::new()),
+        (None, None) => (Start::Plain, String::new()),
+    })
+}
+
+/// What the stages that train on text share: the model, the text cut into
+/// training and held-out chunks.
+pub(crate) struct TextRun {
+    pub(crate) model: gguftool_model::Model,
+    pub(crate) text_sha: String,
+    pub(crate) n_ctx: usize,
+    pub(crate) calib: Vec<Vec<u32>>,
+    pub(crate) held: Vec<Vec<u32>>,
+    pub(crate) threads: usize,
+}
+
+/// Checks the flags of a stage that trains on text, sets the thread pool,
+/// opens the model and cuts -f TEXT into chunks.
+pub(crate) fn prepare_text_run(a: &QatArgs) -> Result<TextRun, CliError> {
+    let text_path = a.text.as_ref().ok_or_else(|| {
+        usage(format!(
+            "--stage {} needs -f TEXT (training text)",
+            a.stage.name()
+        ))
+    })?;
     if a.heldout == 0 {
         return Err(usage("--heldout must be at least 1"));
     }
@@ -559,6 +643,12 @@ fn run_block(
     if a.threads == Some(0) {
         return Err(usage("-t must be at least 1"));
     }
+    if a.ctx_size == 1 {
+        return Err(usage("-c must be at least 2"));
+    }
+    if a.chunks == 0 {
+        return Err(usage("--chunks must be at least 1 (or -1: all)"));
+    }
     let threads = a.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -567,15 +657,10 @@ fn run_block(
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();
-    let fq = FakeQuant::new(format, cfg.ste)
-        .map_err(|e| usage(format!("--format {}: {e}", format.name())))?;
     if !a.force && a.output.exists() {
         return Err(Error::OutputExists(a.output.clone()).into());
     }
-    let model = gguftool_model::Model::open(&a.input, threads).map_err(|e| match e {
-        gguftool_model::Error::Gguf(g) => g,
-        e => Error::Other(format!("{}: {e}", a.input.display())),
-    })?;
+    let model = open_model(&a.input, threads)?;
     let tok = gguftool_tokenizer::Tokenizer::from_metadata(model.metadata())
         .map_err(|e| Error::Other(format!("{}: tokenizer: {e}", a.input.display())))?;
     let bytes = std::fs::read(text_path).map_err(|e| Error::io(text_path, e))?;
@@ -607,13 +692,12 @@ fn run_block(
         })
         .collect();
     let n_cal = match usize::try_from(a.chunks) {
-        Ok(0) => return Err(usage("--chunks must be at least 1 (or -1: all)")),
         Ok(n) => n,
         Err(_) => seqs.len().saturating_sub(a.heldout),
     };
     if n_cal == 0 || n_cal + a.heldout > seqs.len() {
         return Err(Error::Other(format!(
-            "{}: {} tokens make {} chunks of {n_ctx}; need {} calibration and {} held-out chunks",
+            "{}: {} tokens make {} chunks of {n_ctx}; need {} training and {} held-out chunks",
             text_path.display(),
             tokens.len(),
             seqs.len(),
@@ -622,21 +706,209 @@ fn run_block(
         ))
         .into());
     }
-    let (calib, held) = (&seqs[..n_cal], &seqs[n_cal..n_cal + a.heldout]);
+    Ok(TextRun {
+        text_sha,
+        n_ctx,
+        calib: seqs[..n_cal].to_vec(),
+        held: seqs[n_cal..n_cal + a.heldout].to_vec(),
+        threads,
+        model,
+    })
+}
 
-    let imatrix = load_imatrix(a.imatrix.as_deref())?;
-    let mut calib_sha = String::new();
-    let start = match (&a.calibration, &imatrix) {
-        (Some(p), _) => {
-            let f = gguftool_quant::registry::open(p)?;
-            let cal = Calibration::from_gguf(&f)
-                .map_err(|e| Error::Other(format!("{}: {e}", p.display())))?;
-            calib_sha = sha256_hex(f.bytes());
-            Start::Gptq(cal)
+/// Opens a model through the runtime (which checks its hyperparameters,
+/// names and shapes).
+pub(crate) fn open_model(p: &Path, threads: usize) -> Result<gguftool_model::Model, Error> {
+    gguftool_model::Model::open(p, threads).map_err(|e| match e {
+        gguftool_model::Error::Gguf(g) => g,
+        e => Error::Other(format!("{}: {e}", p.display())),
+    })
+}
+
+/// The checkpoint path: --checkpoint, or OUTPUT.ckpt.
+pub(crate) fn checkpoint_path(a: &QatArgs) -> PathBuf {
+    a.checkpoint.clone().unwrap_or_else(|| {
+        let mut s = a.output.clone().into_os_string();
+        s.push(".ckpt");
+        PathBuf::from(s)
+    })
+}
+
+/// A step-counting progress bar on a terminal (message: loss, tokens/s),
+/// else a hidden one.
+pub(crate) fn step_bar(terminal: bool) -> ProgressBar {
+    if terminal {
+        let pb = ProgressBar::new(1);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "QAT {msg} [{bar:30}] {pos}/{len} steps ({elapsed}, ETA {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+/// Test hook: a pause per step, so tests can interrupt a run.
+pub(crate) fn test_delay() {
+    if let Some(ms) = std::env::var("GGUFTOOL_TEST_DELAY_PER_STEP_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// What to do after global step `step`: stop on Ctrl-C or at --max-steps,
+/// checkpoint every --checkpoint-every steps.
+pub(crate) fn control(step: usize, every: Option<usize>, max_steps: Option<usize>) -> Control {
+    if signals::interrupted() || max_steps.is_some_and(|m| step >= m) {
+        Control::Stop
+    } else if every.is_some_and(|n| step.is_multiple_of(n)) {
+        Control::Checkpoint
+    } else {
+        Control::Continue
+    }
+}
+
+/// Writes a checkpoint atomically (temporary file renamed; removed on a
+/// signal or an error) with `write`.
+pub(crate) fn write_checkpoint_file(
+    path: &Path,
+    write: impl FnOnce(
+        std::io::BufWriter<std::fs::File>,
+    ) -> EngineResult<std::io::BufWriter<std::fs::File>>,
+) -> EngineResult<()> {
+    let io = |e: Error| EngineError::BadInput(e.to_string());
+    let out = AtomicOutput::create(path, true).map_err(io)?;
+    let mut w = write(out.writer().map_err(io)?)?;
+    w.flush().map_err(|e| io(Error::io(path, e)))?;
+    drop(w);
+    out.commit().map_err(io)
+}
+
+/// The block stage's callbacks: starting points, progress, checkpoints.
+pub(crate) struct CliHooks<'a> {
+    pub(crate) start: &'a Start,
+    pub(crate) fq: FakeQuant,
+    pub(crate) pb: ProgressBar,
+    pub(crate) terminal: bool,
+    pub(crate) t0: Instant,
+    pub(crate) session_tokens: u64,
+    pub(crate) checkpoint_path: PathBuf,
+    pub(crate) checkpoint_every: Option<usize>,
+    pub(crate) max_steps: Option<usize>,
+    pub(crate) fingerprint: String,
+    pub(crate) wrote_checkpoint: bool,
+    pub(crate) quiet: bool,
+}
+
+impl Hooks for CliHooks<'_> {
+    fn init(&mut self, _layer: usize, linear: &QLinear) -> EngineResult<LinearInit> {
+        self.start.init(self.fq, linear)
+    }
+
+    fn step(&mut self, s: &StepInfo) -> Control {
+        test_delay();
+        self.session_tokens += s.tokens as u64;
+        if self.terminal {
+            let secs = self.t0.elapsed().as_secs_f64().max(1e-9);
+            self.pb.set_length(s.total_steps as u64);
+            self.pb.set_position(s.global_step as u64);
+            self.pb.set_message(format!(
+                "block {}/{} epoch {} loss {:.3e} {:.0} tok/s",
+                s.layer + 1,
+                s.n_layers,
+                s.epoch,
+                s.loss,
+                self.session_tokens as f64 / secs
+            ));
         }
-        (None, Some((m, _))) => Start::Importance(m.clone()),
-        (None, None) => Start::Plain,
-    };
+        control(s.global_step, self.checkpoint_every, self.max_steps)
+    }
+
+    fn checkpoint(&mut self, ck: &Checkpoint) -> EngineResult<()> {
+        let ck = Checkpoint {
+            fingerprint: self.fingerprint.clone(),
+            ..ck.clone()
+        };
+        write_checkpoint_file(&self.checkpoint_path, |w| ck.write(w))?;
+        self.wrote_checkpoint = true;
+        Ok(())
+    }
+
+    fn block_done(&mut self, r: &BlockReport) {
+        if self.quiet {
+            return;
+        }
+        let line = format!(
+            "block {:2}: held-out MSE {:.4e} -> {:.4e} (epoch {}, relative {:.4}), {} steps, {:.1} s",
+            r.layer,
+            r.initial_heldout_mse,
+            r.best_heldout_mse,
+            r.best_epoch,
+            r.best_heldout_mse / r.heldout_target_power.max(f64::MIN_POSITIVE),
+            r.steps,
+            r.seconds
+        );
+        self.pb.suspend(|| eprintln!("{line}"));
+    }
+}
+
+/// The line printed when --max-steps or Ctrl-C stopped a run, and its exit
+/// status (130 after Ctrl-C, else 0).
+pub(crate) fn stopped(step: usize, checkpoint: &Path) -> ExitCode {
+    let interrupted = signals::interrupted();
+    eprintln!(
+        "{} after {step} steps; checkpoint {} (continue with --resume {})",
+        if interrupted {
+            "interrupted"
+        } else {
+            "stopped (--max-steps)"
+        },
+        checkpoint.display(),
+        checkpoint.display()
+    );
+    ExitCode::from(if interrupted { 130 } else { 0 })
+}
+
+/// Replaces the planned tensors named in `exported` with their bytes.
+pub(crate) fn apply_exported(
+    plan: &mut gguftool_convert::Plan,
+    exported: Vec<ExportedTensor>,
+    note: &str,
+) -> Result<(), Error> {
+    for t in exported {
+        let pt = plan
+            .tensors
+            .iter_mut()
+            .find(|p| p.spec.name == t.name)
+            .ok_or_else(|| Error::Other(format!("trained tensor {} not in the plan", t.name)))?;
+        pt.spec.ggml_type = t.type_id;
+        pt.spec.n_bytes = t.bytes.len() as u64;
+        pt.action = TensorAction::Encoded(Arc::new(t.bytes));
+        pt.note = Some(note.into());
+    }
+    Ok(())
+}
+
+fn run_block(
+    a: QatArgs,
+    cfg: QatConfig,
+    format: &'static dyn gguftool_quant::format::Format,
+) -> Result<ExitCode, CliError> {
+    let bcfg = cfg.to_blockwise().map_err(|e| usage(e.to_string()))?;
+    let fq = FakeQuant::new(format, cfg.ste)
+        .map_err(|e| usage(format!("--format {}: {e}", format.name())))?;
+    let run = prepare_text_run(&a)?;
+    let (model, n_ctx) = (&run.model, run.n_ctx);
+    let (calib, held) = (&run.calib[..], &run.held[..]);
+    let n_cal = calib.len();
+    let imatrix = load_imatrix(a.imatrix.as_deref())?;
+    let (start, calib_sha) = load_start(&a, &imatrix)?;
     // max_blocks does not change the blocks it keeps: a run may be resumed
     // with fewer (or more) blocks.
     let trajectory = QatConfig {
@@ -649,7 +921,7 @@ fn run_block(
             a.input.display(),
             model.file().bytes().len(),
             trajectory.to_toml(),
-            text_sha,
+            run.text_sha,
             calib_sha,
             a.heldout,
             imatrix.as_ref().map_or("", |(_, s)| s),
@@ -664,37 +936,16 @@ fn run_block(
             let ck = Checkpoint::from_gguf(&f)
                 .map_err(|e| Error::Other(format!("{}: {e}", p.display())))?;
             if ck.fingerprint != fingerprint {
-                return Err(Error::Other(format!(
-                    "{}: checkpoint of another run (model, text, calibration, format, chunking or configuration differ)",
-                    p.display()
-                ))
-                .into());
+                return Err(another_run(p).into());
             }
             Some(ck)
         }
     };
 
-    let mut cm = CandleModel::from_model_cpu(&model).map_err(engine)?;
+    let mut cm = CandleModel::from_model_cpu(model).map_err(engine)?;
     let n_blocks = cm.blocks().len().min(bcfg.max_blocks.unwrap_or(usize::MAX));
     let terminal = std::io::stderr().is_terminal();
-    let pb = if terminal {
-        let pb = ProgressBar::new(1);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "QAT {msg} [{bar:30}] {pos}/{len} steps ({elapsed}, ETA {eta})",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        pb
-    } else {
-        ProgressBar::hidden()
-    };
-    let checkpoint_path = a.checkpoint.clone().unwrap_or_else(|| {
-        let mut s = a.output.clone().into_os_string();
-        s.push(".ckpt");
-        PathBuf::from(s)
-    });
+    let checkpoint_path = checkpoint_path(&a);
     if !a.json {
         eprintln!(
             "qat: {} blocks of {} with {}, start {}; {n_cal} x {n_ctx} calibration and {} x {n_ctx} held-out tokens{}",
@@ -712,7 +963,7 @@ fn run_block(
     let mut hooks = CliHooks {
         start: &start,
         fq,
-        pb,
+        pb: step_bar(terminal),
         terminal,
         t0: Instant::now(),
         session_tokens: 0,
@@ -731,20 +982,7 @@ fn run_block(
     let train_seconds = t0.elapsed().as_secs_f64();
     let reports = match outcome.map_err(engine)? {
         Outcome::Finished(r) => r,
-        Outcome::Stopped { global_step } => {
-            let interrupted = signals::interrupted();
-            eprintln!(
-                "{} after {global_step} steps; checkpoint {} (continue with --resume {})",
-                if interrupted {
-                    "interrupted"
-                } else {
-                    "stopped (--max-steps)"
-                },
-                checkpoint_path.display(),
-                checkpoint_path.display()
-            );
-            return Ok(ExitCode::from(if interrupted { 130 } else { 0 }));
-        }
+        Outcome::Stopped { global_step } => return Ok(stopped(global_step, &checkpoint_path)),
     };
 
     let exported = export_blocks(&cm).map_err(engine)?;
@@ -754,23 +992,16 @@ fn run_block(
     if let Start::Gptq(cal) = &start {
         gguftool_convert::apply_calibration(&mut plan, src, cal)?;
     }
-    for t in exported {
-        let pt = plan
-            .tensors
-            .iter_mut()
-            .find(|p| p.spec.name == t.name)
-            .ok_or_else(|| Error::Other(format!("trained tensor {} not in the plan", t.name)))?;
-        pt.spec.ggml_type = t.type_id;
-        pt.spec.n_bytes = t.bytes.len() as u64;
-        pt.action = TensorAction::Encoded(Arc::new(t.bytes));
-        pt.note = Some("block-wise QAT".into());
-    }
+    apply_exported(&mut plan, exported, "block-wise QAT")?;
     let cal_tokens = (n_cal * n_ctx) as u64;
     let md = &mut plan.metadata;
     md.set("gguftool.qat.stage", Value::String("block".into()));
     md.set("gguftool.qat.config", Value::String(cfg.to_toml()));
     md.set("gguftool.qat.start", Value::String(start.name().into()));
-    md.set("gguftool.qat.text_sha256", Value::String(text_sha));
+    md.set(
+        "gguftool.qat.text_sha256",
+        Value::String(run.text_sha.clone()),
+    );
     md.set("gguftool.qat.calibration_tokens", Value::U64(cal_tokens));
     md.set(
         "gguftool.qat.heldout_tokens",
@@ -792,22 +1023,7 @@ fn run_block(
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        println!(
-            "{:>5} {:>12} {:>12} {:>9} {:>5} {:>6} {:>8}",
-            "block", "MSE init", "MSE best", "relative", "epoch", "steps", "seconds"
-        );
-        for r in &reports {
-            println!(
-                "{:>5} {:>12.4e} {:>12.4e} {:>9.5} {:>5} {:>6} {:>8.1}",
-                r.layer,
-                r.initial_heldout_mse,
-                r.best_heldout_mse,
-                r.best_heldout_mse / r.heldout_target_power.max(f64::MIN_POSITIVE),
-                r.best_epoch,
-                r.steps,
-                r.seconds
-            );
-        }
+        print_block_reports(&reports);
         println!(
             "\n{} blocks, {steps} steps in {train_seconds:.1} s; {cal_tokens} calibration tokens x {} epochs per block (held-out MSE of the kept state)",
             reports.len(),
@@ -818,6 +1034,34 @@ fn run_block(
     Ok(ExitCode::SUCCESS)
 }
 
-fn engine(e: EngineError) -> CliError {
+/// The block stage's table: per block, held-out MSE at the start and kept.
+pub(crate) fn print_block_reports(reports: &[BlockReport]) {
+    println!(
+        "{:>5} {:>12} {:>12} {:>9} {:>5} {:>6} {:>8}",
+        "block", "MSE init", "MSE best", "relative", "epoch", "steps", "seconds"
+    );
+    for r in reports {
+        println!(
+            "{:>5} {:>12.4e} {:>12.4e} {:>9.5} {:>5} {:>6} {:>8.1}",
+            r.layer,
+            r.initial_heldout_mse,
+            r.best_heldout_mse,
+            r.best_heldout_mse / r.heldout_target_power.max(f64::MIN_POSITIVE),
+            r.best_epoch,
+            r.steps,
+            r.seconds
+        );
+    }
+}
+
+/// The error for a checkpoint whose fingerprint is not this run's.
+pub(crate) fn another_run(p: &Path) -> Error {
+    Error::Other(format!(
+        "{}: checkpoint of another run (model, text, calibration, student, format, chunking or configuration differ)",
+        p.display()
+    ))
+}
+
+pub(crate) fn engine(e: EngineError) -> CliError {
     CliError::Failed(Error::Other(e.to_string()))
 }

@@ -12,6 +12,7 @@ mod cmd_generate;
 mod cmd_inspect;
 mod cmd_perplexity;
 mod cmd_qat;
+mod cmd_qat_e2e;
 mod cmd_quality;
 mod cmd_seal;
 mod cmd_tokenize;
@@ -96,8 +97,10 @@ enum Command {
     /// Quantize a model to a registered format.
     Convert(Box<cmd_convert::ConvertArgs>),
     /// Quantization-aware training, exported through the format's encoder:
-    /// each matrix alone (--stage per-tensor) or block-wise through the model
-    /// on calibration text (--stage block).
+    /// each matrix alone (--stage per-tensor), block-wise through the model
+    /// on calibration text (--stage block), end-to-end distillation from the
+    /// full-precision model (--stage e2e), LoRA adapters (--stage lora), or
+    /// block then e2e (--stage all).
     Qat(Box<cmd_qat::QatArgs>),
     /// Compare a quantized file with its original: RMSE, SQNR, bpw per tensor.
     Quality {

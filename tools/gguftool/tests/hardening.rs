@@ -252,7 +252,7 @@ fn qat_accepts_the_flag_its_message_names_and_shows_its_defaults() {
     let help = out(&run(&["qat", "--help"]));
     assert!(help.contains("[default: 4 per-tensor, 2 block]"), "{help}");
     assert!(
-        help.contains("[default: 0.01 per-tensor, 0.0001 block]"),
+        help.contains("[default: 0.01 per-tensor, 0.0001 block, 0.0001 e2e, 0.0005 lora]"),
         "{help}"
     );
 

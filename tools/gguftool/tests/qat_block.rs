@@ -4,69 +4,16 @@
 //! stopped by `--max-steps` and resumed from its checkpoint writes the same
 //! bytes as a run that was not stopped.
 
+mod common;
+
+use common::{gguftool, interrupt, ok, root, run, s};
 use gguftool_formats as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn gguftool(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gguftool"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> Output {
-    let o = gguftool(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
+use std::path::Path;
+use std::process::Output;
 
 /// The block-stage command line on the tiny fixture, writing `out`.
 fn block_args(out: &Path) -> Vec<String> {
-    let model = root().join("fixtures/tiny-llama-f32.gguf");
-    let text = root().join("fixtures/runtime/tiny.txt");
-    [
-        "qat",
-        s(&model),
-        "-o",
-        s(out),
-        "--format",
-        "piq2",
-        "--stage",
-        "block",
-        "-f",
-        s(&text),
-        "-c",
-        "32",
-        "--chunks",
-        "8",
-        "--heldout",
-        "2",
-        "-t",
-        "1",
-        "--force",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect()
-}
-
-fn run(args: &[String], extra: &[&str]) -> Output {
-    let mut v: Vec<&str> = args.iter().map(String::as_str).collect();
-    v.extend_from_slice(extra);
-    gguftool(&v)
+    common::stage_args("block", out)
 }
 
 fn check_lowered(o: &Output) -> serde_json::Value {
@@ -201,7 +148,7 @@ fn bad_config_fields_are_usage_errors_naming_the_field() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("max_blocks"));
-    // Stages for later, and block-stage flags without the block stage.
+    // Stages that train on text need it; their flags need such a stage.
     let o = gguftool(&[
         "qat",
         s(&model),
@@ -213,7 +160,7 @@ fn bad_config_fields_are_usage_errors_naming_the_field() {
         "e2e",
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not yet available"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs -f TEXT"));
     let o = gguftool(&[
         "qat",
         s(&model),
@@ -302,7 +249,6 @@ fn stopped_and_resumed_run_writes_the_same_bytes() {
 
 #[test]
 fn ctrl_c_leaves_a_checkpoint_that_resumes_to_the_same_bytes() {
-    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
     let ck = dir.path().join("b.ckpt");
@@ -311,20 +257,7 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes_to_the_same_bytes() {
     let mut args = block_args(&b);
     args.extend(common.iter().map(|x| x.to_string()));
     args.extend(["--checkpoint".to_string(), s(&ck).to_string()]);
-    let child = Command::new(env!("CARGO_BIN_EXE_gguftool"))
-        .args(&args)
-        .env("GGUFTOOL_TEST_DELAY_PER_STEP_MS", "100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let k = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(k.success());
-    let o = child.wait_with_output().unwrap();
+    let o = interrupt(&args, 100, 1500);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(
