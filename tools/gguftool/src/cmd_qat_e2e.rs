@@ -455,9 +455,7 @@ pub(crate) fn run_distill(
         Some(st) => {
             let mut m = CandleModel::from_model_cpu(&st.model).map_err(engine)?;
             if a.stage == Stage::E2e {
-                if resume.is_none() {
-                    student_file_stats = Some(heldout_stats(&m, &teacher, &run.held, &dcfg)?);
-                }
+                student_file_stats = Some(heldout_stats(&m, &teacher, &run.held, &dcfg)?);
                 // The matrices stored in the format train; the others
                 // (fallbacks) stay as the file decodes them.
                 for b in m.blocks_mut() {
