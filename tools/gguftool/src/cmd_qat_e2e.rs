@@ -369,7 +369,7 @@ pub(crate) fn run_distill(
     let (policy, provenance) = policy_for(&a, format, &imatrix)?;
     let mut plan = policy::plan(src, &policy, &provenance)?;
     if let Start::Gptq(cal) = &start {
-        gguftool_convert::apply_calibration(&mut plan, src, cal);
+        gguftool_convert::apply_calibration(&mut plan, src, cal)?;
     }
     let student = match &a.student {
         Some(p) => Some(open_student(p, &run, &plan, format)?),

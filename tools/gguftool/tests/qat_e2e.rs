@@ -398,6 +398,35 @@ fn lora_writes_an_adapter_for_the_student_or_the_merged_model() {
         file_sha(&student)
     );
     assert_eq!(md_str(&adapter, "gguftool.qat.lora.base"), "block.gguf");
+    // The runtime applies it to that base as llama.cpp would: the model
+    // changes.
+    let txt = text();
+    let ppl = |extra: &[&str]| -> String {
+        let mut args = vec![
+            "perplexity",
+            s(&student),
+            "-f",
+            s(&txt),
+            "-c",
+            "32",
+            "--chunks",
+            "4",
+            "-t",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let o = ok(&args);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        all.lines()
+            .find(|l| l.contains("Final estimate"))
+            .unwrap_or_else(|| panic!("{all}"))
+            .to_string()
+    };
+    assert_ne!(ppl(&[]), ppl(&["--lora", s(&adapter)]));
 
     // Merged into the student, re-encoded in its types: a model the
     // runtime loads.
