@@ -93,6 +93,25 @@ fn e2e_lowers_heldout_kl_from_plain_and_gptq_starts() {
         "-t",
         "1",
     ]);
+    // The embedding and the output head, trained against as the output
+    // holds them, are the bytes convert writes.
+    let conv = dir.path().join("convert.gguf");
+    ok(&[
+        "convert",
+        s(&common::model()),
+        "-o",
+        s(&conv),
+        "--format",
+        "piq2",
+    ]);
+    let c = gguftool_quant::registry::open(&conv).unwrap();
+    for name in ["token_embd.weight", "output.weight"] {
+        let (i, j) = (
+            c.header().tensor_index(name).unwrap(),
+            f.header().tensor_index(name).unwrap(),
+        );
+        assert_eq!(c.tensor_data(i), f.tensor_data(j), "{name}");
+    }
 
     // From the GPTQ rounding of a calibration file of the same text.
     let cal = dir.path().join("cal.gguf");
