@@ -15,7 +15,7 @@
 //!   reconstruction of quantized blocks, resumable), [`checkpoint`] (its
 //!   checkpoints as GGUF files), [`init`] (GPTQ or importance starting
 //!   points), [`e2e`] (end-to-end distillation
-//!   from the full-precision model, chunked output head), [`candle_adam`]
+//!   from the full-precision model, chunked output head, resumable), [`candle_adam`]
 //!   (Adam on candle variables), [`lora`] (LoRA adapters over the frozen
 //!   quantized base, merging), [`lora_gguf`] (llama.cpp LoRA GGUF files),
 //!   [`engine_error`].

@@ -776,9 +776,11 @@ fn print_report(
     }
     match (adapters, &a.student) {
         (Some(n), Some(base)) => eprintln!(
-            "wrote {}: {n} LoRA adapters for the base {} (llama.cpp: -m {} --lora {})",
+            "wrote {}: {n} LoRA adapters for the base {} (gguftool perplexity {} --lora {}; llama.cpp -m {} --lora {})",
             a.output.display(),
             base.display(),
+            base.display(),
+            a.output.display(),
             base.display(),
             a.output.display()
         ),
