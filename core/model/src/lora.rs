@@ -13,7 +13,7 @@
 //! - the adapted product is `W x + s * B (A x)` with
 //!   `s = scale * alpha / r`, or `scale` when `alpha` is 0
 //!   (`llama_adapter_lora_weight::get_scale`), `scale` being the user's
-//!   (`--lora` is 1, `--lora-scaled FILE S` is `S`); several adapters on
+//!   (`--lora` is 1, `--lora-scaled FNAME:S` is `S`); several adapters on
 //!   one matrix add up.
 //!
 //! Factors of any registered type (F32, F16, BF16, Q8_0 from llama.cpp's

@@ -370,7 +370,7 @@ impl Model {
     }
 
     /// Attaches `file`'s adapters at user scale `scale` (llama.cpp's
-    /// `--lora` is 1, `--lora-scaled FILE S` is `S`) to the matrices of the
+    /// `--lora` is 1, `--lora-scaled FNAME:S` is `S`) to the matrices of the
     /// same names: every later forward computes `W x + s * B (A x)`.
     /// Adapters add up over several calls. Returns how many were attached.
     ///

@@ -7,35 +7,47 @@ use gguftool_model::lora::read_lora_gguf;
 use gguftool_model::Model;
 use std::path::PathBuf;
 
-/// LoRA adapter flags, flattened into a command's arguments.
+/// LoRA adapter flags, flattened into a command's arguments; the syntax is
+/// llama.cpp's (common/arg.cpp): comma-separated lists, `FNAME:SCALE`.
 #[derive(clap::Args, Debug, Default)]
 pub struct LoraArgs {
-    /// LoRA adapter (llama.cpp's adapter GGUF) applied at scale 1; repeatable.
-    #[arg(long = "lora", value_name = "FILE")]
-    pub lora: Vec<PathBuf>,
-    /// LoRA adapter applied at a user scale; repeatable.
-    #[arg(long = "lora-scaled", num_args = 2, value_names = ["FILE", "SCALE"])]
+    /// LoRA adapter (llama.cpp's adapter GGUF) applied at scale 1; several
+    /// comma-separated or the flag repeated.
+    #[arg(long = "lora", value_name = "FNAME")]
+    pub lora: Vec<String>,
+    /// LoRA adapter applied at a user scale, as FNAME:SCALE; several
+    /// comma-separated or the flag repeated.
+    #[arg(long = "lora-scaled", value_name = "FNAME:SCALE,...")]
     pub lora_scaled: Vec<String>,
 }
 
 impl LoraArgs {
-    /// The adapters with their scales, flags in the order given per kind.
+    /// The adapters with their scales: `--lora` ones first, each flag's
+    /// list in order.
     ///
     /// # Errors
-    /// A scale that is not a finite number (a usage error, the message).
+    /// An empty file name, or a `--lora-scaled` item without `:SCALE` or
+    /// whose scale is not a finite number (a usage error, the message).
     pub fn adapters(&self) -> Result<Vec<(PathBuf, f32)>, String> {
-        let mut out: Vec<(PathBuf, f32)> = self.lora.iter().map(|p| (p.clone(), 1.0)).collect();
-        for pair in self.lora_scaled.chunks(2) {
-            let [file, scale] = pair else {
-                return Err("--lora-scaled needs FILE SCALE".into());
-            };
+        let mut out = Vec::new();
+        for item in self.lora.iter().flat_map(|l| l.split(',')) {
+            if item.is_empty() {
+                return Err("--lora: empty file name".into());
+            }
+            out.push((PathBuf::from(item), 1.0));
+        }
+        for item in self.lora_scaled.iter().flat_map(|l| l.split(',')) {
+            let bad =
+                || format!("--lora-scaled {item:?}: expected FNAME:SCALE with a finite SCALE");
+            let (file, scale) = item.rsplit_once(':').ok_or_else(bad)?;
             let s: f32 = scale
                 .parse()
                 .ok()
                 .filter(|s: &f32| s.is_finite())
-                .ok_or_else(|| {
-                    format!("--lora-scaled {file} {scale}: SCALE must be a finite number")
-                })?;
+                .ok_or_else(bad)?;
+            if file.is_empty() {
+                return Err(bad());
+            }
             out.push((PathBuf::from(file), s));
         }
         Ok(out)

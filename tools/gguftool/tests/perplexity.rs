@@ -211,22 +211,24 @@ fn lora_adapters_apply_at_run_time() {
     let (with, err) = ppl(&["--lora", &s(&ad)]);
     assert_ne!(with, base);
     assert!(err.contains("(1 matrices, alpha 16, scale 1)"), "{err}");
-    let (zero, _) = ppl(&["--lora-scaled", &s(&ad), "0"]);
+    let (zero, _) = ppl(&["--lora-scaled", &format!("{}:0", s(&ad))]);
     assert_eq!(zero, base);
-    let (half, _) = ppl(&["--lora-scaled", &s(&ad), "0.5"]);
+    let (half, _) = ppl(&["--lora-scaled", &format!("{}:0.5", s(&ad))]);
     assert!(half != base && half != with, "{half}");
+    // Two halves, comma-separated, add up to the whole adapter.
+    let (two, err) = ppl(&["--lora-scaled", &format!("{0}:0.5,{0}:0.5", s(&ad))]);
+    assert_eq!(two, with);
+    assert_eq!(err.matches("scale 0.5").count(), 2, "{err}");
 
-    let o = run(&[
-        "perplexity",
-        &model,
-        "-f",
-        &text,
-        "--lora-scaled",
-        &s(&ad),
-        "x",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("SCALE must be a finite number"));
+    for bad in [format!("{}:x", s(&ad)), s(&ad), format!("{}:inf", s(&ad))] {
+        let o = run(&["perplexity", &model, "-f", &text, "--lora-scaled", &bad]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains("expected FNAME:SCALE with a finite SCALE"),
+            "{e}"
+        );
+    }
     let o = run(&["perplexity", &model, "-f", &text, "--lora", &model]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("general.type"));
