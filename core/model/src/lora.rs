@@ -78,7 +78,8 @@ fn str_key<'a>(md: &'a Metadata, key: &str) -> Option<&'a str> {
 /// file and the key or tensor for `general.type` other than `adapter`,
 /// `adapter.type` other than `lora`, a non-f32 `adapter.lora.alpha`, a
 /// tensor with an unexpected suffix, an unpaired factor, factors that are
-/// not 2-D, of rank 0 or whose ranks differ; [`Error::Kernel`] for a type no
+/// not 2-D, of rank 0 or whose ranks differ, a non-finite value;
+/// [`Error::Kernel`] for a type no
 /// registered format decodes.
 pub fn read_lora_gguf(path: impl AsRef<Path>) -> Result<LoraFile> {
     let path = path.as_ref();
@@ -147,9 +148,17 @@ pub fn read_lora_gguf(path: impl AsRef<Path>) -> Result<LoraFile> {
             ));
         }
         let decode = |i: usize| -> Result<Vec<f32>> {
+            let t = &file.header().tensors[i];
             let codec = gguftool_quant::rows::tensor_decoder(&file, i)?;
-            let mut out = vec![0f32; file.header().tensors[i].n_elements as usize];
+            let mut out = vec![0f32; t.n_elements as usize];
             codec.decode(file.tensor_data(i), &mut out)?;
+            if let Some(k) = out.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Adapter(format!(
+                    "{}: tensor {:?}: value {k} is not finite",
+                    path.display(),
+                    t.name
+                )));
+            }
             Ok(out)
         };
         adapters.push(LoraTensors {

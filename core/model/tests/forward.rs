@@ -469,6 +469,13 @@ fn lora_gguf_reads_back_and_malformed_files_are_refused() {
     chain[1] = (chain[1].0.clone(), vec![2, 64], vec![0.0; 128]);
     let e = err(&write("chain.gguf", &md, &chain));
     assert!(e.contains("do not chain"), "{e}");
+    let mut nan = tensors.clone();
+    nan[3].2[5] = f32::NAN;
+    let e = err(&write("nan.gguf", &md, &nan));
+    assert!(
+        e.contains("\"blk.1.ffn_down.weight.lora_b\": value 5 is not finite"),
+        "{e}"
+    );
     let mut not_adapter = md.clone();
     not_adapter.set("general.type", Value::String("model".into()));
     let e = err(&write("model.gguf", &not_adapter, &tensors));

@@ -121,6 +121,15 @@ fn load(path: &Path, run: &RunArgs) -> Result<Loaded, CliError> {
             run.ctx_size
         )));
     }
+    if run.batch_size == 0 {
+        return Err(usage("-b 0: a batch needs at least one position".into()));
+    }
+    if run.chunks == 0 || run.chunks < -1 {
+        return Err(usage(format!(
+            "--chunks {}: at least 1 (or -1: every chunk)",
+            run.chunks
+        )));
+    }
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global();
@@ -210,6 +219,7 @@ fn imatrix_file(c: &ImatrixCollector, path: &Path, force: bool) -> Result<(), Cl
 }
 
 pub fn run_imatrix(a: ImatrixArgs) -> Result<ExitCode, CliError> {
+    crate::input::refuse_same_file(&a.model, &a.output)?;
     let l = load(&a.model, &a.run)?;
     let tokens = tokens_of(&l, &a.file, a.run.ctx_size)?;
     let mut c = ImatrixCollector::new(a.run.ctx_size as u32);
@@ -233,6 +243,17 @@ pub fn run_calibrate(a: CalibrateArgs) -> Result<ExitCode, CliError> {
         .iter()
         .map(|s| text_arg(s))
         .collect::<Result<_, _>>()?;
+    crate::input::refuse_same_file(&a.model, &a.output)?;
+    if let Some(im) = &a.imatrix_out {
+        crate::input::refuse_same_file(&a.model, im)?;
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        if gguftool_convert::same_file(&a.output, im) || abs(&a.output) == abs(im) {
+            return Err(usage(format!(
+                "--imatrix-out {}: the same file as -o; give the imatrix a path of its own",
+                crate::escape::escape_for_terminal(&im.display().to_string())
+            )));
+        }
+    }
     let l = load(&a.model, &a.run)?;
     for p in [Some(&a.output), a.imatrix_out.as_ref()]
         .into_iter()

@@ -520,7 +520,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
             .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
         let n = gguftool_convert::apply_calibration(&mut plan, &src, cal)
             .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-        eprintln!("calibration: {n} matrices rounded with GPTQ");
+        eprintln!("calibration: {n} matrices to round with GPTQ");
         if n == 0 {
             eprintln!(
                 "warning: the calibration file covers none of this model's quantized matrices"

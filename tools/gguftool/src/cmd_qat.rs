@@ -160,11 +160,11 @@ pub struct QatArgs {
     #[arg(long, help = with_defaults("Passes over the data (config: epochs)", &[PT, B],
         |c| c.epochs.to_string()))]
     pub epochs: Option<usize>,
-    #[arg(long, allow_negative_numbers = true, help = with_defaults(
+    #[arg(long, allow_hyphen_values = true, help = with_defaults(
         "Learning rate of the latent weights, relative to each tensor's RMS; of the adapters (absolute) in the lora stage (config: learning_rate)",
         &[PT, B, E, L], |c| c.learning_rate.to_string()))]
     pub lr: Option<f32>,
-    #[arg(long, allow_negative_numbers = true, help = with_defaults(
+    #[arg(long, allow_hyphen_values = true, help = with_defaults(
         "Learning rate of the scales (and norm gains) (config: scale_learning_rate)",
         &[PT, B, E], |c| c.scale_learning_rate.map_or("--lr".into(), |v| v.to_string())))]
     pub scale_lr: Option<f32>,
@@ -187,14 +187,14 @@ pub struct QatArgs {
         "Measure the held-out KL every N steps; the best step is kept (config: eval_every)",
         &[E, L], |c| c.eval_every.to_string()))]
     pub eval_every: Option<usize>,
-    #[arg(long, allow_negative_numbers = true, help = with_defaults("Distillation temperature (config: temperature)",
+    #[arg(long, allow_hyphen_values = true, help = with_defaults("Distillation temperature (config: temperature)",
         &[E, L], |c| c.temperature.to_string()))]
     pub temperature: Option<f32>,
-    #[arg(long, allow_negative_numbers = true, help = with_defaults(
+    #[arg(long, allow_hyphen_values = true, help = with_defaults(
         "Weight of the distillation term T^2 KL(teacher || student) (config: loss.distill)",
         &[E, L], |c| c.loss.distill.to_string()))]
     pub kd_weight: Option<f32>,
-    #[arg(long, allow_negative_numbers = true, help = with_defaults(
+    #[arg(long, allow_hyphen_values = true, help = with_defaults(
         "Weight of the next-token cross-entropy on the text (config: loss.task)",
         &[E, L], |c| c.loss.task.to_string()))]
     pub ce_weight: Option<f32>,
@@ -205,7 +205,7 @@ pub struct QatArgs {
     #[arg(long, help = with_defaults("Rank of the LoRA adapters (config: lora.rank)",
         &[L], |c| c.lora.as_ref().map_or("-".into(), |l| l.rank.to_string())))]
     pub lora_rank: Option<usize>,
-    #[arg(long, allow_negative_numbers = true, help = with_defaults("LoRA alpha: the update is alpha / rank * B A (config: lora.alpha)",
+    #[arg(long, allow_hyphen_values = true, help = with_defaults("LoRA alpha: the update is alpha / rank * B A (config: lora.alpha)",
         &[L], |c| c.lora.as_ref().map_or("-".into(), |l| l.alpha.to_string())))]
     pub lora_alpha: Option<f32>,
     #[arg(long, value_delimiter = ',', value_name = "PATTERNS", help = with_defaults(

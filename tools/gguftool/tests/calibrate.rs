@@ -153,7 +153,7 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
         s(&im),
     ]);
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(e.contains("matrices rounded with GPTQ"), "{e}");
+    assert!(e.contains("matrices to round with GPTQ"), "{e}");
     assert!(e.contains("tensors rounded in"), "{e}");
     // GPTQ matrices count as quantized, and their note is no fallback.
     assert!(e.contains("fallbacks: none"), "{e}");
@@ -217,7 +217,7 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
     ]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("errors measured as tr(dW H dW^T)"), "{e}");
-    assert!(e.contains("matrices rounded with GPTQ"), "{e}");
+    assert!(e.contains("matrices to round with GPTQ"), "{e}");
     let f = gguftool_quant::registry::open(&mixed).unwrap();
     let md = &f.header().metadata;
     use gguftool_gguf::value::Value;
@@ -382,4 +382,54 @@ fn calibration_for_another_model_or_with_missing_entries_is_refused() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     let site = site.trim_end_matches(".xtx");
     assert!(err.contains(site) && err.contains("not finite"), "{err}");
+}
+
+/// Outputs that would overwrite the model or each other, and chunk or batch
+/// counts that make an empty file, are refused before any work.
+#[test]
+fn calibrate_refuses_clobbering_outputs_and_empty_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.gguf");
+    std::fs::copy(root().join("fixtures/tiny-llama-f32.gguf"), &model).unwrap();
+    let before = std::fs::read(&model).unwrap();
+    let text = root().join("fixtures/runtime/tiny.txt");
+    let c = dir.path().join("c.gguf");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "calibrate",
+            s(&model),
+            "-f",
+            s(&text),
+            "-c",
+            "32",
+            "--force",
+        ];
+        args.extend_from_slice(extra);
+        let o = Command::new(env!("CARGO_BIN_EXE_gguftool"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, e) = run(&["-o", s(&model)]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("the output is the input file"), "{e}");
+    let (code, e) = run(&["-o", s(&c), "--imatrix-out", s(&model)]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("the output is the input file"), "{e}");
+    let same = dir.path().join("./c.gguf");
+    let (code, e) = run(&["-o", s(&c), "--imatrix-out", s(&same)]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("the same file as -o"), "{e}");
+    let (code, e) = run(&["-o", s(&c), "--chunks", "0"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("--chunks 0"), "{e}");
+    let (code, e) = run(&["-o", s(&c), "-b", "0"]);
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("-b 0"), "{e}");
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+    assert!(!c.exists());
 }

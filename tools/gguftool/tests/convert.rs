@@ -542,7 +542,7 @@ fn calibration_rounds_covered_matrices_with_gptq() {
         s(&cal_path),
     ]);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("calibration: 2 matrices rounded with GPTQ")
+        String::from_utf8_lossy(&o.stderr).contains("calibration: 2 matrices to round with GPTQ")
     );
     let w = {
         let mut v = vec![0f32; src.header().tensors[idx].n_elements as usize];
