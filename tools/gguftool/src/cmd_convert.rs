@@ -451,9 +451,15 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         .as_deref()
         .map(|path| -> Result<_, Error> {
             let f = registry::open(path)?;
-            Calibration::from_gguf(&f).map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+            let c = Calibration::from_gguf(&f)
+                .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+            Ok((c, gguftool_gguf::integrity::sha256_hex(f.bytes())))
         })
         .transpose()?;
+    let (calibration, calibration_sha) = match calibration {
+        Some((c, sha)) => (Some(c), Some(sha)),
+        None => (None, None),
+    };
     let (plan, allocation) = if let Some(r) = recipe {
         let pb = crate::progress::count_bar(0, "measuring candidate formats");
         let settings = RecipeSettings {
@@ -521,6 +527,19 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode, CliError> {
         let n = gguftool_convert::apply_calibration(&mut plan, &src, cal)
             .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
         eprintln!("calibration: {n} matrices to round with GPTQ");
+        // Provenance, as for the imatrix.
+        if let Some(sha) = &calibration_sha {
+            plan.metadata.set(
+                "gguftool.convert.calibration_sha256",
+                gguftool_gguf::value::Value::String(sha.clone()),
+            );
+        }
+        plan.metadata.set(
+            "gguftool.convert.calibration_datasets",
+            gguftool_gguf::value::Value::Array(gguftool_gguf::value::Array::String(
+                cal.datasets.clone().into(),
+            )),
+        );
         if n == 0 {
             eprintln!(
                 "warning: the calibration file covers none of this model's quantized matrices"

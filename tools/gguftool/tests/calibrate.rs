@@ -158,6 +158,16 @@ fn calibration_diagonals_are_the_imatrix_of_the_same_pass() {
     // GPTQ matrices count as quantized, and their note is no fallback.
     assert!(e.contains("fallbacks: none"), "{e}");
     assert!(!e.contains("quantized: 0 elements"), "{e}");
+    // The output names its calibration file by digest, as it does the imatrix.
+    let f = gguftool_quant::registry::open(&out).unwrap();
+    let md = &f.header().metadata;
+    let sha = gguftool_gguf::integrity::sha256_hex(&std::fs::read(&cal).unwrap());
+    assert_eq!(
+        md.get("gguftool.convert.calibration_sha256")
+            .and_then(|v| v.as_str()),
+        Some(sha.as_str())
+    );
+    drop(f);
     // GPTQ tensors are rounded concurrently but written in plan order: the
     // file does not depend on the number of threads.
     for threads in ["1", "3"] {
