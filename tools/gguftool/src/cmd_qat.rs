@@ -10,7 +10,9 @@
 //!   calibration file is given, with progress, checkpoints and resume;
 //! - `e2e`, `lora`, `all`: end-to-end distillation from the full-precision
 //!   model, LoRA-QAT, and block-wise reconstruction followed by end-to-end
-//!   distillation ([`crate::cmd_qat_e2e`]).
+//!   distillation ([`e2e`]).
+
+mod e2e;
 
 use crate::escape::escape_for_terminal as esc;
 use crate::progress::count_bar;
@@ -401,9 +403,7 @@ pub fn run(a: QatArgs) -> Result<ExitCode, CliError> {
     }
     match a.stage {
         Stage::Block => return run_block(a, cfg, format),
-        Stage::E2e | Stage::Lora | Stage::All => {
-            return crate::cmd_qat_e2e::run_distill(a, cfg, format)
-        }
+        Stage::E2e | Stage::Lora | Stage::All => return e2e::run_distill(a, cfg, format),
         Stage::PerTensor => {}
     }
     for (flag, set) in [

@@ -12,7 +12,6 @@ mod cmd_generate;
 mod cmd_inspect;
 mod cmd_perplexity;
 mod cmd_qat;
-mod cmd_qat_e2e;
 mod cmd_quality;
 mod cmd_seal;
 mod cmd_tokenize;

@@ -18,7 +18,7 @@
 //! `--max-steps` and on Ctrl-C) and `--resume` as in the block stage; a
 //! resumed run writes the same bytes as one that was not interrupted.
 
-use crate::cmd_qat::{
+use super::{
     another_run, apply_exported, checkpoint_path, control, engine, load_imatrix, load_start,
     open_model, policy_for, prepare_text_run, print_block_reports, step_bar, stopped, test_delay,
     write_checkpoint_file, write_output, CliHooks, QatArgs, Stage, Start, TextRun,
