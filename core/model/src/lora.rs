@@ -86,9 +86,14 @@ pub fn read_lora_gguf(path: impl AsRef<Path>) -> Result<LoraFile> {
     let file = GgufFile::open(path, &gguftool_quant::registry::TYPES)?;
     let md = &file.header().metadata;
     let bad = |m: String| Err(Error::Adapter(format!("{}: {m}", path.display())));
-    let gt = str_key(md, "general.type").unwrap_or("");
-    if gt != "adapter" {
-        return bad(format!("general.type is {gt:?}, expected \"adapter\""));
+    match str_key(md, "general.type") {
+        Some("adapter") => {}
+        Some(gt) => return bad(format!("general.type is {gt:?}, expected \"adapter\"")),
+        None => {
+            return bad(
+                "general.type is missing, expected \"adapter\" (not a LoRA adapter file)".into(),
+            )
+        }
     }
     let at = str_key(md, "adapter.type").unwrap_or("");
     if at != "lora" {
