@@ -1,4 +1,5 @@
-//! `gguftool formats`: the registry: formats, then recipes.
+//! `gguftool formats`: the registry: formats (which can quantize, which
+//! `qat` can train, SIMD levels), then recipes.
 
 use gguftool_quant::registry;
 use serde_json::json;
@@ -21,6 +22,7 @@ pub fn run(as_json: bool) -> Result<ExitCode, crate::CliError> {
                     "type_size": f.type_size(),
                     "bits_per_weight": f.bits_per_weight(),
                     "quantize": f.quantizer().is_some(),
+                    "qat": f.differentiable().is_some(),
                     "simd": f.simd_levels().iter().map(|l| l.name()).collect::<Vec<_>>(),
                     "description": f.description(),
                 })
@@ -55,18 +57,23 @@ pub fn run(as_json: bool) -> Result<ExitCode, crate::CliError> {
         .collect();
     let sw = levels.iter().map(String::len).max().unwrap_or(0).max(4);
     println!(
-        "{:<w$} {:>7} {:>6} {:>6} {:>8} {:>8}  {:<sw$} description",
-        "name", "type_id", "block", "bytes", "bpw", "quantize", "simd"
+        "{:<w$} {:>7} {:>6} {:>6} {:>8} {:>8} {:>4}  {:<sw$} description",
+        "name", "type_id", "block", "bytes", "bpw", "quantize", "qat", "simd"
     );
     for (f, simd) in formats.iter().zip(&levels) {
         println!(
-            "{:<w$} {:>7} {:>6} {:>6} {:>8.4} {:>8}  {:<sw$} {}",
+            "{:<w$} {:>7} {:>6} {:>6} {:>8.4} {:>8} {:>4}  {:<sw$} {}",
             f.name(),
             f.type_id(),
             f.block_size(),
             f.type_size(),
             f.bits_per_weight(),
             if f.quantizer().is_some() { "yes" } else { "no" },
+            if f.differentiable().is_some() {
+                "yes"
+            } else {
+                "no"
+            },
             simd,
             f.description()
         );

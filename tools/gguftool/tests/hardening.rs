@@ -453,6 +453,19 @@ fn formats_lists_recipes_and_aligns_columns() {
             .unwrap();
         assert_eq!(row.find(desc), Some(col), "{row:?} vs {header:?}");
     }
+    // Which formats `qat` can train: ours, not llama.cpp's.
+    let qat = header.find(" qat").unwrap() + 1;
+    for (name, yes) in [("piq2", true), ("q4_0", false)] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap();
+        assert_eq!(
+            &row[qat..qat + 3],
+            if yes { "yes" } else { " no" },
+            "{row:?}"
+        );
+    }
     let j: serde_json::Value = serde_json::from_slice(&run(&["formats", "--json"]).stdout).unwrap();
     assert!(j
         .as_array()
