@@ -282,14 +282,7 @@ fn execute_inner(
         source: e,
     };
     let deferred: Vec<&str> = deferred_key.into_iter().collect();
-    let seed_err = |source: gguftool_quant::KernelError| Error::Kernel {
-        tensor: gguftool_quant::rows::SEED_KEY.into(),
-        source: source.into(),
-    };
-    let seeds = (
-        gguftool_quant::rows::seed(&src.header().metadata).map_err(seed_err)?,
-        gguftool_quant::rows::seed(&plan.metadata).map_err(seed_err)?,
-    );
+    let seeds = row_seeds(src, plan)?;
     let mut w = OutputWriter::begin_deferred(output.writer()?, &metadata, specs, opts, &deferred)
         .map_err(wrap)?;
     // Test hook: a pause per tensor, so tests can interrupt a conversion.
@@ -390,14 +383,7 @@ pub fn encode_planned(src: &GgufFile, plan: &Plan, index: usize) -> Result<Vec<u
         .tensors
         .get(index)
         .ok_or_else(|| Error::Other(format!("planned tensor {index} out of range")))?;
-    let seed_err = |source: gguftool_quant::KernelError| Error::Kernel {
-        tensor: gguftool_quant::rows::SEED_KEY.into(),
-        source: source.into(),
-    };
-    let seeds = (
-        gguftool_quant::rows::seed(&src.header().metadata).map_err(seed_err)?,
-        gguftool_quant::rows::seed(&plan.metadata).map_err(seed_err)?,
-    );
+    let seeds = row_seeds(src, plan)?;
     let data = src.tensor_data(pt.source_index);
     let info = &src.header().tensors[pt.source_index];
     match &pt.action {
@@ -431,6 +417,22 @@ pub fn encode_planned(src: &GgufFile, plan: &Plan, index: usize) -> Result<Vec<u
 /// took most of a 47-minute conversion on the loaded 2-core machine.
 pub const GPTQ_MAX_BPW: f64 = 8.0;
 
+/// The row-transform seeds of the source file and of the plan's output
+/// (`None` where a file has none).
+///
+/// # Errors
+/// [`Error::Kernel`] naming the seed key when one is not a u64.
+fn row_seeds(src: &GgufFile, plan: &Plan) -> Result<(Option<u64>, Option<u64>)> {
+    let seed_err = |source: gguftool_quant::KernelError| Error::Kernel {
+        tensor: gguftool_quant::rows::SEED_KEY.into(),
+        source: source.into(),
+    };
+    Ok((
+        gguftool_quant::rows::seed(&src.header().metadata).map_err(seed_err)?,
+        gguftool_quant::rows::seed(&plan.metadata).map_err(seed_err)?,
+    ))
+}
+
 /// Note of a tensor that [`apply_calibration`] turned to GPTQ (after the
 /// planner's own note, if any, and `"; "`).
 pub const GPTQ_NOTE: &str = "GPTQ with the calibration Hessian";
@@ -459,13 +461,11 @@ pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> 
             continue;
         };
         if h.n() as u64 != info.row_len() {
-            return Err(Error::Other(format!(
-                "calibration Hessian for tensor {:?} is {} wide, its rows have {} elements \
-                 (made for another model?)",
-                info.name,
+            return Err(crate::calibration::width_mismatch(
+                &info.name,
                 h.n(),
-                info.row_len()
-            )));
+                info.row_len(),
+            ));
         }
         let key = h as *const Hessian as usize;
         let hessian = match cache.iter().find(|(k, _)| *k == key) {
