@@ -9,15 +9,6 @@ use crate::{Plan, TensorAction};
 use gguftool_calib::calib_file::Calibration;
 use gguftool_gguf::{Error, GgufFile, Result};
 
-/// The error for a Hessian of width `n` given for tensor `name`, whose rows
-/// have `row_len` elements (a calibration file made for another model).
-pub(crate) fn width_mismatch(name: &str, n: usize, row_len: u64) -> Error {
-    Error::Other(format!(
-        "calibration Hessian for tensor {name:?} is {n} wide, its rows have {row_len} elements \
-         (made for another model?)"
-    ))
-}
-
 /// Fails on the first planned quantized matrix (block size > 1) of `plan`
 /// that `cal` has no Hessian for, or whose Hessian has another width than
 /// the matrix's rows. An untied `token_embd.weight` is exempt (it is a
@@ -47,7 +38,11 @@ pub fn check_calibration(plan: &Plan, src: &GgufFile, cal: &Calibration) -> Resu
             )));
         };
         if hess.n() as u64 != info.row_len() {
-            return Err(width_mismatch(&info.name, hess.n(), info.row_len()));
+            return Err(crate::pipeline::width_mismatch(
+                &info.name,
+                hess.n(),
+                info.row_len(),
+            ));
         }
     }
     Ok(())

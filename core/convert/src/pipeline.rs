@@ -417,6 +417,15 @@ pub fn encode_planned(src: &GgufFile, plan: &Plan, index: usize) -> Result<Vec<u
 /// took most of a 47-minute conversion on the loaded 2-core machine.
 pub const GPTQ_MAX_BPW: f64 = 8.0;
 
+/// The error for a Hessian of width `n` given for tensor `name`, whose rows
+/// have `row_len` elements (a calibration file made for another model).
+pub(crate) fn width_mismatch(name: &str, n: usize, row_len: u64) -> Error {
+    Error::Other(format!(
+        "calibration Hessian for tensor {name:?} is {n} wide, its rows have {row_len} elements \
+         (made for another model?)"
+    ))
+}
+
 /// The row-transform seeds of the source file and of the plan's output
 /// (`None` where a file has none).
 ///
@@ -461,11 +470,7 @@ pub fn apply_calibration(plan: &mut Plan, src: &GgufFile, cal: &Calibration) -> 
             continue;
         };
         if h.n() as u64 != info.row_len() {
-            return Err(crate::calibration::width_mismatch(
-                &info.name,
-                h.n(),
-                info.row_len(),
-            ));
+            return Err(width_mismatch(&info.name, h.n(), info.row_len()));
         }
         let key = h as *const Hessian as usize;
         let hessian = match cache.iter().find(|(k, _)| *k == key) {
