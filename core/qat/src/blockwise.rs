@@ -271,27 +271,8 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     fn tensor(&self, name: &str, like: &Tensor) -> EngineResult<Tensor> {
-        let (_, shape, v) = self
-            .tensors
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .ok_or_else(|| EngineError::BadInput(format!("checkpoint: tensor {name} missing")))?;
-        if shape.as_slice() != like.dims() {
-            return Err(EngineError::BadInput(format!(
-                "checkpoint: tensor {name} of shape {shape:?}, expected {:?}",
-                like.dims()
-            )));
-        }
-        Ok(Tensor::from_vec(v.clone(), shape.clone(), like.device())?)
+        crate::checkpoint::find_tensor(&self.tensors, name, like)
     }
-}
-
-fn named(prefix: &str, name: &str, t: &Tensor) -> EngineResult<(String, Vec<usize>, Vec<f32>)> {
-    Ok((
-        format!("{prefix}{name}"),
-        t.dims().to_vec(),
-        crate::candle_op::host_f32(t)?,
-    ))
 }
 
 /// Adam (Kingma & Ba 2015) on candle variables, each with its own step size.
@@ -696,10 +677,26 @@ pub fn train_blocks(
                     if ctl != Control::Continue {
                         let mut tensors = done.clone();
                         for (k, p) in run.params.iter().enumerate() {
-                            tensors.push(named("cur.", p.name(), p.var().as_tensor())?);
-                            tensors.push(named("best.", p.name(), &run.best.2[k])?);
-                            tensors.push(named("adam_m.", p.name(), &run.adam.m[k])?);
-                            tensors.push(named("adam_v.", p.name(), &run.adam.v[k])?);
+                            tensors.push(crate::checkpoint::named(
+                                "cur.",
+                                p.name(),
+                                p.var().as_tensor(),
+                            )?);
+                            tensors.push(crate::checkpoint::named(
+                                "best.",
+                                p.name(),
+                                &run.best.2[k],
+                            )?);
+                            tensors.push(crate::checkpoint::named(
+                                "adam_m.",
+                                p.name(),
+                                &run.adam.m[k],
+                            )?);
+                            tensors.push(crate::checkpoint::named(
+                                "adam_v.",
+                                p.name(),
+                                &run.adam.v[k],
+                            )?);
                         }
                         let ck = Checkpoint {
                             fingerprint: String::new(),
@@ -754,7 +751,11 @@ pub fn train_blocks(
         }
         let block = &model.blocks()[il];
         for p in block.parameters() {
-            done.push(named("done.", p.name(), p.var().as_tensor())?);
+            done.push(crate::checkpoint::named(
+                "done.",
+                p.name(),
+                p.var().as_tensor(),
+            )?);
         }
         if cfg.quantized_inputs {
             x_q = apply_detached(block, &x_q, bs)?;

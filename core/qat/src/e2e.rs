@@ -872,18 +872,7 @@ pub struct DistillCheckpoint {
 
 impl DistillCheckpoint {
     fn tensor(&self, name: &str, like: &Tensor) -> EngineResult<Tensor> {
-        let (_, shape, v) = self
-            .tensors
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .ok_or_else(|| EngineError::BadInput(format!("checkpoint: tensor {name} missing")))?;
-        if shape.as_slice() != like.dims() {
-            return Err(EngineError::BadInput(format!(
-                "checkpoint: tensor {name} of shape {shape:?}, expected {:?}",
-                like.dims()
-            )));
-        }
-        Ok(Tensor::from_vec(v.clone(), shape.clone(), like.device())?)
+        crate::checkpoint::find_tensor(&self.tensors, name, like)
     }
 
     /// Held-out statistics at `step`, when evaluated there.
@@ -932,14 +921,6 @@ fn shuffled(rng: &mut SplitMix64, n: usize) -> Vec<usize> {
         o.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
     o
-}
-
-fn named(prefix: &str, name: &str, t: &Tensor) -> EngineResult<(String, Vec<usize>, Vec<f32>)> {
-    Ok((
-        format!("{prefix}{name}"),
-        t.dims().to_vec(),
-        crate::candle_op::host_f32(t)?,
-    ))
 }
 
 /// Trains `student` to match `teacher` (see the module documentation) on
@@ -1187,10 +1168,10 @@ pub fn distill_resumable(
             let (m, v) = adam.moments();
             let mut tensors = Vec::with_capacity(4 * vars.len());
             for (k, (name, var)) in names.iter().zip(&vars).enumerate() {
-                tensors.push(named("cur.", name, var.as_tensor())?);
-                tensors.push(named("best.", name, &best.2[k])?);
-                tensors.push(named("adam_m.", name, &m[k])?);
-                tensors.push(named("adam_v.", name, &v[k])?);
+                tensors.push(crate::checkpoint::named("cur.", name, var.as_tensor())?);
+                tensors.push(crate::checkpoint::named("best.", name, &best.2[k])?);
+                tensors.push(crate::checkpoint::named("adam_m.", name, &m[k])?);
+                tensors.push(crate::checkpoint::named("adam_v.", name, &v[k])?);
             }
             let ck = DistillCheckpoint {
                 fingerprint: String::new(),
