@@ -806,6 +806,34 @@ pub(crate) struct CliHooks<'a> {
     pub(crate) quiet: bool,
 }
 
+impl<'a> CliHooks<'a> {
+    /// Hooks of a block-stage run that starts now: a fresh step bar, the
+    /// checkpoint settings and `--json` quietness from `a`.
+    pub(crate) fn new(
+        start: &'a Start,
+        fq: FakeQuant,
+        terminal: bool,
+        a: &QatArgs,
+        checkpoint_path: PathBuf,
+        fingerprint: String,
+    ) -> Self {
+        Self {
+            start,
+            fq,
+            pb: step_bar(terminal),
+            terminal,
+            t0: Instant::now(),
+            session_tokens: 0,
+            checkpoint_path,
+            checkpoint_every: a.checkpoint_every,
+            max_steps: a.max_steps,
+            fingerprint,
+            wrote_checkpoint: false,
+            quiet: a.json,
+        }
+    }
+}
+
 impl Hooks for CliHooks<'_> {
     fn init(&mut self, _layer: usize, linear: &QLinear) -> EngineResult<LinearInit> {
         self.start.init(self.fq, linear)
@@ -960,20 +988,14 @@ fn run_block(
             }
         );
     }
-    let mut hooks = CliHooks {
-        start: &start,
+    let mut hooks = CliHooks::new(
+        &start,
         fq,
-        pb: step_bar(terminal),
         terminal,
-        t0: Instant::now(),
-        session_tokens: 0,
-        checkpoint_path: checkpoint_path.clone(),
-        checkpoint_every: a.checkpoint_every,
-        max_steps: a.max_steps,
+        &a,
+        checkpoint_path.clone(),
         fingerprint,
-        wrote_checkpoint: false,
-        quiet: a.json,
-    };
+    );
     let t0 = Instant::now();
     signals::defer_interrupts(true);
     let outcome = train_blocks(&mut cm, fq, calib, held, &bcfg, resume.as_ref(), &mut hooks);

@@ -483,20 +483,14 @@ pub(crate) fn run_distill(
                             Some(Resume::Block(c)) => Some(c),
                             _ => None,
                         };
-                        let mut hooks = CliHooks {
-                            start: &start,
+                        let mut hooks = CliHooks::new(
+                            &start,
                             fq,
-                            pb: step_bar(terminal),
                             terminal,
-                            t0: Instant::now(),
-                            session_tokens: 0,
-                            checkpoint_path: checkpoint_path.clone(),
-                            checkpoint_every: a.checkpoint_every,
-                            max_steps: a.max_steps,
-                            fingerprint: fingerprint.clone(),
-                            wrote_checkpoint: false,
-                            quiet: a.json,
-                        };
+                            &a,
+                            checkpoint_path.clone(),
+                            fingerprint.clone(),
+                        );
                         let outcome = train_blocks(
                             &mut m,
                             fq,
