@@ -271,7 +271,7 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     fn tensor(&self, name: &str, like: &Tensor) -> EngineResult<Tensor> {
-        crate::checkpoint::find_tensor(&self.tensors, name, like)
+        crate::named_tensors::find_tensor(&self.tensors, name, like)
     }
 }
 
@@ -677,22 +677,22 @@ pub fn train_blocks(
                     if ctl != Control::Continue {
                         let mut tensors = done.clone();
                         for (k, p) in run.params.iter().enumerate() {
-                            tensors.push(crate::checkpoint::named(
+                            tensors.push(crate::named_tensors::named(
                                 "cur.",
                                 p.name(),
                                 p.var().as_tensor(),
                             )?);
-                            tensors.push(crate::checkpoint::named(
+                            tensors.push(crate::named_tensors::named(
                                 "best.",
                                 p.name(),
                                 &run.best.2[k],
                             )?);
-                            tensors.push(crate::checkpoint::named(
+                            tensors.push(crate::named_tensors::named(
                                 "adam_m.",
                                 p.name(),
                                 &run.adam.m[k],
                             )?);
-                            tensors.push(crate::checkpoint::named(
+                            tensors.push(crate::named_tensors::named(
                                 "adam_v.",
                                 p.name(),
                                 &run.adam.v[k],
@@ -751,7 +751,7 @@ pub fn train_blocks(
         }
         let block = &model.blocks()[il];
         for p in block.parameters() {
-            done.push(crate::checkpoint::named(
+            done.push(crate::named_tensors::named(
                 "done.",
                 p.name(),
                 p.var().as_tensor(),

@@ -872,7 +872,7 @@ pub struct DistillCheckpoint {
 
 impl DistillCheckpoint {
     fn tensor(&self, name: &str, like: &Tensor) -> EngineResult<Tensor> {
-        crate::checkpoint::find_tensor(&self.tensors, name, like)
+        crate::named_tensors::find_tensor(&self.tensors, name, like)
     }
 
     /// Held-out statistics at `step`, when evaluated there.
@@ -1168,10 +1168,10 @@ pub fn distill_resumable(
             let (m, v) = adam.moments();
             let mut tensors = Vec::with_capacity(4 * vars.len());
             for (k, (name, var)) in names.iter().zip(&vars).enumerate() {
-                tensors.push(crate::checkpoint::named("cur.", name, var.as_tensor())?);
-                tensors.push(crate::checkpoint::named("best.", name, &best.2[k])?);
-                tensors.push(crate::checkpoint::named("adam_m.", name, &m[k])?);
-                tensors.push(crate::checkpoint::named("adam_v.", name, &v[k])?);
+                tensors.push(crate::named_tensors::named("cur.", name, var.as_tensor())?);
+                tensors.push(crate::named_tensors::named("best.", name, &best.2[k])?);
+                tensors.push(crate::named_tensors::named("adam_m.", name, &m[k])?);
+                tensors.push(crate::named_tensors::named("adam_v.", name, &v[k])?);
             }
             let ck = DistillCheckpoint {
                 fingerprint: String::new(),

@@ -38,6 +38,7 @@ pub mod init;
 pub mod lora;
 pub mod lora_gguf;
 pub mod loss;
+mod named_tensors;
 pub mod optim;
 pub mod per_tensor;
 pub mod recon;
