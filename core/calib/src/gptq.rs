@@ -19,6 +19,9 @@
 //! `H' = R H R^T`, which makes QuIP's LDLQ a special case.
 
 use crate::linalg::{cholesky_in_place, inverse_from_cholesky, matmul_nt, upper_cholesky};
+use gguftool_quant::format::{BlockGrid, Format, Quantizer};
+use gguftool_quant::rows::RowCodec;
+use rayon::prelude::*;
 
 /// Rows processed together by one task: the rows of the factor (or of H)
 /// that a block touches stay in cache across the tile instead of being
@@ -27,9 +30,6 @@ const ROW_TILE: usize = 16;
 
 /// Rows whose scales [`refit_scales`] refits per matrix product.
 const REFIT_CHUNK: usize = 1024;
-use gguftool_quant::format::{BlockGrid, Format, Quantizer};
-use gguftool_quant::rows::RowCodec;
-use rayon::prelude::*;
 
 /// Second moments of a linear layer's input, `H = sum_t x_t x_t^T`
 /// (`n x n`, f64, row-major), and the number of rows accumulated.

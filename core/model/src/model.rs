@@ -392,7 +392,6 @@ impl Model {
             return Err(Error::Adapter(format!("scale {scale} is not finite")));
         }
         // Check everything first, so a bad adapter leaves the model as it was.
-        let mut targets = Vec::with_capacity(file.adapters.len());
         for ad in &file.adapters {
             let lin = self.linears().find(|l| l.name == ad.name).ok_or_else(|| {
                 Error::Adapter(format!("tensor {:?} is no matrix of the model", ad.name))
@@ -406,9 +405,8 @@ impl Model {
             if ad.a.len() != ad.rank * ad.n_in || ad.b.len() != ad.n_out * ad.rank {
                 return Err(Error::Adapter(format!("{:?}: factor sizes", ad.name)));
             }
-            targets.push(ad);
         }
-        for ad in targets {
+        for ad in &file.adapters {
             let delta = LoraDelta {
                 rank: ad.rank,
                 a: ad.a.clone(),

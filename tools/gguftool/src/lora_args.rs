@@ -1,5 +1,5 @@
-//! `--lora FILE` and `--lora-scaled FILE SCALE` (llama.cpp's flags) for the
-//! commands that run a model: adapters applied at run time by
+//! `--lora FNAME[,...]` and `--lora-scaled FNAME:SCALE[,...]` (llama.cpp's
+//! flags) for the commands that run a model: adapters applied at run time by
 //! [`Model::apply_lora`].
 
 use crate::escape::escape_for_terminal as esc;
