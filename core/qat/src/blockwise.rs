@@ -19,11 +19,12 @@
 //! - [`export_blocks`] encodes the trained matrices with the format's
 //!   `export`.
 
+use crate::candle_adam::CandleAdam;
 use crate::candle_model::{Block, CandleModel, Parameter, QLinear};
 use crate::candle_op::FakeQuant;
 use crate::engine_error::{EngineError, EngineResult};
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use gguftool_quant::hadamard::SplitMix64;
 use std::time::Instant;
 
@@ -275,58 +276,6 @@ impl Checkpoint {
     }
 }
 
-/// Adam (Kingma & Ba 2015) on candle variables, each with its own step size.
-struct Adam {
-    vars: Vec<(Var, f64, bool)>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    t: u64,
-}
-
-impl Adam {
-    const B1: f64 = 0.9;
-    const B2: f64 = 0.999;
-    const EPS: f64 = 1e-8;
-
-    /// `vars`: variable, absolute step size, whether weight decay applies.
-    fn new(vars: Vec<(Var, f64, bool)>) -> EngineResult<Self> {
-        let m = vars
-            .iter()
-            .map(|(v, _, _)| v.as_tensor().zeros_like())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self {
-            v: m.clone(),
-            m,
-            vars,
-            t: 0,
-        })
-    }
-
-    /// One step with the summed gradients `grads` (one per variable),
-    /// step sizes times `lr_scale`.
-    fn step(&mut self, grads: &[Option<Tensor>], lr_scale: f64, wd: f64) -> EngineResult<()> {
-        self.t += 1;
-        let t = self.t.min(i32::MAX as u64) as i32;
-        let c1 = 1.0 - Self::B1.powi(t);
-        let c2 = 1.0 - Self::B2.powi(t);
-        for (i, (var, lr, decay)) in self.vars.iter().enumerate() {
-            let Some(g) = &grads[i] else {
-                continue;
-            };
-            self.m[i] = ((&self.m[i] * Self::B1)? + (g * (1.0 - Self::B1))?)?;
-            self.v[i] = ((&self.v[i] * Self::B2)? + (g.sqr()? * (1.0 - Self::B2))?)?;
-            let upd = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + Self::EPS)?)?;
-            let lr = *lr * lr_scale;
-            let mut new = (var.as_tensor().detach() - (upd * lr)?)?;
-            if *decay && wd > 0.0 {
-                new = (&new - (var.as_tensor().detach() * (lr * wd))?)?;
-            }
-            var.set(&new)?;
-        }
-        Ok(())
-    }
-}
-
 fn rms(t: &Tensor) -> EngineResult<f64> {
     Ok(t.sqr()?.mean_all()?.to_scalar::<f32>()?.sqrt() as f64)
 }
@@ -438,7 +387,7 @@ pub fn quantize_block_from(
 struct BlockRun<'a> {
     block: &'a Block,
     params: Vec<&'a Parameter>,
-    adam: Adam,
+    adam: CandleAdam,
     epoch: usize,
     pos: usize,
     order: Vec<usize>,
@@ -539,6 +488,7 @@ pub fn train_blocks(
         } else {
             let resume_here = resume.filter(|c| c.layer == il);
             let mut vars = Vec::with_capacity(params.len());
+            let mut decay = Vec::with_capacity(params.len());
             for (k, p) in params.iter().enumerate() {
                 let weight = block.linears().iter().any(|l| std::ptr::eq(l.weight(), *p));
                 let lr = match resume_here {
@@ -554,9 +504,10 @@ pub fn train_blocks(
                         base * rms(p.var().as_tensor())?.max(1e-12)
                     }
                 };
-                vars.push((p.var().clone(), lr, weight));
+                vars.push((p.var().clone(), lr));
+                decay.push(weight);
             }
-            let mut adam = Adam::new(vars)?;
+            let mut adam = CandleAdam::new(vars, cfg.grad_clip)?.with_weight_decay(decay)?;
             let mut run = match resume_here {
                 None => {
                     let initial = (mse(block, xin, &y_fp, bs)?, mse(block, hin, &hy_fp, bs)?);
@@ -582,15 +533,16 @@ pub fn train_blocks(
                         )));
                     }
                     let mut best = Vec::with_capacity(params.len());
-                    for (k, p) in params.iter().enumerate() {
+                    let (mut m, mut v) = (Vec::new(), Vec::new());
+                    for p in &params {
                         let like = p.var().as_tensor();
                         p.var()
                             .set(&c.tensor(&format!("cur.{}", p.name()), like)?)?;
-                        adam.m[k] = c.tensor(&format!("adam_m.{}", p.name()), like)?;
-                        adam.v[k] = c.tensor(&format!("adam_v.{}", p.name()), like)?;
+                        m.push(c.tensor(&format!("adam_m.{}", p.name()), like)?);
+                        v.push(c.tensor(&format!("adam_v.{}", p.name()), like)?);
                         best.push(c.tensor(&format!("best.{}", p.name()), like)?);
                     }
-                    adam.t = c.adam_t;
+                    adam.restore(c.adam_t, m, v)?;
                     done = c
                         .tensors
                         .iter()
@@ -644,24 +596,12 @@ pub fn train_blocks(
                             }
                         }
                     }
-                    if let Some(clip) = cfg.grad_clip {
-                        let mut sq = 0f64;
-                        for g in acc.iter().flatten() {
-                            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-                        }
-                        let norm = sq.sqrt();
-                        if norm > clip {
-                            for g in acc.iter_mut().flatten() {
-                                *g = (&*g * (clip / norm))?;
-                            }
-                        }
-                    }
                     let warm = if cfg.warmup_steps > 0 {
                         ((run.steps + 1) as f64 / cfg.warmup_steps as f64).min(1.0)
                     } else {
                         1.0
                     };
-                    run.adam.step(&acc, warm, cfg.weight_decay)?;
+                    run.adam.step_scaled(&acc, warm, cfg.weight_decay)?;
                     run.steps += 1;
                     run.pos += 1;
                     global_step += 1;
@@ -690,12 +630,12 @@ pub fn train_blocks(
                             tensors.push(crate::named_tensors::named(
                                 "adam_m.",
                                 p.name(),
-                                &run.adam.m[k],
+                                &run.adam.moments().0[k],
                             )?);
                             tensors.push(crate::named_tensors::named(
                                 "adam_v.",
                                 p.name(),
-                                &run.adam.v[k],
+                                &run.adam.moments().1[k],
                             )?);
                         }
                         let ck = Checkpoint {
@@ -706,8 +646,8 @@ pub fn train_blocks(
                             order: run.order.iter().map(|&i| i as u32).collect(),
                             block_steps: run.steps,
                             global_step,
-                            adam_t: run.adam.t,
-                            step_sizes: run.adam.vars.iter().map(|v| v.1).collect(),
+                            adam_t: run.adam.steps() as u64,
+                            step_sizes: run.adam.step_sizes(),
                             initial_train_mse: run.initial.0,
                             initial_heldout_mse: run.initial.1,
                             epoch_heldout_mse: run.epoch_heldout_mse.clone(),

@@ -1,6 +1,8 @@
 //! Adam (Kingma & Ba 2015, "Adam: A Method for Stochastic Optimization",
 //! Algorithm 1) on candle variables, each variable with its own step size,
-//! with optional global-norm gradient clipping (Pascanu et al. 2013). The
+//! with optional global-norm gradient clipping (Pascanu et al. 2013), a
+//! per-step scale of the step sizes (warm-up) and decoupled weight decay
+//! (AdamW, Loshchilov & Hutter 2019) on chosen variables. The
 //! gradients come as a list in variable order, so callers that assemble
 //! gradients from several backward passes (chunked losses) can use it.
 
@@ -12,6 +14,7 @@ use candle_core::{Tensor, Var};
 #[derive(Debug)]
 pub struct CandleAdam {
     vars: Vec<(Var, f64)>,
+    decay: Vec<bool>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     t: i32,
@@ -49,10 +52,28 @@ impl CandleAdam {
         Ok(Self {
             v: m.clone(),
             m,
+            decay: vec![false; vars.len()],
             vars,
             t: 0,
             clip,
         })
+    }
+
+    /// Chooses the variables that [`CandleAdam::step_scaled`]'s weight
+    /// decay applies to (`mask[i]` for variable `i`; none by default).
+    ///
+    /// # Errors
+    /// [`EngineError::BadInput`] for a mask of another length.
+    pub fn with_weight_decay(mut self, mask: Vec<bool>) -> EngineResult<Self> {
+        if mask.len() != self.vars.len() {
+            return Err(EngineError::BadInput(format!(
+                "Adam: weight-decay mask of {} for {} variables",
+                mask.len(),
+                self.vars.len()
+            )));
+        }
+        self.decay = mask;
+        Ok(self)
     }
 
     /// The variables, in order.
@@ -115,6 +136,22 @@ impl CandleAdam {
     /// [`EngineError::BadInput`] when the list length differs from the
     /// variables'; candle errors (shape mismatch).
     pub fn step(&mut self, grads: &[Option<Tensor>]) -> EngineResult<f64> {
+        self.step_scaled(grads, 1.0, 0.0)
+    }
+
+    /// [`CandleAdam::step`] with every step size times `lr_scale` (a
+    /// warm-up factor) and, on the variables chosen by
+    /// [`CandleAdam::with_weight_decay`], decoupled weight decay: the
+    /// variable also shrinks by `lr * weight_decay` of itself (AdamW).
+    ///
+    /// # Errors
+    /// As [`CandleAdam::step`].
+    pub fn step_scaled(
+        &mut self,
+        grads: &[Option<Tensor>],
+        lr_scale: f64,
+        weight_decay: f64,
+    ) -> EngineResult<f64> {
         if grads.len() != self.vars.len() {
             return Err(EngineError::BadInput(format!(
                 "Adam: {} gradients for {} variables",
@@ -142,7 +179,11 @@ impl CandleAdam {
             self.m[i] = ((&self.m[i] * Self::B1)? + (&g * (1.0 - Self::B1))?)?;
             self.v[i] = ((&self.v[i] * Self::B2)? + (g.sqr()? * (1.0 - Self::B2))?)?;
             let upd = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + Self::EPS)?)?;
-            let new = (var.as_tensor().detach() - (upd * *lr)?)?;
+            let lr = *lr * lr_scale;
+            let mut new = (var.as_tensor().detach() - (upd * lr)?)?;
+            if self.decay[i] && weight_decay > 0.0 {
+                new = (&new - (var.as_tensor().detach() * (lr * weight_decay))?)?;
+            }
             var.set(&new)?;
         }
         Ok(norm)
