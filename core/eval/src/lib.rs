@@ -62,6 +62,26 @@ pub fn chunk_bos(tok: &gguftool_tokenizer::Tokenizer) -> Option<u32> {
     }
 }
 
+/// `tokens` cut into whole chunks of `n_ctx` (a tail shorter than
+/// `n_ctx` dropped), each chunk's first token replaced by `bos` when set:
+/// the sequences `llama-perplexity` scores, as the QAT stages train on
+/// them. `n_ctx` 0 gives no chunks.
+pub fn bos_chunks(tokens: &[u32], n_ctx: usize, bos: Option<u32>) -> Vec<Vec<u32>> {
+    if n_ctx == 0 {
+        return Vec::new();
+    }
+    tokens
+        .chunks_exact(n_ctx)
+        .map(|c| {
+            let mut v = c.to_vec();
+            if let Some(b) = bos {
+                v[0] = b;
+            }
+            v
+        })
+        .collect()
+}
+
 /// Runs one chunk (cache cleared, BOS written over the first token when
 /// `bos` is set) in batches of `n_batch` and returns the logits of
 /// positions `n_ctx/2 ..` (row-major, `n_ctx - n_ctx/2` rows).
@@ -93,4 +113,24 @@ pub(crate) fn run_chunk(
         start = end;
     }
     Ok(logits)
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::bos_chunks;
+
+    #[test]
+    fn bos_chunks_cut_whole_chunks_and_overwrite_the_first_token() {
+        let ids: Vec<u32> = (10..21).collect();
+        assert_eq!(
+            bos_chunks(&ids, 4, Some(1)),
+            vec![vec![1, 11, 12, 13], vec![1, 15, 16, 17]]
+        );
+        assert_eq!(
+            bos_chunks(&ids, 5, None),
+            vec![(10..15).collect::<Vec<u32>>(), (15..20).collect()]
+        );
+        assert!(bos_chunks(&ids, 12, Some(1)).is_empty());
+        assert!(bos_chunks(&ids, 0, Some(1)).is_empty());
+    }
 }

@@ -67,17 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ids = tok.tokenize(&text, false, false)?;
     // As llama-perplexity: each chunk's first token becomes BOS when the
     // model adds one (Gemma yes, SmolLM2 no).
-    let bos = tok.tokenize("", true, false)?.first().copied();
-    let seqs: Vec<Vec<u32>> = ids
-        .chunks_exact(len)
-        .map(|c| {
-            let mut v = c.to_vec();
-            if let Some(b) = bos {
-                v[0] = b;
-            }
-            v
-        })
-        .collect();
+    let seqs = gguftool_eval::bos_chunks(&ids, len, gguftool_eval::chunk_bos(&tok));
     if seqs.len() < n_cal + n_held {
         return Err(format!(
             "{} tokens make {} sequences of {len}; need {}",

@@ -50,17 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tok = gguftool_tokenizer::Tokenizer::from_metadata(model.metadata())?;
     let text = std::fs::read_to_string(&args[1])?;
     let ids = tok.tokenize(&text, false, false)?;
-    let bos = tok.tokenize("", true, false)?.first().copied();
-    let seqs: Vec<Vec<u32>> = ids
-        .chunks_exact(len)
-        .map(|c| {
-            let mut v = c.to_vec();
-            if let Some(b) = bos {
-                v[0] = b;
-            }
-            v
-        })
-        .collect();
+    let seqs = gguftool_eval::bos_chunks(&ids, len, gguftool_eval::chunk_bos(&tok));
     if seqs.len() < n_train + n_held {
         return Err(format!(
             "{} tokens make {} sequences of {len}; need {}",

@@ -64,18 +64,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tok = gguftool_tokenizer::Tokenizer::from_metadata(model.metadata())?;
     let text = std::fs::read_to_string(&args[1])?;
     let ids = tok.tokenize(&text, true, false)?;
-    let bos = tok.tokenize("", true, false)?.first().copied();
-    let chunks: Vec<Vec<u32>> = ids
-        .chunks_exact(ctx)
-        .take(n_chunks)
-        .map(|c| {
-            let mut v = c.to_vec();
-            if let Some(b) = bos {
-                v[0] = b;
-            }
-            v
-        })
-        .collect();
+    let mut chunks = gguftool_eval::bos_chunks(&ids, ctx, gguftool_eval::chunk_bos(&tok));
+    chunks.truncate(n_chunks);
     let mut cm = CandleModel::from_model(&model, &candle_core::Device::Cpu)?;
     let base = ppl(&cm, &chunks)?;
     let cfg = LoraConfig {

@@ -680,17 +680,7 @@ pub(crate) fn prepare_text_run(a: &QatArgs) -> Result<TextRun, CliError> {
     if n_ctx < 2 {
         return Err(usage("-c must be at least 2"));
     }
-    let bos = gguftool_eval::chunk_bos(&tok);
-    let seqs: Vec<Vec<u32>> = tokens
-        .chunks_exact(n_ctx)
-        .map(|c| {
-            let mut v = c.to_vec();
-            if let Some(b) = bos {
-                v[0] = b;
-            }
-            v
-        })
-        .collect();
+    let seqs = gguftool_eval::bos_chunks(&tokens, n_ctx, gguftool_eval::chunk_bos(&tok));
     let n_cal = match usize::try_from(a.chunks) {
         Ok(n) => n,
         Err(_) => seqs.len().saturating_sub(a.heldout),
