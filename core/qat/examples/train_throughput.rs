@@ -16,6 +16,7 @@
 //! (`RAYON_NUM_THREADS`), the call form `QLinear::forward` uses.
 
 use candle_core::{Device, Tensor};
+use gguftool_formats as _;
 use gguftool_model::Model;
 use std::time::Instant;
 

@@ -39,10 +39,13 @@ pub fn gptq_start(cal: &Calibration, fq: FakeQuant, linear: &QLinear) -> EngineR
         return Ok(LinearInit::default());
     };
     let wv = host_f32(w)?;
-    let (bytes, _) = gptq(fq.format(), &wv, h, None, GptqOptions::default())
+    // Row-transformed formats round in the basis of the op's seed (the one
+    // the output records); formats without a transform ignore it.
+    let seed = Some(fq.seed());
+    let (bytes, _) = gptq(fq.format(), &wv, h, seed, GptqOptions::default())
         .map_err(|e| EngineError::BadInput(format!("{}: GPTQ: {e}", linear.name())))?;
     let mut latent = vec![0f32; wv.len()];
-    RowCodec::new(fq.format(), n, None)?.decode(&bytes, &mut latent)?;
+    RowCodec::new(fq.format(), n, seed)?.decode(&bytes, &mut latent)?;
     let m = h.matrix();
     let diag = (0..n).map(|i| m[i * n + i].max(0.0) as f32).collect();
     Ok(LinearInit {

@@ -102,6 +102,30 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
         &["--epochs", "3", "--json", "--calibration", s(&cal)],
     ));
     assert_eq!(v["start"], "gptq");
+
+    // A row-transformed format rounds with GPTQ in the basis of the seed
+    // its output records, and the output decodes in the runtime.
+    let mut quip = args.clone();
+    let i = quip.iter().position(|a| a == "piq2").unwrap();
+    quip[i] = "q2_quip".into();
+    let v = check_lowered(&run(
+        &quip,
+        &["--epochs", "3", "--json", "--calibration", s(&cal)],
+    ));
+    assert_eq!(v["start"], "gptq");
+    ok(&["verify", s(&out)]);
+    ok(&[
+        "perplexity",
+        s(&out),
+        "-f",
+        s(&root().join("fixtures/runtime/tiny.txt")),
+        "-c",
+        "32",
+        "--chunks",
+        "2",
+        "-t",
+        "1",
+    ]);
 }
 
 #[test]
