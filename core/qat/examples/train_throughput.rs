@@ -12,8 +12,8 @@
 //! scores and mixing (`4 T d_head n_head`, both directions, causal half not
 //! subtracted), and for distillation the output head: teacher and student
 //! logits and the student's backward to its hidden state (`6 V n_embd`).
-//! Rates are candle's `broadcast_matmul` on CPU with rayon's threads
-//! (`RAYON_NUM_THREADS`), the call form `QLinear::forward` uses.
+//! Rates are candle's matmul on CPU with rayon's threads
+//! (`RAYON_NUM_THREADS`), through `matmul_t`, the call `QLinear::forward` makes.
 
 use candle_core::{Device, Tensor};
 use gguftool_formats as _;
@@ -39,14 +39,19 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 
 /// Seconds per `[m, k] x [k, n]` product in candle (best of `reps`), the
 /// right factor transposed as the model stores its matrices.
-fn time_matmul(m: usize, k: usize, n: usize, reps: usize) -> candle_core::Result<f64> {
+fn time_matmul(
+    m: usize,
+    k: usize,
+    n: usize,
+    reps: usize,
+) -> Result<f64, Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
     let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
     let mut best = f64::INFINITY;
     for _ in 0..reps.max(1) {
         let t = Instant::now();
-        let y = x.broadcast_matmul(&w.t()?)?;
+        let y = gguftool_qat::candle_model::matmul_t(&x, &w)?;
         std::hint::black_box(y.dims());
         best = best.min(t.elapsed().as_secs_f64());
     }

@@ -28,6 +28,37 @@ use gguftool_gguf::GgufFile;
 use gguftool_model::{Arch, Hparams, Model, RopeKind};
 use std::path::Path;
 
+/// `x W^T` for `x` `[.., k]` and a matrix `w` `[n, k]`: the leading
+/// dimensions of `x` folded into rows, one 2-D product against the
+/// transposed view of `w`, the result `[.., n]`. candle's
+/// `broadcast_matmul` would instead copy `w` once per leading index
+/// (`broadcast_as(..).contiguous()`), and autograd keeps those copies and
+/// their gradients until the backward pass: for a batch of 4 sequences,
+/// four copies of every matrix.
+///
+/// # Errors
+/// A last dimension of `x` other than `k`, a `w` that is not 2-D, candle
+/// errors.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> EngineResult<Tensor> {
+    let dims = x.dims();
+    let bad = || {
+        EngineError::BadInput(format!(
+            "matmul of {dims:?} by the transpose of {:?}",
+            w.dims()
+        ))
+    };
+    let (Some(&k), &[n, wk]) = (dims.last(), w.dims()) else {
+        return Err(bad());
+    };
+    if k != wk {
+        return Err(bad());
+    }
+    let rows = dims[..dims.len() - 1].iter().product::<usize>();
+    let mut out = dims[..dims.len() - 1].to_vec();
+    out.push(n);
+    Ok(x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out)?)
+}
+
 /// A tensor the engine may train: a candle [`Var`] and whether it is
 /// trained (frozen ones enter the graph detached, so no gradient is kept
 /// for them).
@@ -166,8 +197,8 @@ impl LoraAdapter {
     /// # Errors
     /// A last dimension other than `n_in`, candle errors.
     pub fn forward(&self, x: &Tensor) -> EngineResult<Tensor> {
-        let xa = x.broadcast_matmul(&self.a.tensor().t()?)?;
-        Ok((xa.broadcast_matmul(&self.b.tensor().t()?)? * self.scale() as f64)?)
+        let xa = matmul_t(x, &self.a.tensor())?;
+        Ok((matmul_t(&xa, &self.b.tensor())? * self.scale() as f64)?)
     }
 
     /// The dense update `scale * B A` `[n_out, n_in]`.
@@ -334,7 +365,7 @@ impl QLinear {
     /// A last dimension other than `n_in`, candle errors.
     pub fn forward(&self, x: &Tensor) -> EngineResult<Tensor> {
         let w = self.effective_weight()?;
-        let y = x.broadcast_matmul(&w.t()?)?;
+        let y = matmul_t(x, &w)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -1046,7 +1077,7 @@ impl CandleModel {
     /// # Errors
     /// candle errors.
     pub fn project(&self, h: &Tensor) -> EngineResult<Tensor> {
-        let mut y = h.broadcast_matmul(&self.output_weight().t()?)?;
+        let mut y = matmul_t(h, &self.output_weight())?;
         if let Some(c) = self.hp.final_logit_softcap.filter(|&c| c > 0.0) {
             y = ((y / c as f64)?.tanh()? * c as f64)?;
         }
