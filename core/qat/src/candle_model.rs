@@ -1077,7 +1077,7 @@ impl CandleModel {
     /// # Errors
     /// candle errors.
     pub fn project(&self, h: &Tensor) -> EngineResult<Tensor> {
-        let mut y = matmul_t(h, &self.output_weight())?;
+        let mut y = matmul_t(h, self.output_weight())?;
         if let Some(c) = self.hp.final_logit_softcap.filter(|&c| c > 0.0) {
             y = ((y / c as f64)?.tanh()? * c as f64)?;
         }
