@@ -344,31 +344,49 @@ impl CustomOp2 for FakeQuantOp {
         let sv = host_f32(scales).map_err(m)?;
         let gv = host_f32(grad).map_err(m)?;
         let per_row = row_len / self.fq.group_size();
-        let mut gw = vec![0f32; wv.len()];
         let mut gs = vec![0f32; sv.len()];
         let ste = self.fq.ste;
         let rt = self.rt.as_deref();
-        gw.par_chunks_mut(row_len)
-            .zip(gs.par_chunks_mut(per_row))
-            .zip(
-                wv.par_chunks(row_len)
-                    .zip(sv.par_chunks(per_row))
-                    .zip(gv.par_chunks(row_len)),
-            )
-            .for_each(|((gw, gs), ((w, s), g))| match rt {
-                None => self.fq.dq.backward(w, s, g, ste, gw, gs),
-                Some(rt) => {
-                    // Q(w) = R^T q(R w): dL/d(Rw) from q's STE at R g, then
-                    // back through R (orthogonal: R^-1 = R^T).
-                    let (mut x, mut gr) = (w.to_vec(), g.to_vec());
-                    rt.forward(&mut x);
-                    rt.forward(&mut gr);
-                    self.fq.dq.backward(&x, s, &gr, ste, gw, gs);
+        // One row's backward: the STE's weight gradient into `gw`, the
+        // scales' into `gs`. Q(w) = R^T q(R w) for row-transformed formats:
+        // dL/d(Rw) from q's STE at R g, then back through R (orthogonal:
+        // R^-1 = R^T), which only the weight gradient needs.
+        let row = |gw: &mut [f32], gs: &mut [f32], w: &[f32], s: &[f32], g: &[f32], want_w| match rt
+        {
+            None => self.fq.dq.backward(w, s, g, ste, gw, gs),
+            Some(rt) => {
+                let (mut x, mut gr) = (w.to_vec(), g.to_vec());
+                rt.forward(&mut x);
+                rt.forward(&mut gr);
+                self.fq.dq.backward(&x, s, &gr, ste, gw, gs);
+                if want_w {
                     rt.inverse(gw);
                 }
-            });
+            }
+        };
+        let rows = wv
+            .par_chunks(row_len)
+            .zip(sv.par_chunks(per_row))
+            .zip(gv.par_chunks(row_len));
+        // Frozen latent weights enter the graph detached: no weight
+        // gradient is wanted, so none is kept (one row of scratch per task
+        // instead of a weight-sized buffer).
+        let gw = if w.track_op() {
+            let mut gw = vec![0f32; wv.len()];
+            gw.par_chunks_mut(row_len)
+                .zip(gs.par_chunks_mut(per_row))
+                .zip(rows)
+                .for_each(|((gw, gs), ((w, s), g))| row(gw, gs, w, s, g, true));
+            Some(Tensor::from_vec(gw, w.shape(), w.device())?)
+        } else {
+            gs.par_chunks_mut(per_row).zip(rows).for_each_init(
+                || vec![0f32; row_len],
+                |scratch, (gs, ((w, s), g))| row(scratch, gs, w, s, g, false),
+            );
+            None
+        };
         Ok((
-            Some(Tensor::from_vec(gw, w.shape(), w.device())?),
+            gw,
             Some(Tensor::from_vec(gs, scales.shape(), scales.device())?),
         ))
     }

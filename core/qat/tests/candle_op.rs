@@ -314,3 +314,38 @@ fn bad_inputs_are_typed_errors() {
     let s = Tensor::ones((2, 2), candle_core::DType::F32, &dev).unwrap();
     assert_eq!(fq.apply(&w, &s).unwrap().dims(), &[2, 64]);
 }
+
+/// With the latent weights frozen (detached, as `Parameter::tensor` gives
+/// them) the op's backward takes its scratch path (no weight gradient
+/// kept); the scales' gradient is the one it computes when the weights are
+/// trained too, bit for bit.
+#[test]
+fn frozen_weights_get_no_gradient_and_the_same_scale_gradient() {
+    let dev = Device::Cpu;
+    for name in ["piq2", "ternary", "q2_quip"] {
+        let fq = FakeQuant::by_name(name, Ste::LearnedStepSize).unwrap();
+        let (rows, row_len) = (3, 256);
+        let w = Tensor::from_vec(normal(rows * row_len, 0.05, 7), (rows, row_len), &dev).unwrap();
+        let s = Var::from_tensor(&fq.init_scales(&w, None).unwrap()).unwrap();
+        let target =
+            Tensor::from_vec(normal(rows * row_len, 0.05, 8), (rows, row_len), &dev).unwrap();
+        let loss = |w: &Tensor| {
+            (fq.apply(w, s.as_tensor()).unwrap() - &target)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let wv = Var::from_tensor(&w).unwrap();
+        let trained = loss(wv.as_tensor()).backward().unwrap();
+        let frozen = loss(&w.detach()).backward().unwrap();
+        assert!(trained.get(wv.as_tensor()).is_some(), "{name}");
+        let (a, b) = (
+            vec2(trained.get(s.as_tensor()).unwrap()),
+            vec2(frozen.get(s.as_tensor()).unwrap()),
+        );
+        assert!(a.iter().any(|g| *g != 0.0), "{name}: zero scale gradient");
+        assert_eq!(a, b, "{name}");
+    }
+}

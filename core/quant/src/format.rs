@@ -313,7 +313,8 @@ pub trait DifferentiableQuantizer: Sync + Send {
     /// Fake-quant forward: the values the encoded weights decode to.
     fn forward(&self, w: &[f32], scales: &[f32], out: &mut [f32]);
     /// Backward: gradients for the latent weights and the scales, given the
-    /// gradient of the loss with respect to the forward output.
+    /// gradient of the loss with respect to the forward output. Both are
+    /// written, not accumulated: callers may pass buffers holding anything.
     fn backward(
         &self,
         w: &[f32],
