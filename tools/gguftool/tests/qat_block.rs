@@ -68,18 +68,7 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
         }
     }
     // The output runs in the runtime.
-    ok(&[
-        "perplexity",
-        s(&out),
-        "-f",
-        s(&root().join("fixtures/runtime/tiny.txt")),
-        "-c",
-        "32",
-        "--chunks",
-        "2",
-        "-t",
-        "1",
-    ]);
+    common::runs_in_runtime(&out);
 
     // GPTQ start from a calibration file of the same text.
     let cal = dir.path().join("cal.gguf");
@@ -114,18 +103,7 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
     ));
     assert_eq!(v["start"], "gptq");
     ok(&["verify", s(&out)]);
-    ok(&[
-        "perplexity",
-        s(&out),
-        "-f",
-        s(&root().join("fixtures/runtime/tiny.txt")),
-        "-c",
-        "32",
-        "--chunks",
-        "2",
-        "-t",
-        "1",
-    ]);
+    common::runs_in_runtime(&out);
 }
 
 #[test]

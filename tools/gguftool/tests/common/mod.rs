@@ -46,6 +46,23 @@ pub fn ok(args: &[&str]) -> Output {
     o
 }
 
+/// `gguftool perplexity` of `model` on the fixture's text (2 chunks of
+/// 32 tokens, one thread), asserting success: the file runs in the runtime.
+pub fn runs_in_runtime(model: &Path) -> Output {
+    ok(&[
+        "perplexity",
+        s(model),
+        "-f",
+        s(&text()),
+        "-c",
+        "32",
+        "--chunks",
+        "2",
+        "-t",
+        "1",
+    ])
+}
+
 /// `gguftool qat` of `stage` on the tiny fixture writing `out` (piq2,
 /// 8 training and 2 held-out chunks of 32 tokens, one thread, --force).
 pub fn stage_args(stage: &str, out: &Path) -> Vec<String> {
