@@ -59,6 +59,13 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> EngineResult<Tensor> {
     Ok(x.reshape((rows, k))?.matmul(&w.t()?)?.reshape(out)?)
 }
 
+/// Relative squared error up to which [`QLinear::quantize_decoded`] takes
+/// re-derived scales as reproducing a decoded matrix: a scale off by 1 %
+/// on every group; the f16 rounding of stored scales is 0.05 %, ternary's
+/// absmean re-derived on decoded weights is off by the share of zeros
+/// (tens of percent).
+pub const REDERIVED_TOLERANCE: f64 = 1e-4;
+
 /// A tensor the engine may train: a candle [`Var`] and whether it is
 /// trained (frozen ones enter the graph detached, so no gradient is kept
 /// for them).
@@ -250,8 +257,68 @@ impl QLinear {
         learn_weights: bool,
     ) -> EngineResult<()> {
         let s = fq.init_scales(self.weight.var.as_tensor(), importance)?;
+        self.quantize_with_scales(fq, s, learn_weights)
+    }
+
+    /// [`QLinear::quantize`] for a matrix decoded from a quantized file
+    /// whose blocks store `stored` scales ([`FakeQuant::stored_scales`]):
+    /// the format's `init_scales` re-derived from the decoded weights when
+    /// their fake quantization reproduces the weights (squared error at
+    /// most [`REDERIVED_TOLERANCE`] of theirs, or no more than the stored
+    /// scales'), else the stored scales. Re-derived scales
+    /// are preferred because at the stored ones every decoded weight sits
+    /// exactly on a grid level, where the LSQ and EWGS scale gradients
+    /// (`round(w/s) - w/s`) vanish and scales-only training cannot move;
+    /// the stored ones serve formats whose rule does not reproduce its own
+    /// output (ternary's absmean: the mean magnitude of decoded weights is
+    /// not their step).
+    ///
+    /// # Errors
+    /// Rows that do not fit the format, `stored` of the wrong shape, candle
+    /// errors.
+    pub fn quantize_decoded(
+        &mut self,
+        fq: FakeQuant,
+        stored: Option<Tensor>,
+        learn_weights: bool,
+    ) -> EngineResult<()> {
+        let w = self.weight.var.as_tensor();
+        let derived = fq.init_scales(w, None)?;
+        let err = |s: &Tensor| -> EngineResult<f64> {
+            Ok((fq.apply(w, s)? - w)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()? as f64)
+        };
+        let s = match stored {
+            Some(st) => {
+                fq.check_shapes(w.dims(), st.dims())?;
+                let norm = w.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                let e = err(&derived)?;
+                if e <= REDERIVED_TOLERANCE * norm || e <= err(&st)? {
+                    derived
+                } else {
+                    st
+                }
+            }
+            None => derived,
+        };
+        self.quantize_with_scales(fq, s, learn_weights)
+    }
+
+    /// [`QLinear::quantize`] with the given scales (trainable).
+    ///
+    /// # Errors
+    /// Scales whose shape does not fit the matrix and the format.
+    pub fn quantize_with_scales(
+        &mut self,
+        fq: FakeQuant,
+        scales: Tensor,
+        learn_weights: bool,
+    ) -> EngineResult<()> {
+        fq.check_shapes(self.weight.var.dims(), scales.dims())?;
         let name = format!("{}.scales", self.name);
-        self.quant = Some((fq, Parameter::new(name, s, true)?));
+        self.quant = Some((fq, Parameter::new(name, scales, true)?));
         self.weight.trainable = learn_weights;
         Ok(())
     }

@@ -142,7 +142,7 @@ impl FakeQuant {
                 .is_none_or(|t| t.prepare(row_len, self.seed).is_ok())
     }
 
-    fn check_shapes(&self, w: &[usize], s: &[usize]) -> EngineResult<usize> {
+    pub(crate) fn check_shapes(&self, w: &[usize], s: &[usize]) -> EngineResult<usize> {
         let Some((&row_len, lead)) = w.split_last() else {
             return Err(EngineError::BadInput("scalar weights".into()));
         };
@@ -162,6 +162,44 @@ impl FakeQuant {
             )));
         }
         Ok(row_len)
+    }
+
+    /// The scales stored in `bytes` (a `[rows, row_len]` matrix encoded
+    /// in the format, whole rows of blocks) as a `[rows, row_len /
+    /// group_size]` CPU tensor: with them the fake quantization of the
+    /// decoded matrix gives the decoded matrix back. `None` where the
+    /// format cannot read its scales back
+    /// (`DifferentiableQuantizer::stored_scales`).
+    ///
+    /// # Errors
+    /// Rows that do not fit the format's groups, a byte count other than
+    /// the matrix's, candle errors.
+    pub fn stored_scales(
+        &self,
+        bytes: &[u8],
+        rows: usize,
+        row_len: usize,
+    ) -> EngineResult<Option<Tensor>> {
+        if !self.fits(row_len) {
+            return Err(EngineError::BadInput(format!(
+                "rows of {row_len} do not fit {} groups",
+                self.format.name()
+            )));
+        }
+        let blocks = rows * (row_len / self.format.block_size());
+        if blocks.checked_mul(self.format.type_size()) != Some(bytes.len()) {
+            return Err(EngineError::BadInput(format!(
+                "{} bytes for {rows} rows of {row_len} {} weights",
+                bytes.len(),
+                self.format.name()
+            )));
+        }
+        let per_row = row_len / self.group_size();
+        let mut s = vec![0f32; rows * per_row];
+        if !self.dq.stored_scales(bytes, &mut s) {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::from_vec(s, (rows, per_row), &Device::Cpu)?))
     }
 
     /// The format's initial scales for `w` (`[rows, row_len]`, f32) as a

@@ -326,6 +326,18 @@ pub trait DifferentiableQuantizer: Sync + Send {
     );
     /// Encodes `w` with the given (trained) scales into whole blocks.
     fn export(&self, w: &[f32], scales: &[f32], dst: &mut [u8]);
+    /// The scales that whole encoded blocks `src` store, one per group
+    /// into `scales`, such that [`DifferentiableQuantizer::forward`] of the
+    /// blocks' decoded weights (in the quantizer's basis) at these scales
+    /// gives those weights back: training can start exactly from a file.
+    /// Returns `false` (scales untouched) where the format cannot say; the
+    /// caller then re-derives them with
+    /// [`DifferentiableQuantizer::init_scales`], which reproduces the file
+    /// only for some formats.
+    fn stored_scales(&self, src: &[u8], scales: &mut [f32]) -> bool {
+        let _ = (src, scales);
+        false
+    }
 }
 
 /// A format's encoder split in two phases, so that a caller can round the

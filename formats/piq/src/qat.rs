@@ -72,4 +72,12 @@ impl DifferentiableQuantizer for Piq {
             pack_codes(&self.spec, &codes, &mut out[2..]);
         }
     }
+
+    /// Each block's f16 `alpha` (its first two bytes).
+    fn stored_scales(&self, src: &[u8], scales: &mut [f32]) -> bool {
+        for (b, a) in src.chunks_exact(self.spec.type_size()).zip(scales) {
+            *a = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        }
+        true
+    }
 }

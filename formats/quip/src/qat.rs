@@ -99,4 +99,18 @@ impl<const SB: u32> DifferentiableQuantizer for Q2Quip<SB> {
             pack::<SB>(d_bits, &sc, &codes, out);
         }
     }
+
+    /// Each sub-block's step `d * sc` (f16 super-scale times its sub-scale).
+    fn stored_scales(&self, src: &[u8], scales: &mut [f32]) -> bool {
+        for (b, s) in src
+            .chunks_exact(type_size::<SB>())
+            .zip(scales.chunks_exact_mut(SUBS))
+        {
+            let d = crate::layout::d(b);
+            for (s, sc) in s.iter_mut().zip(crate::layout::sub_scales::<SB>(b)) {
+                *s = d * f32::from(sc);
+            }
+        }
+        true
+    }
 }

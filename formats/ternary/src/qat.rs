@@ -66,4 +66,12 @@ impl DifferentiableQuantizer for Ternary {
             pack(if df.is_finite() { d } else { f16::ZERO }, &t, out);
         }
     }
+
+    /// Each block's f16 scale `d` (the step of the levels -1, 0, 1).
+    fn stored_scales(&self, src: &[u8], scales: &mut [f32]) -> bool {
+        for (b, s) in src.chunks_exact(TYPE_SIZE).zip(scales) {
+            *s = crate::layout::d(b);
+        }
+        true
+    }
 }

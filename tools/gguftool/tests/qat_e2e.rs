@@ -134,6 +134,51 @@ fn e2e_lowers_heldout_kl_from_plain_and_gptq_starts() {
     assert!(kl(&v, "best") < 0.95 * kl(&v, "initial"), "{v}");
 }
 
+/// `args` with the format `piq2` replaced by `format`.
+fn with_format(mut args: Vec<String>, format: &str) -> Vec<String> {
+    let i = args.iter().position(|a| a == "piq2").unwrap();
+    args[i] = format.into();
+    args
+}
+
+/// Every trainable format starts distillation where its file is (ternary's
+/// absmean rule re-derived on decoded weights gives other scales: that
+/// start was worse than the file, measured on SmolLM2 as held-out KL 6.71
+/// against the file's 5.31; it now starts from the scales the file
+/// stores), and scales-only training still moves the rotated format's
+/// matrices.
+#[test]
+fn e2e_from_a_student_starts_at_the_file_for_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["ternary", "q2_quip", "piq3"] {
+        let student = dir.path().join(format!("{format}-block.gguf"));
+        let o = run(
+            &with_format(stage_args("block", &student), format),
+            &["--epochs", "2"],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = dir.path().join(format!("{format}-e2e.gguf"));
+        let v = report(&run(
+            &with_format(stage_args("e2e", &out), format),
+            &[
+                "--steps",
+                "10",
+                "--eval-every",
+                "5",
+                "--json",
+                "--student",
+                s(&student),
+            ],
+        ));
+        let (file, initial) = (kl(&v, "student_file"), kl(&v, "initial"));
+        assert!((initial - file).abs() <= 1e-4 * file, "{format}: {v}");
+        assert!(
+            kl(&v, "output_file") <= file * (1.0 + 1e-4),
+            "{format}: {v}"
+        );
+    }
+}
+
 #[test]
 fn e2e_from_a_student_starts_where_the_file_is_and_keeps_its_other_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,10 +198,9 @@ fn e2e_from_a_student_starts_where_the_file_is_and_keeps_its_other_bytes() {
         ],
     ));
     assert_eq!(v["start"], "student");
-    // The initial scales re-derived from the decoded matrices reproduce
-    // the file (measured: equal on this fixture).
+    // The start reproduces the file.
     let (file, initial) = (kl(&v, "student_file"), kl(&v, "initial"));
-    assert!((initial - file).abs() <= 0.01 * file, "{v}");
+    assert!((initial - file).abs() <= 1e-4 * file, "{v}");
     assert!(kl(&v, "best") < 0.95 * initial, "{v}");
     assert!(kl(&v, "output_file") < 0.95 * file, "{v}");
     assert_eq!(

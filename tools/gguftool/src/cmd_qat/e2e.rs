@@ -66,6 +66,16 @@ impl StudentFile {
         h.tensor_index(name).map(|i| h.tensors[i].ggml_type)
     }
 
+    /// The encoded bytes of 2-D tensor `name` with its rows and row length.
+    fn matrix_bytes(&self, name: &str) -> Option<(&[u8], usize, usize)> {
+        let f = self.model.file();
+        let i = f.header().tensor_index(name)?;
+        match f.header().tensors[i].dims.as_slice() {
+            &[row_len, rows] => Some((f.tensor_data(i), rows as usize, row_len as usize)),
+            _ => None,
+        }
+    }
+
     /// The file's name for messages and metadata (without directories).
     fn file_name(&self) -> String {
         self.path
@@ -456,13 +466,22 @@ pub(crate) fn run_distill(
             let mut m = CandleModel::from_model_cpu(&st.model).map_err(engine)?;
             if a.stage == Stage::E2e {
                 student_file_stats = Some(heldout_stats(&m, &teacher, &run.held, &dcfg)?);
-                // The matrices stored in the format train; the others
+                // The matrices stored in the format train, from scales
+                // that reproduce the file (`quantize_decoded`); the others
                 // (fallbacks) stay as the file decodes them.
                 for b in m.blocks_mut() {
                     for l in b.linears_mut() {
-                        if st.type_of(l.name()) == Some(format.type_id()) {
-                            l.quantize(fq, None, dcfg.learn_weights).map_err(engine)?;
+                        if st.type_of(l.name()) != Some(format.type_id()) {
+                            continue;
                         }
+                        let stored = match st.matrix_bytes(l.name()) {
+                            Some((bytes, rows, row_len)) => {
+                                fq.stored_scales(bytes, rows, row_len).map_err(engine)?
+                            }
+                            None => None,
+                        };
+                        l.quantize_decoded(fq, stored, dcfg.learn_weights)
+                            .map_err(engine)?;
                     }
                 }
             }
@@ -728,7 +747,7 @@ fn print_report(
         }
         if let Some(s) = student_file {
             println!(
-                "student file: held-out KL {:.4e}, NLL {:.4} (at the re-derived initial scales: KL {:.4e})",
+                "student file: held-out KL {:.4e}, NLL {:.4} (at the start's scales: KL {:.4e})",
                 s.kl, s.nll, r.initial.kl
             );
         }
