@@ -4,14 +4,17 @@
 //!   file is rounded by `gguftool_calib::gptq` (the same rounding as
 //!   `convert --calibration`), the rounding is decoded, and the decoded
 //!   weights become the latent weights; the initial scales are the format's
-//!   `init_scales` of those decoded weights under `diag(H)`. Re-deriving the
-//!   scales (instead of reading the stored ones back out of the bytes, which
-//!   the `DifferentiableQuantizer` interface has no way to do) keeps this
-//!   generic over formats; for grids whose levels are integer multiples of
-//!   the step, the decoded weights of a block lie on the stored grid, so the
-//!   fake quantization at the re-derived scales reproduces the GPTQ
-//!   rounding (up to the format's own scale search; the block-wise report
-//!   prints the error at this start).
+//!   `init_scales` of those decoded weights under `diag(H)`. For grids whose
+//!   levels are integer multiples of the step, the decoded weights of a
+//!   block lie on the stored grid, so the fake quantization at the
+//!   re-derived scales reproduces the GPTQ rounding (up to the format's own
+//!   scale search; the block-wise report prints the error at this start).
+//!   Ternary's absmean rule does not reproduce its own output (the mean
+//!   magnitude of decoded weights is not their step): its start is near the
+//!   GPTQ rounding, not at it. The scales the bytes store
+//!   (`DifferentiableQuantizer::stored_scales`, used by
+//!   `QLinear::quantize_decoded` for `--student` files) are not used here
+//!   yet.
 //! - importance ([`importance_start`]): the full-precision weights, scales
 //!   from `init_scales` under a per-column importance (an imatrix).
 
