@@ -144,7 +144,8 @@ pub struct QatArgs {
     pub imatrix: Option<PathBuf>,
     /// Already quantized GGUF of INPUT in --format (e2e and lora; e.g. a
     /// block-stage output): the student starts from its matrices (decoded,
-    /// with the scales the file stores) and norm gains, and tensors
+    /// at scales that reproduce them: re-derived, or read from the blocks
+    /// where re-deriving does not) and norm gains, and tensors
     /// not trained keep its bytes. In the lora stage it is the frozen base
     /// the adapters are written for.
     #[arg(long, value_name = "QUANT")]
