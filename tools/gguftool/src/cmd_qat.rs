@@ -24,7 +24,7 @@ use gguftool_convert::policy::{self, Provenance, QuantPolicy};
 use gguftool_convert::{self, TensorAction};
 use gguftool_gguf::integrity::sha256_hex;
 use gguftool_gguf::seal::WriteOptions;
-use gguftool_gguf::value::Value;
+use gguftool_gguf::value::{Metadata, Value};
 use gguftool_gguf::Error;
 use gguftool_qat::blockwise::{
     export_blocks, train_blocks, BlockReport, Checkpoint, Control, ExportedTensor, Hooks,
@@ -624,6 +624,40 @@ pub(crate) struct TextRun {
     pub(crate) threads: usize,
 }
 
+impl TextRun {
+    /// Training tokens (chunks times their length).
+    pub(crate) fn train_tokens(&self) -> u64 {
+        (self.calib.len() * self.n_ctx) as u64
+    }
+
+    /// Records the provenance every stage that trains on text writes:
+    /// `gguftool.qat.stage`, `.config` (TOML), `.start`, `.text_sha256`,
+    /// `.calibration_tokens` and `.heldout_tokens`.
+    pub(crate) fn set_provenance(
+        &self,
+        md: &mut Metadata,
+        stage: &str,
+        config: String,
+        start: &str,
+    ) {
+        md.set("gguftool.qat.stage", Value::String(stage.into()));
+        md.set("gguftool.qat.config", Value::String(config));
+        md.set("gguftool.qat.start", Value::String(start.into()));
+        md.set(
+            "gguftool.qat.text_sha256",
+            Value::String(self.text_sha.clone()),
+        );
+        md.set(
+            "gguftool.qat.calibration_tokens",
+            Value::U64(self.train_tokens()),
+        );
+        md.set(
+            "gguftool.qat.heldout_tokens",
+            Value::U64((self.held.len() * self.n_ctx) as u64),
+        );
+    }
+}
+
 /// Checks the flags of a stage that trains on text, sets the thread pool,
 /// opens the model and cuts -f TEXT into chunks.
 pub(crate) fn prepare_text_run(a: &QatArgs) -> Result<TextRun, CliError> {
@@ -1006,20 +1040,9 @@ fn run_block(
         gguftool_convert::apply_calibration(&mut plan, src, cal)?;
     }
     apply_exported(&mut plan, exported, "block-wise QAT")?;
-    let cal_tokens = (n_cal * n_ctx) as u64;
+    let cal_tokens = run.train_tokens();
     let md = &mut plan.metadata;
-    md.set("gguftool.qat.stage", Value::String("block".into()));
-    md.set("gguftool.qat.config", Value::String(cfg.to_toml()));
-    md.set("gguftool.qat.start", Value::String(start.name().into()));
-    md.set(
-        "gguftool.qat.text_sha256",
-        Value::String(run.text_sha.clone()),
-    );
-    md.set("gguftool.qat.calibration_tokens", Value::U64(cal_tokens));
-    md.set(
-        "gguftool.qat.heldout_tokens",
-        Value::U64((a.heldout * n_ctx) as u64),
-    );
+    run.set_provenance(md, "block", cfg.to_toml(), start.name());
     md.set("gguftool.qat.blocks", Value::U32(n_blocks as u32));
     write_output(&a, src, &plan)?;
     if hooks.wrote_checkpoint || resume.is_some() {

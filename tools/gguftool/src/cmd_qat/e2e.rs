@@ -586,20 +586,9 @@ pub(crate) fn run_distill(
     };
 
     // What training produced, and its provenance.
-    let cal_tokens = (n_cal * n_ctx) as u64;
+    let cal_tokens = run.train_tokens();
     let mut md = Metadata::new();
-    md.set("gguftool.qat.stage", Value::String(stage.into()));
-    md.set("gguftool.qat.config", Value::String(cfg.to_toml()));
-    md.set("gguftool.qat.start", Value::String(start_name.into()));
-    md.set(
-        "gguftool.qat.text_sha256",
-        Value::String(run.text_sha.clone()),
-    );
-    md.set("gguftool.qat.calibration_tokens", Value::U64(cal_tokens));
-    md.set(
-        "gguftool.qat.heldout_tokens",
-        Value::U64((a.heldout * n_ctx) as u64),
-    );
+    run.set_provenance(&mut md, stage, cfg.to_toml(), start_name);
     md.set(
         "gguftool.qat.heldout_kl",
         Value::Array(Array::F64(vec![report.initial.kl, report.best.kl])),
