@@ -532,17 +532,12 @@ pub fn train_blocks(
                             params.len()
                         )));
                     }
-                    let mut best = Vec::with_capacity(params.len());
-                    let (mut m, mut v) = (Vec::new(), Vec::new());
-                    for p in &params {
-                        let like = p.var().as_tensor();
-                        p.var()
-                            .set(&c.tensor(&format!("cur.{}", p.name()), like)?)?;
-                        m.push(c.tensor(&format!("adam_m.{}", p.name()), like)?);
-                        v.push(c.tensor(&format!("adam_v.{}", p.name()), like)?);
-                        best.push(c.tensor(&format!("best.{}", p.name()), like)?);
-                    }
-                    adam.restore(c.adam_t, m, v)?;
+                    let best = crate::named_tensors::restore_training(
+                        &c.tensors,
+                        params.iter().map(|p| p.name()),
+                        &mut adam,
+                        c.adam_t,
+                    )?;
                     done = c
                         .tensors
                         .iter()
@@ -616,28 +611,11 @@ pub fn train_blocks(
                     });
                     if ctl != Control::Continue {
                         let mut tensors = done.clone();
-                        for (k, p) in run.params.iter().enumerate() {
-                            tensors.push(crate::named_tensors::named(
-                                "cur.",
-                                p.name(),
-                                p.var().as_tensor(),
-                            )?);
-                            tensors.push(crate::named_tensors::named(
-                                "best.",
-                                p.name(),
-                                &run.best.2[k],
-                            )?);
-                            tensors.push(crate::named_tensors::named(
-                                "adam_m.",
-                                p.name(),
-                                &run.adam.moments().0[k],
-                            )?);
-                            tensors.push(crate::named_tensors::named(
-                                "adam_v.",
-                                p.name(),
-                                &run.adam.moments().1[k],
-                            )?);
-                        }
+                        tensors.extend(crate::named_tensors::training_entries(
+                            run.params.iter().map(|p| p.name()),
+                            &run.adam,
+                            &run.best.2,
+                        )?);
                         let ck = Checkpoint {
                             fingerprint: String::new(),
                             layer: il,

@@ -871,10 +871,6 @@ pub struct DistillCheckpoint {
 }
 
 impl DistillCheckpoint {
-    fn tensor(&self, name: &str, like: &Tensor) -> EngineResult<Tensor> {
-        crate::named_tensors::find_tensor(&self.tensors, name, like)
-    }
-
     /// Held-out statistics at `step`, when evaluated there.
     pub fn eval_at(&self, step: usize) -> Option<EvalStats> {
         self.evals.iter().find(|(s, _)| *s == step).map(|(_, e)| *e)
@@ -1071,16 +1067,6 @@ pub fn distill_resumable(
             if c.evals.first().map(|e| e.0) != Some(0) {
                 return Err(misfit("no evaluation of the initial state".into()));
             }
-            let mut m = Vec::with_capacity(vars.len());
-            let mut v = Vec::with_capacity(vars.len());
-            let mut b = Vec::with_capacity(vars.len());
-            for (name, var) in names.iter().zip(&vars) {
-                let like = var.as_tensor();
-                var.set(&c.tensor(&format!("cur.{name}"), like)?)?;
-                m.push(c.tensor(&format!("adam_m.{name}"), like)?);
-                v.push(c.tensor(&format!("adam_v.{name}"), like)?);
-                b.push(c.tensor(&format!("best.{name}"), like)?);
-            }
             adam = CandleAdam::new(
                 vars.iter()
                     .cloned()
@@ -1088,7 +1074,12 @@ pub fn distill_resumable(
                     .collect(),
                 cfg.clip,
             )?;
-            adam.restore(c.adam_t, m, v)?;
+            let b = crate::named_tensors::restore_training(
+                &c.tensors,
+                names.iter().map(String::as_str),
+                &mut adam,
+                c.adam_t,
+            )?;
             step = c.step;
             shuffles = c.shuffles;
             order = c.order.iter().map(|&i| i as usize).collect();
@@ -1165,14 +1156,11 @@ pub fn distill_resumable(
             heldout: heldout_stats,
         });
         if ctl != Control::Continue {
-            let (m, v) = adam.moments();
-            let mut tensors = Vec::with_capacity(4 * vars.len());
-            for (k, (name, var)) in names.iter().zip(&vars).enumerate() {
-                tensors.push(crate::named_tensors::named("cur.", name, var.as_tensor())?);
-                tensors.push(crate::named_tensors::named("best.", name, &best.2[k])?);
-                tensors.push(crate::named_tensors::named("adam_m.", name, &m[k])?);
-                tensors.push(crate::named_tensors::named("adam_v.", name, &v[k])?);
-            }
+            let tensors = crate::named_tensors::training_entries(
+                names.iter().map(String::as_str),
+                &adam,
+                &best.2,
+            )?;
             let ck = DistillCheckpoint {
                 fingerprint: String::new(),
                 notes: String::new(),
