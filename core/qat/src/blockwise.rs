@@ -28,6 +28,52 @@ use candle_core::Tensor;
 use gguftool_quant::hadamard::SplitMix64;
 use std::time::Instant;
 
+/// The error [`train_blocks`] minimizes between the quantized block's
+/// outputs `y` and the full-precision ones `t` (`[n, seq, d]`), and by which
+/// it picks the kept epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockLoss {
+    /// `mean((y - t)^2)`: every residual-stream channel weighs by its
+    /// magnitude, so a few large-magnitude channels (Gemma; SmolLM2 from
+    /// block 11) decide it.
+    #[default]
+    Mse,
+    /// `mean((y / rms(y) - t / rms(t))^2)`, each position divided by its RMS
+    /// over `d` (+1e-6 under the root): the error as the next RMSNorm sees
+    /// it, blind to a position's overall scale, where an error along a
+    /// dominant channel counts by its relative size.
+    RmsNormalized,
+}
+
+impl BlockLoss {
+    /// The name used by the configuration and `--block-loss`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockLoss::Mse => "mse",
+            BlockLoss::RmsNormalized => "rms-normalized",
+        }
+    }
+
+    /// The loss of `y` against `t`, both `[n, seq, d]`, as a scalar tensor
+    /// (differentiable in `y`).
+    ///
+    /// # Errors
+    /// Shape mismatch.
+    pub fn of(self, y: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            BlockLoss::Mse => (y - t)?.sqr()?.mean_all(),
+            BlockLoss::RmsNormalized => {
+                let norm = |x: &Tensor| -> candle_core::Result<Tensor> {
+                    let r = (x.sqr()?.mean_keepdim(candle_core::D::Minus1)? + 1e-6)?.sqrt()?;
+                    x.broadcast_div(&r)
+                };
+                (norm(y)? - norm(t)?)?.sqr()?.mean_all()
+            }
+        }
+    }
+}
+
 /// Options of [`reconstruct_blocks`] and [`train_blocks`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlockwiseConfig {
@@ -62,6 +108,8 @@ pub struct BlockwiseConfig {
     /// Train only the first this many blocks (`None`: all); later blocks
     /// stay full precision.
     pub max_blocks: Option<usize>,
+    /// The error minimized and reported (the reports' "MSE" fields).
+    pub loss: BlockLoss,
 }
 
 impl Default for BlockwiseConfig {
@@ -80,6 +128,7 @@ impl Default for BlockwiseConfig {
             quantized_inputs: true,
             seed: 0x5eed,
             max_blocks: None,
+            loss: BlockLoss::Mse,
         }
     }
 }
@@ -135,7 +184,8 @@ pub struct BlockReport {
     /// Calibration MSE of the kept state.
     pub final_train_mse: f64,
     /// Mean square of the full-precision block outputs on held-out data
-    /// (to read the MSEs relative to it).
+    /// (to read the MSEs relative to it; 1 under
+    /// [`BlockLoss::RmsNormalized`]).
     pub heldout_target_power: f64,
     /// Optimizer steps taken.
     pub steps: usize,
@@ -151,6 +201,10 @@ pub struct LinearInit {
     pub latent: Option<Vec<f32>>,
     /// Per-input-column importance for the format's `init_scales`.
     pub importance: Option<Vec<f32>>,
+    /// The scales `latent` was decoded with (`[n_out, n_in / group]`, as
+    /// [`FakeQuant::stored_scales`] reads them), the start when re-deriving
+    /// does not reproduce `latent` ([`QLinear::quantize_from`]).
+    pub stored_scales: Option<Tensor>,
 }
 
 /// One optimizer step, as [`Hooks::step`] sees it.
@@ -298,9 +352,15 @@ fn apply_detached(block: &Block, x: &Tensor, bs: usize) -> EngineResult<Tensor> 
     Ok(Tensor::cat(&outs, 0)?)
 }
 
-fn mse(block: &Block, x: &Tensor, target: &Tensor, bs: usize) -> EngineResult<f64> {
+fn mse(
+    block: &Block,
+    x: &Tensor,
+    target: &Tensor,
+    bs: usize,
+    loss: BlockLoss,
+) -> EngineResult<f64> {
     let y = apply_detached(block, x, bs)?;
-    Ok((y - target)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
+    Ok(loss.of(&y, target)?.to_scalar::<f32>()? as f64)
 }
 
 fn snapshot(params: &[&Parameter]) -> EngineResult<Vec<Tensor>> {
@@ -378,7 +438,13 @@ pub fn quantize_block_from(
             }
             None => None,
         };
-        l.quantize_from(fq, latent, init.importance.as_deref(), learn_weights)?;
+        l.quantize_from(
+            fq,
+            latent,
+            init.stored_scales,
+            init.importance.as_deref(),
+            learn_weights,
+        )?;
     }
     Ok(())
 }
@@ -510,7 +576,10 @@ pub fn train_blocks(
             let mut adam = CandleAdam::new(vars, cfg.grad_clip)?.with_weight_decay(decay)?;
             let mut run = match resume_here {
                 None => {
-                    let initial = (mse(block, xin, &y_fp, bs)?, mse(block, hin, &hy_fp, bs)?);
+                    let initial = (
+                        mse(block, xin, &y_fp, bs, cfg.loss)?,
+                        mse(block, hin, &hy_fp, bs, cfg.loss)?,
+                    );
                     BlockRun {
                         block,
                         best: (initial.1, 0, snapshot(&params)?),
@@ -578,7 +647,7 @@ pub fn train_blocks(
                         let x = xin.index_select(&idx, 0)?;
                         let t = y_fp.index_select(&idx, 0)?;
                         let part = chunk.len() as f64 / group_seqs as f64;
-                        let loss = ((run.block.forward(&x)? - t)?.sqr()?.mean_all()? * part)?;
+                        let loss = (cfg.loss.of(&run.block.forward(&x)?, &t)? * part)?;
                         loss_sum += loss.to_scalar::<f32>()? as f64;
                         let grads: GradStore = loss.backward()?;
                         for (a, p) in acc.iter_mut().zip(&run.params) {
@@ -639,7 +708,7 @@ pub fn train_blocks(
                         }
                     }
                 }
-                let h = mse(run.block, hin, &hy_fp, bs)?;
+                let h = mse(run.block, hin, &hy_fp, bs, cfg.loss)?;
                 run.epoch_heldout_mse.push(h);
                 if h < run.best.0 {
                     run.best = (h, run.epoch, snapshot(&run.params)?);
@@ -650,8 +719,11 @@ pub fn train_blocks(
             for (p, t) in run.params.iter().zip(&run.best.2) {
                 p.var().set(t)?;
             }
-            let final_train_mse = mse(block, xin, &y_fp, bs)?;
-            let heldout_target_power = hy_fp.sqr()?.mean_all()?.to_scalar::<f32>()? as f64;
+            let final_train_mse = mse(block, xin, &y_fp, bs, cfg.loss)?;
+            let heldout_target_power = match cfg.loss {
+                BlockLoss::Mse => hy_fp.sqr()?.mean_all()?.to_scalar::<f32>()? as f64,
+                BlockLoss::RmsNormalized => 1.0,
+            };
             let r = BlockReport {
                 layer: il,
                 initial_train_mse: run.initial.0,

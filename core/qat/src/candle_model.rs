@@ -262,7 +262,8 @@ impl QLinear {
 
     /// [`QLinear::quantize`] for a matrix decoded from a quantized file
     /// whose blocks store `stored` scales ([`FakeQuant::stored_scales`]):
-    /// the format's `init_scales` re-derived from the decoded weights when
+    /// the format's `init_scales` (under `importance`, per input column)
+    /// re-derived from the decoded weights when
     /// their fake quantization reproduces the weights (squared error at
     /// most [`REDERIVED_TOLERANCE`] of theirs, or no more than the stored
     /// scales'), else the stored scales. Re-derived scales
@@ -280,10 +281,11 @@ impl QLinear {
         &mut self,
         fq: FakeQuant,
         stored: Option<Tensor>,
+        importance: Option<&[f32]>,
         learn_weights: bool,
     ) -> EngineResult<()> {
         let w = self.weight.var.as_tensor();
-        let derived = fq.init_scales(w, None)?;
+        let derived = fq.init_scales(w, importance)?;
         let err = |s: &Tensor| -> EngineResult<f64> {
             Ok((fq.apply(w, s)? - w)?
                 .sqr()?
@@ -372,14 +374,18 @@ impl QLinear {
     /// [`QLinear::quantize`] from another starting point: `latent`
     /// (`[n_out, n_in]`, e.g. GPTQ-rounded weights decoded) replaces the
     /// latent weights when given, and the initial scales are the format's
-    /// `init_scales` of the (new) latent weights under `importance`.
+    /// `init_scales` of the (new) latent weights under `importance`, or,
+    /// when `stored` holds the scales `latent` was decoded with, chosen as
+    /// [`QLinear::quantize_decoded`] chooses.
     ///
     /// # Errors
-    /// A `latent` of another shape, rows that do not fit the format.
+    /// A `latent` of another shape, rows that do not fit the format,
+    /// `stored` of the wrong shape.
     pub fn quantize_from(
         &mut self,
         fq: FakeQuant,
         latent: Option<Tensor>,
+        stored: Option<Tensor>,
         importance: Option<&[f32]>,
         learn_weights: bool,
     ) -> EngineResult<()> {
@@ -394,7 +400,7 @@ impl QLinear {
             }
             self.weight = Parameter::new(self.name.clone(), w, learn_weights)?;
         }
-        self.quantize(fq, importance, learn_weights)
+        self.quantize_decoded(fq, stored, importance, learn_weights)
     }
 
     /// Removes the fake quantization (full-precision weights again, frozen).

@@ -1,6 +1,6 @@
 //! The QAT configuration: validated, read from JSON or TOML.
 
-use crate::blockwise::BlockwiseConfig;
+use crate::blockwise::{BlockLoss, BlockwiseConfig};
 use crate::e2e::{DistillConfig, LossConfig};
 use gguftool_quant::format::Ste;
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,9 @@ pub struct QatConfig {
     /// Train only the first this many blocks; later ones are converted as
     /// `convert` would (block stage).
     pub max_blocks: Option<usize>,
+    /// The block-output error minimized: `"mse"` or `"rms-normalized"`
+    /// (each position divided by its RMS first; block stage).
+    pub block_loss: BlockLoss,
     /// Optimizer steps of end-to-end distillation (e2e and lora stages).
     pub steps: usize,
     /// Held-out evaluation every this many steps, choosing the kept step
@@ -151,6 +154,7 @@ impl Default for QatConfig {
             learn_norms: true,
             quantized_inputs: true,
             max_blocks: None,
+            block_loss: BlockLoss::Mse,
             steps: 100,
             eval_every: 25,
             head_chunk: 64,
@@ -373,6 +377,7 @@ impl QatConfig {
             quantized_inputs: self.quantized_inputs,
             seed: self.seed,
             max_blocks: self.max_blocks,
+            loss: self.block_loss,
         }
     }
 
@@ -430,6 +435,9 @@ impl QatConfig {
             }
             if self.quantized_inputs != d.quantized_inputs {
                 return unused("quantized_inputs");
+            }
+            if self.block_loss != d.block_loss {
+                return unused("block_loss");
             }
             if self.warmup_steps != d.warmup_steps {
                 return unused("warmup_steps");
@@ -583,6 +591,9 @@ impl QatConfig {
         }
         if self.max_blocks.is_some() {
             return unused("max_blocks");
+        }
+        if self.block_loss != d.block_loss {
+            return unused("block_loss");
         }
         self.e2e_fields_unused("per-tensor")
     }

@@ -4,17 +4,12 @@
 //!   file is rounded by `gguftool_calib::gptq` (the same rounding as
 //!   `convert --calibration`), the rounding is decoded, and the decoded
 //!   weights become the latent weights; the initial scales are the format's
-//!   `init_scales` of those decoded weights under `diag(H)`. For grids whose
-//!   levels are integer multiples of the step, the decoded weights of a
-//!   block lie on the stored grid, so the fake quantization at the
-//!   re-derived scales reproduces the GPTQ rounding (up to the format's own
-//!   scale search; the block-wise report prints the error at this start).
-//!   Ternary's absmean rule does not reproduce its own output (the mean
-//!   magnitude of decoded weights is not their step): its start is near the
-//!   GPTQ rounding, not at it. The scales the bytes store
-//!   (`DifferentiableQuantizer::stored_scales`, used by
-//!   `QLinear::quantize_decoded` for `--student` files) are not used here
-//!   yet.
+//!   `init_scales` of those decoded weights under `diag(H)` where they
+//!   reproduce the decoded weights (relative squared error at most
+//!   `REDERIVED_TOLERANCE`, or no worse than the stored scales), else the
+//!   scales the GPTQ bytes store (`FakeQuant::stored_scales`; e.g.
+//!   ternary, whose absmean rule does not reproduce its own output), so
+//!   the start is the GPTQ rounding ([`QLinear::quantize_decoded`]).
 //! - importance ([`importance_start`]): the full-precision weights, scales
 //!   from `init_scales` under a per-column importance (an imatrix).
 
@@ -51,9 +46,11 @@ pub fn gptq_start(cal: &Calibration, fq: FakeQuant, linear: &QLinear) -> EngineR
     RowCodec::new(fq.format(), n, seed)?.decode(&bytes, &mut latent)?;
     let m = h.matrix();
     let diag = (0..n).map(|i| m[i * n + i].max(0.0) as f32).collect();
+    let stored_scales = fq.stored_scales(&bytes, wv.len() / n, n)?;
     Ok(LinearInit {
         latent: Some(latent),
         importance: Some(diag),
+        stored_scales,
     })
 }
 
@@ -64,6 +61,7 @@ pub fn importance_start(linear: &QLinear, importance: Option<&[f32]>) -> LinearI
     let n = linear.weight().var().as_tensor().dims().last().copied();
     LinearInit {
         latent: None,
+        stored_scales: None,
         importance: importance
             .filter(|v| Some(v.len()) == n)
             .map(<[f32]>::to_vec),

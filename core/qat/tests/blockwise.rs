@@ -297,3 +297,51 @@ fn export_runs_in_the_runtime() {
     );
     assert!(d / scale < 1e-4, "{d} of {scale}");
 }
+
+#[test]
+fn rms_normalized_loss_ignores_each_positions_scale() {
+    use gguftool_qat::blockwise::BlockLoss;
+    let dev = candle_core::Device::Cpu;
+    // Two positions of width 2: t = [[3, 4], [1, 0]]; y scales the first
+    // position by 2 and rotates the second to [0, 1].
+    let t = candle_core::Tensor::new(&[[[3f32, 4.], [1., 0.]]], &dev).unwrap();
+    let y = candle_core::Tensor::new(&[[[6f32, 8.], [0., 1.]]], &dev).unwrap();
+    let v = |l: BlockLoss, a: &candle_core::Tensor| {
+        l.of(a, &t).unwrap().to_scalar::<f32>().unwrap() as f64
+    };
+    // MSE: (9 + 16 + 1 + 1) / 4.
+    assert!((v(BlockLoss::Mse, &y) - 27.0 / 4.0).abs() < 1e-6);
+    // Divided by their RMS (5 / sqrt 2 and 1 / sqrt 2) the first positions
+    // agree; the second differ by sqrt 2 * (-1, 1): (2 + 2) / 4.
+    assert!((v(BlockLoss::RmsNormalized, &y) - 1.0).abs() < 1e-5);
+    let scaled = candle_core::Tensor::new(&[[[0.3f32, 0.4], [7., 0.]]], &dev).unwrap();
+    assert!(v(BlockLoss::RmsNormalized, &scaled) < 1e-10);
+    assert!(v(BlockLoss::Mse, &scaled) > 1.0);
+}
+
+#[test]
+fn training_lowers_the_rms_normalized_loss() {
+    let mut cm = model();
+    let nv = cm.hparams().n_vocab;
+    let calib = seqs(16, 24, nv, 1);
+    let held = seqs(4, 24, nv, 2);
+    let fq = FakeQuant::by_name("piq2", Ste::LearnedStepSize).unwrap();
+    let cfg = BlockwiseConfig {
+        epochs: 4,
+        learning_rate: 1e-2,
+        loss: gguftool_qat::blockwise::BlockLoss::RmsNormalized,
+        ..BlockwiseConfig::default()
+    };
+    let reports = reconstruct_blocks(&mut cm, fq, &calib, &held, &cfg, &mut |_| {}).unwrap();
+    for r in &reports {
+        eprintln!("{r:?}");
+        assert_eq!(r.heldout_target_power, 1.0);
+        // Normalized positions: the error is a fraction of 1 per element.
+        assert!(
+            r.initial_heldout_mse > 0.0 && r.initial_heldout_mse < 1.0,
+            "{r:?}"
+        );
+        assert!(r.best_heldout_mse < r.initial_heldout_mse, "{r:?}");
+        assert!(r.final_train_mse < r.initial_train_mse, "{r:?}");
+    }
+}

@@ -183,6 +183,10 @@ pub struct QatArgs {
         "Train only the first N blocks block-wise; in --stage all the distillation then trains every block (config: max_blocks)",
         &[B], |c| c.max_blocks.map_or("all".into(), |v| v.to_string())))]
     pub max_blocks: Option<usize>,
+    #[arg(long, value_name = "LOSS", value_parser = ["mse", "rms-normalized"], help = with_defaults(
+        "Block-output error to minimize: mse, or rms-normalized (each position divided by its RMS, as the next RMSNorm sees it) (config: block_loss)",
+        &[B], |c| c.block_loss.name().into()))]
+    pub block_loss: Option<String>,
     #[arg(long, help = with_defaults("Optimizer steps of the distillation (config: steps)",
         &[E, L], |c| c.steps.to_string()))]
     pub steps: Option<usize>,
@@ -324,6 +328,10 @@ fn load_config(a: &QatArgs) -> Result<QatConfig, CliError> {
     }
     if let Some(v) = a.max_blocks {
         cfg.max_blocks = Some(v);
+    }
+    if let Some(v) = &a.block_loss {
+        cfg.block_loss = serde_json::from_value(json!(v))
+            .map_err(|e| CliError::Usage(format!("--block-loss: {e}")))?;
     }
     if a.scales_only {
         cfg.learn_weights = false;

@@ -37,9 +37,15 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("block.gguf");
     let args = block_args(&out);
-    let v = check_lowered(&run(&args, &["--epochs", "3", "--json"]));
+    // The plain start under the RMS-normalized loss (the GPTQ starts below
+    // under MSE).
+    let v = check_lowered(&run(
+        &args,
+        &["--epochs", "3", "--json", "--block-loss", "rms-normalized"],
+    ));
     assert_eq!(v["start"], "plain");
     assert_eq!(v["config"]["epochs"], 3);
+    assert_eq!(v["config"]["block_loss"], "rms-normalized");
     assert_eq!(v["calibration_tokens"], 8 * 32);
     ok(&["verify", s(&out)]);
     let f = gguftool_quant::registry::open(&out).unwrap();
@@ -71,21 +77,7 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
     common::runs_in_runtime(&out);
 
     // GPTQ start from a calibration file of the same text.
-    let cal = dir.path().join("cal.gguf");
-    ok(&[
-        "calibrate",
-        s(&root().join("fixtures/tiny-llama-f32.gguf")),
-        "-f",
-        s(&root().join("fixtures/runtime/tiny.txt")),
-        "-o",
-        s(&cal),
-        "-c",
-        "32",
-        "--chunks",
-        "4",
-        "-t",
-        "1",
-    ]);
+    let cal = common::calibration(dir.path());
     let v = check_lowered(&run(
         &args,
         &["--epochs", "3", "--json", "--calibration", s(&cal)],
@@ -106,6 +98,78 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
     common::runs_in_runtime(&out);
 }
 
+/// The decoded values of every block matrix (`blk.*.weight`, 2-D) of `path`.
+fn block_matrices(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let f = gguftool_quant::registry::open(path).unwrap();
+    let h = f.header();
+    let mut out = Vec::new();
+    for (i, t) in h.tensors.iter().enumerate() {
+        if t.name.starts_with("blk.") && t.name.ends_with(".weight") && t.dims.len() == 2 {
+            let mut v = vec![0f32; t.n_elements as usize];
+            gguftool_quant::rows::tensor_decoder(&f, i)
+                .unwrap()
+                .decode(f.tensor_data(i), &mut v)
+                .unwrap();
+            out.push((t.name.clone(), v));
+        }
+    }
+    out
+}
+
+#[test]
+fn gptq_start_is_the_gptq_rounding() {
+    // With no training (steps of 1e-30 of each tensor's RMS), the block
+    // stage's output from a GPTQ start holds the matrices `convert
+    // --calibration` writes: ternary, whose absmean rule does not
+    // reproduce its own output, starts at the scales its GPTQ bytes store;
+    // piq2 at re-derived scales that reproduce them.
+    let dir = tempfile::tempdir().unwrap();
+    let cal = common::calibration(dir.path());
+    for format in ["ternary", "piq2"] {
+        let out = dir.path().join(format!("{format}-block.gguf"));
+        let mut args = block_args(&out);
+        let i = args.iter().position(|a| a == "piq2").unwrap();
+        args[i] = format.into();
+        let o = run(
+            &args,
+            &[
+                "--epochs",
+                "1",
+                "--lr",
+                "1e-30",
+                "--scale-lr",
+                "1e-30",
+                "--calibration",
+                s(&cal),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let conv = dir.path().join(format!("{format}-gptq.gguf"));
+        ok(&[
+            "convert",
+            s(&common::model()),
+            "-o",
+            s(&conv),
+            "--format",
+            format,
+            "--calibration",
+            s(&cal),
+        ]);
+        let (a, b) = (block_matrices(&out), block_matrices(&conv));
+        assert_eq!(a.len(), 14, "{format}");
+        for ((name, x), (name_b, y)) in a.iter().zip(&b) {
+            assert_eq!(name, name_b);
+            let err: f64 = x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+            let norm: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum();
+            assert!(
+                err <= 1e-4 * norm,
+                "{format} {name}: relative error {}",
+                err / norm
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_config_fields_are_usage_errors_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,6 +188,7 @@ fn bad_config_fields_are_usage_errors_naming_the_field() {
         ("[ste.clipped]\nclip = -1.0\n", "ste.clip"),
         ("epoch = 3\n", "epoch"),
         ("learn_norms = \"yes\"\n", "learn_norms"),
+        ("block_loss = \"l1\"\n", "block_loss"),
     ] {
         std::fs::write(&cfg, text).unwrap();
         let o = run(&args, &["--config", s(&cfg)]);
@@ -136,6 +201,9 @@ fn bad_config_fields_are_usage_errors_naming_the_field() {
     let o = run(&args, &["--gradient-accumulation", "0"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("gradient_accumulation"));
+    let o = run(&args, &["--block-loss", "l1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--block-loss"));
     std::fs::write(&cfg, "max_blocks = 1\n").unwrap();
     let model = root().join("fixtures/tiny-llama-f32.gguf");
     let o = gguftool(&[

@@ -103,21 +103,7 @@ fn e2e_lowers_heldout_kl_from_plain_and_gptq_starts() {
     }
 
     // From the GPTQ rounding of a calibration file of the same text.
-    let cal = dir.path().join("cal.gguf");
-    ok(&[
-        "calibrate",
-        s(&common::model()),
-        "-f",
-        s(&text()),
-        "-o",
-        s(&cal),
-        "-c",
-        "32",
-        "--chunks",
-        "4",
-        "-t",
-        "1",
-    ]);
+    let cal = common::calibration(dir.path());
     let v = report(&run(
         &args,
         &[

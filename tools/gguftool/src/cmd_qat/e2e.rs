@@ -480,7 +480,7 @@ pub(crate) fn run_distill(
                             }
                             None => None,
                         };
-                        l.quantize_decoded(fq, stored, dcfg.learn_weights)
+                        l.quantize_decoded(fq, stored, None, dcfg.learn_weights)
                             .map_err(engine)?;
                     }
                 }

@@ -46,6 +46,27 @@ pub fn ok(args: &[&str]) -> Output {
     o
 }
 
+/// `gguftool calibrate` of the fixture on its text (4 chunks of 32
+/// tokens, one thread), written to `dir/cal.gguf`; returns that path.
+pub fn calibration(dir: &Path) -> PathBuf {
+    let cal = dir.join("cal.gguf");
+    ok(&[
+        "calibrate",
+        s(&model()),
+        "-f",
+        s(&text()),
+        "-o",
+        s(&cal),
+        "-c",
+        "32",
+        "--chunks",
+        "4",
+        "-t",
+        "1",
+    ]);
+    cal
+}
+
 /// `gguftool perplexity` of `model` on the fixture's text (2 chunks of
 /// 32 tokens, one thread), asserting success: the file runs in the runtime.
 pub fn runs_in_runtime(model: &Path) -> Output {
