@@ -27,14 +27,15 @@ use gguftool_gguf::seal::WriteOptions;
 use gguftool_gguf::value::{Metadata, Value};
 use gguftool_gguf::Error;
 use gguftool_qat::blockwise::{
-    export_blocks, train_blocks, BlockReport, Checkpoint, Control, ExportedTensor, Hooks,
-    LinearInit, Outcome, StepInfo,
+    export_blocks, quantize_block_from, train_blocks, BlockReport, Checkpoint, Control,
+    ExportedTensor, Hooks, LinearInit, Outcome, StepInfo,
 };
 use gguftool_qat::candle_model::{CandleModel, QLinear};
 use gguftool_qat::candle_op::FakeQuant;
 use gguftool_qat::config::{
     all_default_config, block_default_config, e2e_default_config, lora_default_config, QatConfig,
 };
+use gguftool_qat::e2e::{evaluate, EvalStats, TeacherTargets};
 use gguftool_qat::engine_error::{EngineError, EngineResult};
 use gguftool_qat::per_tensor::{self, default_config};
 use indicatif::ProgressBar;
@@ -837,6 +838,10 @@ pub(crate) struct CliHooks<'a> {
     pub(crate) fingerprint: String,
     pub(crate) wrote_checkpoint: bool,
     pub(crate) quiet: bool,
+    /// Starting points computed before training (for the whole-model check
+    /// of the start), handed to training's [`Hooks::init`] instead of
+    /// computing them again (GPTQ).
+    pub(crate) starts: std::collections::HashMap<String, LinearInit>,
 }
 
 impl<'a> CliHooks<'a> {
@@ -863,13 +868,17 @@ impl<'a> CliHooks<'a> {
             fingerprint,
             wrote_checkpoint: false,
             quiet: a.json,
+            starts: std::collections::HashMap::new(),
         }
     }
 }
 
 impl Hooks for CliHooks<'_> {
     fn init(&mut self, _layer: usize, linear: &QLinear) -> EngineResult<LinearInit> {
-        self.start.init(self.fq, linear)
+        match self.starts.remove(linear.name()) {
+            Some(init) => Ok(init),
+            None => self.start.init(self.fq, linear),
+        }
     }
 
     fn step(&mut self, s: &StepInfo) -> Control {
@@ -1031,15 +1040,23 @@ fn run_block(
     );
     let t0 = Instant::now();
     signals::defer_interrupts(true);
-    let outcome = train_blocks(&mut cm, fq, calib, held, &bcfg, resume.as_ref(), &mut hooks);
+    let outcome = train_blocks_checked(
+        model,
+        &mut cm,
+        fq,
+        (calib, held),
+        &bcfg,
+        resume.as_ref(),
+        &mut hooks,
+    );
     signals::defer_interrupts(false);
     hooks.pb.finish_and_clear();
     let train_seconds = t0.elapsed().as_secs_f64();
-    let reports = match outcome.map_err(engine)? {
-        Outcome::Finished(r) => r,
-        Outcome::Stopped { global_step } => return Ok(stopped(global_step, &checkpoint_path)),
+    let checked = match outcome? {
+        Ok(c) => c,
+        Err(global_step) => return Ok(stopped(global_step, &checkpoint_path)),
     };
-
+    let reports = &checked.reports;
     let exported = export_blocks(&cm).map_err(engine)?;
     let src = model.file();
     let (policy, provenance) = policy_for(&a, format, &imatrix)?;
@@ -1058,24 +1075,160 @@ fn run_block(
     }
     let steps: usize = reports.iter().map(|r| r.steps).sum();
     let token_epochs = cal_tokens * (cfg.epochs * n_blocks) as u64;
+    let kept = if checked.kept_start {
+        "start"
+    } else {
+        "trained"
+    };
     if a.json {
         let out = json!({
             "stage": "block", "start": start.name(), "blocks": reports,
             "train_seconds": train_seconds, "steps": steps,
             "calibration_tokens": cal_tokens, "block_token_epochs": token_epochs,
+            "heldout_start": checked.start, "heldout_trained": checked.trained, "kept": kept,
             "config": cfg,
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        print_block_reports(&reports);
+        print_block_reports(reports);
         println!(
             "\n{} blocks, {steps} steps in {train_seconds:.1} s; {cal_tokens} calibration tokens x {} epochs per block (held-out MSE of the kept state)",
             reports.len(),
             cfg.epochs
         );
+        print_model_check(&checked);
     }
     eprintln!("wrote {}", a.output.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Block-wise training with the whole-model check: what
+/// [`train_blocks_checked`] returns when every block trained.
+pub(crate) struct Checked {
+    /// Per block.
+    pub(crate) reports: Vec<BlockReport>,
+    /// Held-out statistics of the model with the trained blocks at their start.
+    pub(crate) start: EvalStats,
+    /// ... and trained.
+    pub(crate) trained: EvalStats,
+    /// The trained blocks made the held-out KL worse, so `cm` holds the
+    /// start again.
+    pub(crate) kept_start: bool,
+}
+
+/// [`train_blocks`] on `cm` (full precision, from `model`) with a
+/// whole-model check: the held-out KL against the full-precision model
+/// (`texts.1`) of the model with the blocks at their start and trained;
+/// the start is kept when training made it worse (each block's held-out
+/// check cannot see how its error carries through the model). `Err(step)`:
+/// stopped after that global step (checkpoint written by `hooks`).
+///
+/// # Errors
+/// Those of training and evaluation.
+pub(crate) fn train_blocks_checked(
+    model: &gguftool_model::Model,
+    cm: &mut CandleModel,
+    fq: FakeQuant,
+    texts: (&[Vec<u32>], &[Vec<u32>]),
+    bcfg: &gguftool_qat::blockwise::BlockwiseConfig,
+    resume: Option<&Checkpoint>,
+    hooks: &mut CliHooks,
+) -> Result<Result<Checked, usize>, CliError> {
+    let (calib, held) = texts;
+    let n_blocks = cm.blocks().len().min(bcfg.max_blocks.unwrap_or(usize::MAX));
+    let targets = TeacherTargets::new(cm, held, bcfg.batch_size).map_err(engine)?;
+    let start_blocks = start_blocks(model, n_blocks, fq, hooks)?;
+    let start = model_stats(cm, &start_blocks, &targets, bcfg.batch_size)?;
+    let reports = match train_blocks(cm, fq, calib, held, bcfg, resume, hooks).map_err(engine)? {
+        Outcome::Finished(r) => r,
+        Outcome::Stopped { global_step } => return Ok(Err(global_step)),
+    };
+    let trained = evaluate(cm, cm, &targets, bcfg.batch_size, HEAD_CHUNK).map_err(engine)?;
+    let kept_start = trained.kl > start.kl;
+    if kept_start {
+        for (il, b) in start_blocks.into_iter().enumerate() {
+            cm.blocks_mut()[il] = b;
+        }
+    }
+    Ok(Ok(Checked {
+        reports,
+        start,
+        trained,
+        kept_start,
+    }))
+}
+
+/// The whole-model check's line (stdout).
+pub(crate) fn print_model_check(c: &Checked) {
+    println!(
+        "whole model, held-out KL against the full-precision model: start {:.4e}, trained {:.4e}: kept the {} blocks",
+        c.start.kl,
+        c.trained.kl,
+        if c.kept_start {
+            "start (training made the model worse)"
+        } else {
+            "trained"
+        }
+    );
+}
+
+/// Positions per chunk of the output head in the block stage's whole-model
+/// check (the distillation's default `head_chunk`).
+const HEAD_CHUNK: usize = 64;
+
+/// The first `n_blocks` blocks of `model` at their starting points (from
+/// `hooks`, which keeps them for training), frozen.
+fn start_blocks(
+    model: &gguftool_model::Model,
+    n_blocks: usize,
+    fq: FakeQuant,
+    hooks: &mut CliHooks,
+) -> Result<Vec<gguftool_qat::candle_model::Block>, CliError> {
+    let mut m = CandleModel::from_model_cpu(model).map_err(engine)?;
+    let mut record = RecordStarts(hooks);
+    for il in 0..n_blocks {
+        quantize_block_from(&mut m, il, fq, false, &mut record).map_err(engine)?;
+    }
+    Ok(m.blocks()[..n_blocks]
+        .iter()
+        .cloned()
+        .map(|mut b| {
+            b.set_norms_trainable(false);
+            for l in b.linears_mut() {
+                l.freeze();
+            }
+            b
+        })
+        .collect())
+}
+
+/// Hooks that compute each starting point with a [`CliHooks`] and keep a
+/// copy in its `starts`.
+struct RecordStarts<'h, 'a>(&'h mut CliHooks<'a>);
+
+impl Hooks for RecordStarts<'_, '_> {
+    fn init(&mut self, _layer: usize, linear: &QLinear) -> EngineResult<LinearInit> {
+        let init = self.0.start.init(self.0.fq, linear)?;
+        self.0
+            .starts
+            .insert(linear.name().to_string(), init.clone());
+        Ok(init)
+    }
+}
+
+/// Held-out statistics of `cm` with its first blocks replaced by `blocks`
+/// (the rest full precision), against `targets`.
+fn model_stats(
+    cm: &CandleModel,
+    blocks: &[gguftool_qat::candle_model::Block],
+    targets: &TeacherTargets,
+    batch_size: usize,
+) -> Result<EvalStats, CliError> {
+    let mut m = cm.clone();
+    for (il, b) in blocks.iter().enumerate() {
+        m.blocks_mut()[il] = b.clone();
+    }
+    evaluate(&m, cm, targets, batch_size, HEAD_CHUNK).map_err(engine)
 }
 
 /// The block stage's table: per block, held-out MSE at the start and kept.

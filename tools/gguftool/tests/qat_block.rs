@@ -19,6 +19,12 @@ fn block_args(out: &Path) -> Vec<String> {
 fn check_lowered(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The whole-model check: the trained blocks are kept when they do not
+    // raise the held-out KL.
+    let kl = |k: &str| v[k]["kl"].as_f64().unwrap();
+    let (start, trained) = (kl("heldout_start"), kl("heldout_trained"));
+    assert!(start > 0.0, "{v}");
+    assert_eq!(v["kept"], if trained > start { "start" } else { "trained" });
     let blocks = v["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 2);
     for b in blocks {
@@ -144,6 +150,28 @@ fn gptq_start_is_the_gptq_rounding() {
             ],
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // The whole-model check's start is the start training took.
+        let line = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with("whole model"))
+            .unwrap()
+            .to_string();
+        assert!(line.contains("kept the trained blocks"), "{line}");
+        let (start, trained) = (
+            line.split("start ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap(),
+            line.split("trained ")
+                .nth(1)
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap(),
+        );
+        assert_eq!(start, trained, "{line}");
         let conv = dir.path().join(format!("{format}-gptq.gguf"));
         ok(&[
             "convert",

@@ -20,8 +20,9 @@
 
 use super::{
     another_run, apply_exported, checkpoint_path, control, engine, load_imatrix, load_start,
-    open_model, policy_for, prepare_text_run, print_block_reports, step_bar, stopped, test_delay,
-    write_checkpoint_file, write_output, CliHooks, QatArgs, Stage, Start, TextRun,
+    open_model, policy_for, prepare_text_run, print_block_reports, print_model_check, step_bar,
+    stopped, test_delay, train_blocks_checked, write_checkpoint_file, write_output, CliHooks,
+    QatArgs, Stage, Start, TextRun,
 };
 use crate::{usage, CliError};
 use gguftool_convert::output::{signals, AtomicOutput};
@@ -30,7 +31,7 @@ use gguftool_gguf::integrity::sha256_hex;
 use gguftool_gguf::value::{Array, Metadata, Value};
 use gguftool_gguf::Error;
 use gguftool_qat::blockwise::{
-    quantize_block_from, train_blocks, BlockReport, Checkpoint, Control, Hooks, LinearInit, Outcome,
+    quantize_block_from, BlockReport, Checkpoint, Control, Hooks, LinearInit,
 };
 use gguftool_qat::candle_model::{CandleModel, QLinear};
 use gguftool_qat::candle_op::FakeQuant;
@@ -510,24 +511,27 @@ pub(crate) fn run_distill(
                             checkpoint_path.clone(),
                             fingerprint.clone(),
                         );
-                        let outcome = train_blocks(
+                        let outcome = train_blocks_checked(
+                            &run.model,
                             &mut m,
                             fq,
-                            &run.calib,
-                            &run.held,
+                            (&run.calib, &run.held),
                             bcfg,
                             block_resume,
                             &mut hooks,
                         );
                         hooks.pb.finish_and_clear();
                         wrote_checkpoint |= hooks.wrote_checkpoint;
-                        match outcome.map_err(engine)? {
-                            Outcome::Finished(r) => {
-                                block_reports = Some(r);
+                        match outcome? {
+                            Ok(c) => {
+                                if !a.json {
+                                    print_model_check(&c);
+                                }
+                                block_reports = Some(c.reports);
                                 // The others start as --stage e2e starts.
                                 first = n_blocks;
                             }
-                            Outcome::Stopped { global_step } => {
+                            Err(global_step) => {
                                 signals::defer_interrupts(false);
                                 return Ok(stopped(global_step, &checkpoint_path));
                             }
