@@ -127,12 +127,12 @@ fn warn_stale_temps(dir: &Path) {
 ///
 /// A long computation that can stop cleanly (QAT, which then writes a
 /// checkpoint) calls [`defer_interrupts`]: the first signal then only sets
-/// a flag it polls ([`interrupted`]); a second one ends the process as
-/// above.
+/// a flag it polls ([`interrupted`]); a second one, more than a second
+/// later, ends the process as above.
 pub mod signals {
     use std::ffi::CString;
     use std::path::Path;
-    use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
     use std::sync::Once;
 
     static DEFER: AtomicBool = AtomicBool::new(false);
@@ -155,10 +155,37 @@ pub mod signals {
         [const { AtomicPtr::new(std::ptr::null_mut()) }; SLOTS];
     static INSTALL: Once = Once::new();
 
+    /// Monotonic time of the first deferred signal, nanoseconds.
+    static FIRST_NS: AtomicU64 = AtomicU64::new(0);
+
+    /// Signals within this long of the first deferred one count as the
+    /// same Ctrl-C: `timeout -s INT` and some shells deliver one SIGINT to
+    /// the process and another to its process group.
+    const GRACE_NS: u64 = 1_000_000_000;
+
+    fn monotonic_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime is async-signal-safe and writes only `ts`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (ts.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(ts.tv_nsec as u64)
+    }
+
     extern "C" fn on_signal(sig: libc::c_int) {
         // Atomic loads and stores are async-signal-safe.
-        if DEFER.load(Ordering::SeqCst) && !INTERRUPTED.swap(true, Ordering::SeqCst) {
-            return;
+        if DEFER.load(Ordering::SeqCst) {
+            let now = monotonic_ns();
+            if !INTERRUPTED.swap(true, Ordering::SeqCst) {
+                FIRST_NS.store(now, Ordering::SeqCst);
+                return;
+            }
+            if now.wrapping_sub(FIRST_NS.load(Ordering::SeqCst)) < GRACE_NS {
+                return;
+            }
         }
         for slot in &TEMPS {
             let p = slot.load(Ordering::SeqCst);

@@ -254,7 +254,8 @@ pub struct QatArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Overwrite an existing output.
+    /// Overwrite an existing output (and, in the stages that train on text,
+    /// an existing checkpoint file that is not the one --resume continues).
     #[arg(long)]
     pub force: bool,
     /// Do not embed an integrity manifest.
@@ -704,6 +705,7 @@ pub(crate) fn prepare_text_run(a: &QatArgs) -> Result<TextRun, CliError> {
     if !a.force && a.output.exists() {
         return Err(Error::OutputExists(a.output.clone()).into());
     }
+    check_paths(a)?;
     let model = open_model(&a.input, threads)?;
     let tok = gguftool_tokenizer::Tokenizer::from_metadata(model.metadata())
         .map_err(|e| Error::Other(format!("{}: tokenizer: {e}", a.input.display())))?;
@@ -748,6 +750,74 @@ pub(crate) fn prepare_text_run(a: &QatArgs) -> Result<TextRun, CliError> {
         threads,
         model,
     })
+}
+
+/// The same file, or (for paths that do not exist yet) the same path.
+fn same_path(a: &Path, b: &Path) -> bool {
+    a == b || gguftool_convert::same_file(a, b)
+}
+
+/// The directory a new file at `p` goes into, which must exist.
+fn parent_dir(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Checks before training that what is written at the end can be written
+/// and that no file the run reads is overwritten: the output is not an
+/// input, the output's and the checkpoint's directories exist, the
+/// checkpoint is none of the files the run reads nor the output, and an
+/// existing checkpoint file is only replaced when --resume continues it or
+/// with --force (an earlier run's checkpoint is not lost by starting again).
+pub(crate) fn check_paths(a: &QatArgs) -> Result<(), CliError> {
+    let shown = |p: &Path| esc(&p.display().to_string()).to_string();
+    crate::input::refuse_same_file(&a.input, &a.output)?;
+    let ck = checkpoint_path(a);
+    for p in [&a.output, &ck] {
+        let d = parent_dir(p);
+        if !d.is_dir() {
+            return Err(Error::Other(format!(
+                "{}: cannot write there: {} is not a directory",
+                shown(p),
+                shown(d)
+            ))
+            .into());
+        }
+    }
+    if same_path(&ck, &a.output) {
+        return Err(usage(format!(
+            "--checkpoint {}: the checkpoint would be the output file",
+            shown(&ck)
+        )));
+    }
+    let reads = [
+        Some(&a.input),
+        a.text.as_ref(),
+        a.calibration.as_ref(),
+        a.imatrix.as_ref(),
+        a.student.as_ref(),
+        a.config.as_ref(),
+    ];
+    for r in reads.into_iter().flatten() {
+        if same_path(&ck, r) {
+            return Err(usage(format!(
+                "--checkpoint {}: the checkpoint would overwrite an input of the run",
+                shown(&ck)
+            )));
+        }
+    }
+    let resumes_it = a.resume.as_deref().is_some_and(|r| same_path(r, &ck));
+    if ck.exists() && !resumes_it && !a.force {
+        return Err(Error::Other(format!(
+            "{}: a checkpoint file exists (of an earlier run?); continue it with --resume {}, or pass --force to replace it",
+            shown(&ck),
+            shown(&ck)
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// Opens a model through the runtime (which checks its hyperparameters,
@@ -979,6 +1049,8 @@ fn run_block(
     let n_cal = calib.len();
     let imatrix = load_imatrix(a.imatrix.as_deref())?;
     let (start, calib_sha) = load_start(&a, &imatrix)?;
+    // Settings of the written file are checked before training.
+    let (policy, provenance) = policy_for(&a, format, &imatrix)?;
     // max_blocks does not change the blocks it keeps: a run may be resumed
     // with fewer (or more) blocks.
     let trajectory = QatConfig {
@@ -1059,7 +1131,6 @@ fn run_block(
     let reports = &checked.reports;
     let exported = export_blocks(&cm).map_err(engine)?;
     let src = model.file();
-    let (policy, provenance) = policy_for(&a, format, &imatrix)?;
     let mut plan = policy::plan(src, &policy, &provenance)?;
     if let Start::Gptq(cal) = &start {
         gguftool_convert::apply_calibration(&mut plan, src, cal)?;

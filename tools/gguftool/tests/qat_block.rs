@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{gguftool, interrupt, ok, root, run, s};
+use common::{gguftool, interrupt, interrupt_n, ok, root, run, s};
 use gguftool_formats as _;
 use std::path::Path;
 use std::process::Output;
@@ -367,4 +367,70 @@ fn ctrl_c_leaves_a_checkpoint_that_resumes_to_the_same_bytes() {
     let o = run(&block_args(&b), &extra);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+}
+
+#[test]
+fn paths_are_checked_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.gguf");
+    let input = dir.path().join("in.gguf");
+    std::fs::copy(common::model(), &input).unwrap();
+    let mut args = block_args(&out);
+    args[1] = s(&input).to_string();
+    args.retain(|a| a != "--force");
+    let before = std::fs::read(&input).unwrap();
+    let quick = |o: &Output, code: i32, what: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{what}: {err}");
+        assert!(err.contains(what), "{what}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    };
+    // The checkpoint may not be an input of the run or the output.
+    let o = run(&args, &["--checkpoint", s(&input)]);
+    quick(&o, 2, "would overwrite an input");
+    let o = run(&args, &["--checkpoint", s(&out)]);
+    quick(&o, 2, "would be the output");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+    // Missing directories are found before training, not after it.
+    let o = run(&args, &["--checkpoint", s(&dir.path().join("no/ck"))]);
+    quick(&o, 1, "is not a directory");
+    let mut nodir = args.clone();
+    let i = nodir.iter().position(|a| a == "-o").unwrap();
+    nodir[i + 1] = s(&dir.path().join("no/o.gguf")).to_string();
+    quick(&run(&nodir, &[]), 1, "is not a directory");
+    // A bad setting of the written file, too.
+    let o = run(&args, &["--output-tensor-type", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    // An earlier run's checkpoint is not replaced by a fresh run ...
+    let ck = dir.path().join("run.ckpt");
+    let stop = ["--checkpoint", s(&ck), "--max-steps", "2"];
+    assert!(run(&args, &stop).status.success());
+    let kept = std::fs::read(&ck).unwrap();
+    quick(&run(&args, &stop), 1, "--resume");
+    assert_eq!(std::fs::read(&ck).unwrap(), kept);
+    // ... but continued by --resume, or replaced with --force.
+    let o = run(&args, &["--checkpoint", s(&ck), "--resume", s(&ck)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!ck.exists());
+    std::fs::remove_file(&out).unwrap();
+    std::fs::write(&ck, b"not a checkpoint").unwrap();
+    let o = run(&args, &["--checkpoint", s(&ck), "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn two_quick_interrupts_are_one_ctrl_c() {
+    // `timeout -s INT` sends SIGINT to the process and to its group: both
+    // within a second count as one Ctrl-C, which writes a checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.gguf");
+    let ck = dir.path().join("run.ckpt");
+    let mut args = block_args(&out);
+    args.extend(["--checkpoint".into(), s(&ck).to_string()]);
+    let o = interrupt_n(&args, 200, 1500, 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(ck.exists() && !out.exists(), "{err}");
 }

@@ -133,6 +133,12 @@ pub fn usage_error(o: &Output, what: &str, out: &Path) {
 /// Runs `args` (with a pause of `delay_ms` per training step), sends
 /// SIGINT after `after_ms`, and returns its output.
 pub fn interrupt(args: &[String], delay_ms: u64, after_ms: u64) -> Output {
+    interrupt_n(args, delay_ms, after_ms, 1)
+}
+
+/// [`interrupt`] with `count` SIGINTs 50 ms apart (as `timeout -s INT`
+/// delivers one to the process and one to its group).
+pub fn interrupt_n(args: &[String], delay_ms: u64, after_ms: u64, count: usize) -> Output {
     let child = Command::new(env!("CARGO_BIN_EXE_gguftool"))
         .args(args)
         .env("GGUFTOOL_TEST_DELAY_PER_STEP_MS", delay_ms.to_string())
@@ -141,11 +147,16 @@ pub fn interrupt(args: &[String], delay_ms: u64, after_ms: u64) -> Output {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(after_ms));
-    let k = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(k.success());
+    for i in 0..count {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let k = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(k.success());
+    }
     child.wait_with_output().unwrap()
 }
 
