@@ -332,29 +332,32 @@ impl QatConfig {
     pub fn to_blockwise(&self) -> Result<BlockwiseConfig, ConfigError> {
         self.validate()?;
         let d = QatConfig::default();
-        let unused = |field: &'static str| {
+        let unused = |field: &'static str, used_by: &str| {
             Err(bad(
                 field,
-                "not used by the block stage (remove it, or use --stage per-tensor)",
+                format!("not used by the block stage (remove it; {used_by})"),
             ))
         };
+        let per_tensor = "--stage per-tensor uses it";
+        let distill = "the distillation of --stage e2e, lora and all uses it";
+        let library = "only the library's reference-model training uses it";
         if self.granularity != d.granularity {
-            return unused("granularity");
+            return unused("granularity", per_tensor);
         }
         if self.loss != d.loss {
-            return unused("loss");
+            return unused("loss", distill);
         }
         if self.temperature != d.temperature {
-            return unused("temperature");
+            return unused("temperature", distill);
         }
         if self.pi_k.is_some() {
-            return unused("pi_k");
+            return unused("pi_k", library);
         }
         if self.incoherence {
-            return unused("incoherence");
+            return unused("incoherence", library);
         }
         if self.lora.is_some() {
-            return unused("lora");
+            return unused("lora", "--stage lora uses it");
         }
         self.e2e_fields_unused("block")?;
         Ok(self.blockwise_unchecked())

@@ -267,6 +267,25 @@ fn cfg_err(src: &str, e: impl std::fmt::Display) -> CliError {
     usage(format!("{src}: {e}"))
 }
 
+/// A TOML syntax error on one line: `line L, column C: message`.
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(sp) => {
+            let before = &text.as_bytes()[..sp.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let col = before.len()
+                - before
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1)
+                + 1;
+            format!("TOML syntax error at line {line}, column {col}: {msg}")
+        }
+        None => format!("TOML syntax error: {msg}"),
+    }
+}
+
 /// The configuration: the stage's defaults, the file's fields over them,
 /// the flags over those. Every bad value is a usage error naming its field.
 fn load_config(a: &QatArgs) -> Result<QatConfig, CliError> {
@@ -279,7 +298,8 @@ fn load_config(a: &QatArgs) -> Result<QatConfig, CliError> {
             // The file's fields over the stage's defaults, merged in the
             // file's own syntax (TOML's inf and nan have no JSON form).
             if p.extension().is_some_and(|e| e == "toml") {
-                let file: toml::Table = toml::from_str(&text).map_err(|e| cfg_err(&name, e))?;
+                let file: toml::Table =
+                    toml::from_str(&text).map_err(|e| cfg_err(&name, toml_error(&e, &text)))?;
                 let mut merged =
                     toml::Table::try_from(&defaults).map_err(|e| Error::Other(e.to_string()))?;
                 merged.extend(file.clone());
@@ -1074,7 +1094,18 @@ fn run_block(
     let resume = match &a.resume {
         None => None,
         Some(p) => {
-            let f = gguftool_gguf::GgufFile::open(p, &gguftool_gguf::validate::StandardTypes)?;
+            let f = open_checkpoint(p)?;
+            match gguftool_qat::checkpoint::kind(&f) {
+                Some(gguftool_qat::checkpoint::GENERAL_TYPE) => {}
+                Some(_) => {
+                    return Err(Error::Other(format!(
+                        "{}: a distillation checkpoint (--stage e2e, lora or all), not one of --stage block",
+                        esc(&p.display().to_string())
+                    ))
+                    .into())
+                }
+                None => return Err(not_a_checkpoint(p).into()),
+            }
             let ck = Checkpoint::from_gguf(&f)
                 .map_err(|e| Error::Other(format!("{}: {e}", p.display())))?;
             if ck.fingerprint != fingerprint {
@@ -1163,9 +1194,14 @@ fn run_block(
     } else {
         print_block_reports(reports);
         println!(
-            "\n{} blocks, {steps} steps in {train_seconds:.1} s; {cal_tokens} calibration tokens x {} epochs per block (held-out MSE of the kept state)",
+            "\n{} blocks, {steps} steps in {train_seconds:.1} s; {cal_tokens} calibration tokens x {} epochs per block (held-out {} of the kept state)",
             reports.len(),
-            cfg.epochs
+            cfg.epochs,
+            match cfg.block_loss {
+                gguftool_qat::blockwise::BlockLoss::Mse => "MSE",
+                gguftool_qat::blockwise::BlockLoss::RmsNormalized =>
+                    "MSE of the RMS-normalized outputs",
+            }
         );
         print_model_check(&checked);
     }
@@ -1320,6 +1356,20 @@ pub(crate) fn print_block_reports(reports: &[BlockReport]) {
             r.seconds
         );
     }
+}
+
+/// Opens a file given to --resume (any registered tensor type parses, so a
+/// model given by mistake is named as "not a QAT checkpoint").
+pub(crate) fn open_checkpoint(p: &Path) -> Result<gguftool_gguf::GgufFile, Error> {
+    gguftool_quant::registry::open(p)
+}
+
+/// The error for a --resume file that is no QAT checkpoint.
+pub(crate) fn not_a_checkpoint(p: &Path) -> Error {
+    Error::Other(format!(
+        "{}: not a QAT checkpoint (general.type is not a checkpoint's)",
+        esc(&p.display().to_string())
+    ))
 }
 
 /// The error for a checkpoint whose fingerprint is not this run's.

@@ -399,6 +399,9 @@ fn paths_are_checked_before_training() {
     let i = nodir.iter().position(|a| a == "-o").unwrap();
     nodir[i + 1] = s(&dir.path().join("no/o.gguf")).to_string();
     quick(&run(&nodir, &[]), 1, "is not a directory");
+    // A model given to --resume is no checkpoint.
+    let o = run(&args, &["--resume", s(&input)]);
+    quick(&o, 1, "not a QAT checkpoint");
     // A bad setting of the written file, too.
     let o = run(&args, &["--output-tensor-type", "nope"]);
     assert_eq!(o.status.code(), Some(2));

@@ -20,9 +20,9 @@
 
 use super::{
     another_run, apply_exported, checkpoint_path, control, engine, load_imatrix, load_start,
-    open_model, policy_for, prepare_text_run, print_block_reports, print_model_check, step_bar,
-    stopped, test_delay, train_blocks_checked, write_checkpoint_file, write_output, CliHooks,
-    QatArgs, Stage, Start, TextRun,
+    not_a_checkpoint, open_checkpoint, open_model, policy_for, prepare_text_run,
+    print_block_reports, print_model_check, step_bar, stopped, test_delay, train_blocks_checked,
+    write_checkpoint_file, write_output, CliHooks, QatArgs, Stage, Start, TextRun,
 };
 use crate::{usage, CliError};
 use gguftool_convert::output::{signals, AtomicOutput};
@@ -409,7 +409,7 @@ pub(crate) fn run_distill(
     let resume = match &a.resume {
         None => None,
         Some(p) => {
-            let f = gguftool_gguf::GgufFile::open(p, &gguftool_gguf::validate::StandardTypes)?;
+            let f = open_checkpoint(p)?;
             let bad = |e: gguftool_qat::engine_error::EngineError| {
                 Error::Other(format!("{}: {e}", p.display()))
             };
@@ -420,14 +420,15 @@ pub(crate) fn run_distill(
                 Some(gguftool_qat::checkpoint::E2E_GENERAL_TYPE) => {
                     Resume::Distill(DistillCheckpoint::from_gguf(&f).map_err(bad)?)
                 }
-                Some(_) => return Err(another_run(p).into()),
-                None => {
+                Some(_) => {
                     return Err(Error::Other(format!(
-                        "{}: not a QAT checkpoint (general.type)",
-                        p.display()
+                        "{}: a block-stage checkpoint, not one of --stage {}",
+                        p.display(),
+                        a.stage.name()
                     ))
                     .into())
                 }
+                None => return Err(not_a_checkpoint(p).into()),
             };
             let fp = match &r {
                 Resume::Block(c) => &c.fingerprint,
