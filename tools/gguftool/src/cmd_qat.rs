@@ -711,7 +711,7 @@ pub(crate) fn prepare_text_run(a: &QatArgs) -> Result<TextRun, CliError> {
     if a.ctx_size == 1 {
         return Err(usage("-c must be at least 2"));
     }
-    if a.chunks == 0 {
+    if a.chunks == 0 || a.chunks < -1 {
         return Err(usage("--chunks must be at least 1 (or -1: all)"));
     }
     let threads = a.threads.unwrap_or_else(|| {
@@ -1018,10 +1018,19 @@ impl Hooks for CliHooks<'_> {
     }
 }
 
-/// The line printed when --max-steps or Ctrl-C stopped a run, and its exit
-/// status (130 after Ctrl-C, else 0).
-pub(crate) fn stopped(step: usize, checkpoint: &Path) -> ExitCode {
+/// The line printed when --max-steps or Ctrl-C stopped a run (and with
+/// `json` the same as a JSON object on stdout), and its exit status (130
+/// after Ctrl-C, else 0).
+pub(crate) fn stopped(step: usize, checkpoint: &Path, json: bool) -> ExitCode {
     let interrupted = signals::interrupted();
+    if json {
+        let out = json!({
+            "stopped": if interrupted { "interrupted" } else { "max_steps" },
+            "steps": step,
+            "checkpoint": checkpoint.display().to_string(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
     eprintln!(
         "{} after {step} steps; checkpoint {} (continue with --resume {})",
         if interrupted {
@@ -1157,7 +1166,7 @@ fn run_block(
     let train_seconds = t0.elapsed().as_secs_f64();
     let checked = match outcome? {
         Ok(c) => c,
-        Err(global_step) => return Ok(stopped(global_step, &checkpoint_path)),
+        Err(global_step) => return Ok(stopped(global_step, &checkpoint_path, a.json)),
     };
     let reports = &checked.reports;
     let exported = export_blocks(&cm).map_err(engine)?;

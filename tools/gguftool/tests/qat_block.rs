@@ -311,12 +311,18 @@ fn stopped_and_resumed_run_writes_the_same_bytes() {
         if let Some(n) = stop {
             extra.extend(["--max-steps", n]);
         }
+        extra.push("--json");
         let o = run(&args_b, &extra);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{extra:?}: {err}");
-        if stop.is_some() {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if let Some(n) = stop {
             assert!(ck.exists() && !b.exists(), "{err}");
             assert!(err.contains("--resume"), "{err}");
+            // --json says so on stdout too.
+            assert_eq!(v["stopped"], "max_steps");
+            assert_eq!(v["steps"].to_string(), n);
+            assert_eq!(v["checkpoint"], s(&ck));
         }
     }
     assert!(!ck.exists());

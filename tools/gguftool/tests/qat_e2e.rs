@@ -557,9 +557,16 @@ fn bad_input_is_a_one_line_error_with_the_right_exit_code() {
             "lora.targets",
         ),
         (&lora, &["--merge", "--lora-rank", "0"][..], "lora.rank"),
+        // Above the fixture's smallest matrix side (its K/V width).
+        (&lora, &["--merge", "--lora-rank", "1000"][..], "lora.rank"),
     ] {
         usage_error(&run(args, flags), field, &out);
     }
+    // -1 is the only negative --chunks.
+    let mut neg = e2e.clone();
+    let i = neg.iter().position(|a| a == "--chunks").unwrap();
+    neg[i + 1] = "-5".into();
+    usage_error(&run(&neg, &[]), "--chunks", &out);
     // Flags that do not fit the stage.
     let student = dir.path().join("student.gguf");
     ok(&[

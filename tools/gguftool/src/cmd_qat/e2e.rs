@@ -311,8 +311,28 @@ fn heldout_stats(
 }
 
 /// Refuses a LoRA target pattern that matches no block matrix of a model
-/// of `n_layer` blocks (a usage error naming `lora.targets`).
-fn check_targets(l: &LoraConfig, n_layer: usize) -> Result<(), CliError> {
+/// with hyperparameters `hp` (a usage error naming `lora.targets`), and a
+/// rank above the smallest side of a block matrix (naming `lora.rank`).
+fn check_targets(l: &LoraConfig, hp: &gguftool_model::Hparams) -> Result<(), CliError> {
+    let n_layer = hp.n_layer;
+    let smallest = (0..n_layer)
+        .flat_map(|il| {
+            [
+                hp.n_embd,
+                hp.n_ff[il],
+                hp.n_head[il] * hp.head_dim_k,
+                hp.n_head_kv[il] * hp.head_dim_k,
+                hp.n_head_kv[il] * hp.head_dim_v,
+            ]
+        })
+        .min()
+        .unwrap_or(0);
+    if l.rank > smallest {
+        return Err(usage(format!(
+            "QAT config: lora.rank: {} is above the smallest side of a block matrix ({smallest})",
+            l.rank
+        )));
+    }
     let roles = gguftool_qat::candle_model::BLOCK_MATRICES;
     let names: Vec<String> = (0..n_layer)
         .flat_map(|il| roles.iter().map(move |r| format!("blk.{il}.{r}.weight")))
@@ -371,7 +391,7 @@ pub(crate) fn run_distill(
         .map_err(|e| usage(format!("--format {}: {e}", format.name())))?;
     let run = prepare_text_run(&a)?;
     if let Some(l) = &lcfg {
-        check_targets(l, run.model.hparams().n_layer)?;
+        check_targets(l, run.model.hparams())?;
     }
     let (n_ctx, n_cal) = (run.n_ctx, run.calib.len());
     let imatrix = load_imatrix(a.imatrix.as_deref())?;
@@ -534,7 +554,7 @@ pub(crate) fn run_distill(
                             }
                             Err(global_step) => {
                                 signals::defer_interrupts(false);
-                                return Ok(stopped(global_step, &checkpoint_path));
+                                return Ok(stopped(global_step, &checkpoint_path, a.json));
                             }
                         }
                     }
@@ -586,7 +606,7 @@ pub(crate) fn run_distill(
     let report = match outcome.map_err(engine)? {
         DistillOutcome::Finished(r) => r,
         DistillOutcome::Stopped { step } => {
-            return Ok(stopped(block_steps + step, &checkpoint_path))
+            return Ok(stopped(block_steps + step, &checkpoint_path, a.json))
         }
     };
 
