@@ -29,13 +29,18 @@ fn seqs(n: usize, len: usize, n_vocab: usize, seed: u64) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// The fixture model, 16 calibration and 4 held-out random sequences of
+/// 24 tokens, and piq2's fake quantization (LSQ).
+fn piq2_run() -> (CandleModel, Vec<Vec<u32>>, Vec<Vec<u32>>, FakeQuant) {
+    let cm = model();
+    let nv = cm.hparams().n_vocab;
+    let fq = FakeQuant::by_name("piq2", Ste::LearnedStepSize).unwrap();
+    (cm, seqs(16, 24, nv, 1), seqs(4, 24, nv, 2), fq)
+}
+
 #[test]
 fn training_lowers_block_mse_and_exports() {
-    let mut cm = model();
-    let nv = cm.hparams().n_vocab;
-    let calib = seqs(16, 24, nv, 1);
-    let held = seqs(4, 24, nv, 2);
-    let fq = FakeQuant::by_name("piq2", Ste::LearnedStepSize).unwrap();
+    let (mut cm, calib, held, fq) = piq2_run();
     let cfg = BlockwiseConfig {
         epochs: 8,
         learning_rate: 1e-2,
@@ -140,11 +145,7 @@ fn training_lowers_block_mse_and_exports() {
 
 #[test]
 fn latent_weights_recover_more() {
-    let mut cm = model();
-    let nv = cm.hparams().n_vocab;
-    let calib = seqs(16, 24, nv, 1);
-    let held = seqs(4, 24, nv, 2);
-    let fq = FakeQuant::by_name("piq2", Ste::LearnedStepSize).unwrap();
+    let (mut cm, calib, held, fq) = piq2_run();
     let cfg = BlockwiseConfig {
         epochs: 8,
         learning_rate: 1e-2,
@@ -321,11 +322,7 @@ fn rms_normalized_loss_ignores_each_positions_scale() {
 
 #[test]
 fn training_lowers_the_rms_normalized_loss() {
-    let mut cm = model();
-    let nv = cm.hparams().n_vocab;
-    let calib = seqs(16, 24, nv, 1);
-    let held = seqs(4, 24, nv, 2);
-    let fq = FakeQuant::by_name("piq2", Ste::LearnedStepSize).unwrap();
+    let (mut cm, calib, held, fq) = piq2_run();
     let cfg = BlockwiseConfig {
         epochs: 4,
         learning_rate: 1e-2,

@@ -173,16 +173,7 @@ fn gptq_start_is_the_gptq_rounding() {
         );
         assert_eq!(start, trained, "{line}");
         let conv = dir.path().join(format!("{format}-gptq.gguf"));
-        ok(&[
-            "convert",
-            s(&common::model()),
-            "-o",
-            s(&conv),
-            "--format",
-            format,
-            "--calibration",
-            s(&cal),
-        ]);
+        common::convert_fixture(&conv, format, &["--calibration", s(&cal)]);
         let (a, b) = (block_matrices(&out), block_matrices(&conv));
         assert_eq!(a.len(), 14, "{format}");
         for ((name, x), (name_b, y)) in a.iter().zip(&b) {

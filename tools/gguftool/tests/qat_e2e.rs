@@ -85,14 +85,7 @@ fn e2e_lowers_heldout_kl_from_plain_and_gptq_starts() {
     // The embedding and the output head, trained against as the output
     // holds them, are the bytes convert writes.
     let conv = dir.path().join("convert.gguf");
-    ok(&[
-        "convert",
-        s(&common::model()),
-        "-o",
-        s(&conv),
-        "--format",
-        "piq2",
-    ]);
+    common::convert_fixture(&conv, "piq2", &[]);
     let c = gguftool_quant::registry::open(&conv).unwrap();
     for name in ["token_embd.weight", "output.weight"] {
         let (i, j) = (
@@ -569,14 +562,7 @@ fn bad_input_is_a_one_line_error_with_the_right_exit_code() {
     usage_error(&run(&neg, &[]), "--chunks", &out);
     // Flags that do not fit the stage.
     let student = dir.path().join("student.gguf");
-    ok(&[
-        "convert",
-        s(&common::model()),
-        "-o",
-        s(&student),
-        "--format",
-        "piq2",
-    ]);
+    common::convert_fixture(&student, "piq2", &[]);
     usage_error(
         &run(&stage_args("block", &out), &["--student", s(&student)]),
         "--student",

@@ -46,6 +46,15 @@ pub fn ok(args: &[&str]) -> Output {
     o
 }
 
+/// `gguftool convert` of the fixture to `format` at `out`, with `extra`
+/// flags, asserting success.
+pub fn convert_fixture(out: &Path, format: &str, extra: &[&str]) {
+    let m = model();
+    let mut args = vec!["convert", s(&m), "-o", s(out), "--format", format];
+    args.extend_from_slice(extra);
+    ok(&args);
+}
+
 /// `gguftool calibrate` of the fixture on its text (4 chunks of 32
 /// tokens, one thread), written to `dir/cal.gguf`; returns that path.
 pub fn calibration(dir: &Path) -> PathBuf {
