@@ -1277,13 +1277,13 @@ pub(crate) fn train_blocks_checked(
 /// The whole-model check's line (stdout).
 pub(crate) fn print_model_check(c: &Checked) {
     println!(
-        "whole model, held-out KL against the full-precision model: start {:.4e}, trained {:.4e}: kept the {} blocks",
+        "whole model, held-out KL against the full-precision model: start {:.4e}, trained {:.4e}: kept the {}",
         c.start.kl,
         c.trained.kl,
         if c.kept_start {
-            "start (training made the model worse)"
+            "start blocks (training made the model worse)"
         } else {
-            "trained"
+            "trained blocks"
         }
     );
 }
