@@ -154,7 +154,7 @@ impl Default for QatConfig {
             learn_norms: true,
             quantized_inputs: true,
             max_blocks: None,
-            block_loss: BlockLoss::Mse,
+            block_loss: BlockLoss::RmsNormalized,
             steps: 100,
             eval_every: 25,
             head_chunk: 64,

@@ -44,6 +44,7 @@ fn training_lowers_block_mse_and_exports() {
     let cfg = BlockwiseConfig {
         epochs: 8,
         learning_rate: 1e-2,
+        loss: gguftool_qat::blockwise::BlockLoss::Mse,
         ..BlockwiseConfig::default()
     };
     let fp_logits = cm.logits(&held[0]).unwrap();
@@ -151,6 +152,7 @@ fn latent_weights_recover_more() {
         learning_rate: 1e-2,
         weight_learning_rate: 1e-2,
         learn_weights: true,
+        loss: gguftool_qat::blockwise::BlockLoss::Mse,
         ..BlockwiseConfig::default()
     };
     let reports = reconstruct_blocks(&mut cm, fq, &calib, &held, &cfg, &mut |_| {}).unwrap();
@@ -177,6 +179,7 @@ fn max_blocks_limits_training() {
     let cfg = BlockwiseConfig {
         epochs: 1,
         max_blocks: Some(1),
+        loss: gguftool_qat::blockwise::BlockLoss::Mse,
         ..BlockwiseConfig::default()
     };
     let (c, h) = (seqs(4, 8, nv, 3), seqs(2, 8, nv, 4));
@@ -200,6 +203,7 @@ fn bad_inputs_are_errors() {
     assert!(reconstruct_blocks(&mut cm, fq, &ragged, &ok, &cfg, &mut nop).is_err());
     let bad = BlockwiseConfig {
         batch_size: 0,
+        loss: gguftool_qat::blockwise::BlockLoss::Mse,
         ..BlockwiseConfig::default()
     };
     assert!(reconstruct_blocks(&mut cm, fq, &ok, &ok, &bad, &mut nop).is_err());
@@ -221,6 +225,7 @@ fn export_runs_in_the_runtime() {
     let fq = FakeQuant::by_name("piq3", Ste::LearnedStepSize).unwrap();
     let cfg = BlockwiseConfig {
         epochs: 2,
+        loss: gguftool_qat::blockwise::BlockLoss::Mse,
         ..BlockwiseConfig::default()
     };
     let (c, h) = (seqs(8, 16, nv, 5), seqs(2, 16, nv, 6));

@@ -43,12 +43,9 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("block.gguf");
     let args = block_args(&out);
-    // The plain start under the RMS-normalized loss (the GPTQ starts below
-    // under MSE).
-    let v = check_lowered(&run(
-        &args,
-        &["--epochs", "3", "--json", "--block-loss", "rms-normalized"],
-    ));
+    // The plain start under the (default) RMS-normalized loss, the GPTQ
+    // starts below under MSE.
+    let v = check_lowered(&run(&args, &["--epochs", "3", "--json"]));
     assert_eq!(v["start"], "plain");
     assert_eq!(v["config"]["epochs"], 3);
     assert_eq!(v["config"]["block_loss"], "rms-normalized");
@@ -86,7 +83,15 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
     let cal = common::calibration(dir.path());
     let v = check_lowered(&run(
         &args,
-        &["--epochs", "3", "--json", "--calibration", s(&cal)],
+        &[
+            "--epochs",
+            "3",
+            "--json",
+            "--block-loss",
+            "mse",
+            "--calibration",
+            s(&cal),
+        ],
     ));
     assert_eq!(v["start"], "gptq");
 
@@ -97,7 +102,15 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
     quip[i] = "q2_quip".into();
     let v = check_lowered(&run(
         &quip,
-        &["--epochs", "3", "--json", "--calibration", s(&cal)],
+        &[
+            "--epochs",
+            "3",
+            "--json",
+            "--block-loss",
+            "mse",
+            "--calibration",
+            s(&cal),
+        ],
     ));
     assert_eq!(v["start"], "gptq");
     ok(&["verify", s(&out)]);
