@@ -786,14 +786,14 @@ fn parent_dir(p: &Path) -> &Path {
 }
 
 /// Checks before training that what is written at the end can be written
-/// and that no file the run reads is overwritten: the output is not an
-/// input, the output's and the checkpoint's directories exist, the
-/// checkpoint is none of the files the run reads nor the output, and an
+/// and that no file the run reads is overwritten (that the output is not
+/// the input, `run` checks for every stage): the output's and the
+/// checkpoint's directories exist, the checkpoint is none of the files the
+/// run reads nor the output, and an
 /// existing checkpoint file is only replaced when --resume continues it or
 /// with --force (an earlier run's checkpoint is not lost by starting again).
 pub(crate) fn check_paths(a: &QatArgs) -> Result<(), CliError> {
     let shown = |p: &Path| esc(&p.display().to_string()).to_string();
-    crate::input::refuse_same_file(&a.input, &a.output)?;
     let ck = checkpoint_path(a);
     for p in [&a.output, &ck] {
         let d = parent_dir(p);

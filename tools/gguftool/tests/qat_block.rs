@@ -16,6 +16,14 @@ fn block_args(out: &Path) -> Vec<String> {
     common::stage_args("block", out)
 }
 
+/// [`block_args`] training `format` instead of piq2.
+fn block_args_for(out: &Path, format: &str) -> Vec<String> {
+    let mut args = block_args(out);
+    let i = args.iter().position(|a| a == "piq2").unwrap();
+    args[i] = format.into();
+    args
+}
+
 fn check_lowered(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -79,40 +87,23 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
     // The output runs in the runtime.
     common::runs_in_runtime(&out);
 
-    // GPTQ start from a calibration file of the same text.
+    // GPTQ start from a calibration file of the same text; a
+    // row-transformed format (q2_quip) rounds with GPTQ in the basis of the
+    // seed its output records, and the output decodes in the runtime.
     let cal = common::calibration(dir.path());
-    let v = check_lowered(&run(
-        &args,
-        &[
-            "--epochs",
-            "3",
-            "--json",
-            "--block-loss",
-            "mse",
-            "--calibration",
-            s(&cal),
-        ],
-    ));
-    assert_eq!(v["start"], "gptq");
-
-    // A row-transformed format rounds with GPTQ in the basis of the seed
-    // its output records, and the output decodes in the runtime.
-    let mut quip = args.clone();
-    let i = quip.iter().position(|a| a == "piq2").unwrap();
-    quip[i] = "q2_quip".into();
-    let v = check_lowered(&run(
-        &quip,
-        &[
-            "--epochs",
-            "3",
-            "--json",
-            "--block-loss",
-            "mse",
-            "--calibration",
-            s(&cal),
-        ],
-    ));
-    assert_eq!(v["start"], "gptq");
+    let gptq = [
+        "--epochs",
+        "3",
+        "--json",
+        "--block-loss",
+        "mse",
+        "--calibration",
+        s(&cal),
+    ];
+    for format in ["piq2", "q2_quip"] {
+        let v = check_lowered(&run(&block_args_for(&out, format), &gptq));
+        assert_eq!(v["start"], "gptq");
+    }
     ok(&["verify", s(&out)]);
     common::runs_in_runtime(&out);
 }
@@ -146,9 +137,7 @@ fn gptq_start_is_the_gptq_rounding() {
     let cal = common::calibration(dir.path());
     for format in ["ternary", "piq2"] {
         let out = dir.path().join(format!("{format}-block.gguf"));
-        let mut args = block_args(&out);
-        let i = args.iter().position(|a| a == "piq2").unwrap();
-        args[i] = format.into();
+        let args = block_args_for(&out, format);
         let o = run(
             &args,
             &[
