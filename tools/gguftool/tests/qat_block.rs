@@ -16,14 +16,6 @@ fn block_args(out: &Path) -> Vec<String> {
     common::stage_args("block", out)
 }
 
-/// [`block_args`] training `format` instead of piq2.
-fn block_args_for(out: &Path, format: &str) -> Vec<String> {
-    let mut args = block_args(out);
-    let i = args.iter().position(|a| a == "piq2").unwrap();
-    args[i] = format.into();
-    args
-}
-
 fn check_lowered(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -101,7 +93,7 @@ fn block_stage_lowers_block_mse_from_plain_and_gptq_starts() {
         s(&cal),
     ];
     for format in ["piq2", "q2_quip"] {
-        let v = check_lowered(&run(&block_args_for(&out, format), &gptq));
+        let v = check_lowered(&run(&common::with_format(block_args(&out), format), &gptq));
         assert_eq!(v["start"], "gptq");
     }
     ok(&["verify", s(&out)]);
@@ -137,7 +129,7 @@ fn gptq_start_is_the_gptq_rounding() {
     let cal = common::calibration(dir.path());
     for format in ["ternary", "piq2"] {
         let out = dir.path().join(format!("{format}-block.gguf"));
-        let args = block_args_for(&out, format);
+        let args = common::with_format(block_args(&out), format);
         let o = run(
             &args,
             &[

@@ -113,13 +113,6 @@ fn e2e_lowers_heldout_kl_from_plain_and_gptq_starts() {
     assert!(kl(&v, "best") < 0.95 * kl(&v, "initial"), "{v}");
 }
 
-/// `args` with the format `piq2` replaced by `format`.
-fn with_format(mut args: Vec<String>, format: &str) -> Vec<String> {
-    let i = args.iter().position(|a| a == "piq2").unwrap();
-    args[i] = format.into();
-    args
-}
-
 /// Every trainable format starts distillation where its file is (ternary's
 /// absmean rule re-derived on decoded weights gives other scales: that
 /// start was worse than the file, measured on SmolLM2 as held-out KL 6.71
@@ -132,13 +125,13 @@ fn e2e_from_a_student_starts_at_the_file_for_every_format() {
     for format in ["ternary", "q2_quip", "piq3"] {
         let student = dir.path().join(format!("{format}-block.gguf"));
         let o = run(
-            &with_format(stage_args("block", &student), format),
+            &common::with_format(stage_args("block", &student), format),
             &["--epochs", "2"],
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let out = dir.path().join(format!("{format}-e2e.gguf"));
         let v = report(&run(
-            &with_format(stage_args("e2e", &out), format),
+            &common::with_format(stage_args("e2e", &out), format),
             &[
                 "--steps",
                 "10",

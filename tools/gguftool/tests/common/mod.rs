@@ -122,6 +122,14 @@ pub fn stage_args(stage: &str, out: &Path) -> Vec<String> {
     .collect()
 }
 
+/// `args` with the format `piq2` (as [`stage_args`] writes it) replaced by
+/// `format`.
+pub fn with_format(mut args: Vec<String>, format: &str) -> Vec<String> {
+    let i = args.iter().position(|a| a == "piq2").unwrap();
+    args[i] = format.into();
+    args
+}
+
 /// Runs `args` followed by `extra`.
 pub fn run(args: &[String], extra: &[&str]) -> Output {
     let mut v: Vec<&str> = args.iter().map(String::as_str).collect();
